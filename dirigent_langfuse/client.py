@@ -1,0 +1,340 @@
+"""`LangfuseClient`: one `requests.Session`, one urllib3 `Retry` policy, both Langfuse endpoints.
+
+The policy (`LangfuseRetry`): 5xx, 429 and connection errors are retried up to `max_retries`
+times inside one `send`, sleeping 100 ms → 200 → 400 → 800 ms, capped at `backoff_max` (1 s);
+a 429's or 503's `Retry-After` is honoured up to `max_retry_after`. Any other 4xx is final.
+Every request is bounded by the connect and read timeouts. POSTs are retried although POST is
+not idempotent in general: Langfuse de-duplicates ingestion on the envelope id, and OTel spans
+carry deterministic ids.
+
+Whatever the server answers — an HTML page from a proxy, an empty body, a truncated JSON — the
+client turns it into a result or one of `LangfuseStatusError` / `LangfuseTransportError`; it never
+lets a parsing error escape. Neither the secret key nor the Authorization header is ever part
+of an exception, a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import re
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import attrs
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from . import __version__
+from .config import LangfuseConfig
+from .errors import LangfuseStatusError, LangfuseTransportError
+
+__all__ = ["LangfuseClient", "LangfuseRetry", "IngestionResult", "ItemError", "USER_AGENT"]
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"dirigent-langfuse/{__version__} (python-requests/{requests.__version__})"
+INGESTION_PATH = "/api/public/ingestion"
+OTEL_PATH = "/api/public/otel/v1/traces"
+HEALTH_PATH = "/api/public/health"
+
+
+class LangfuseRetry(Retry):
+    """urllib3's `Retry` with the seed's curve: the first retry already waits `backoff_factor`.
+
+    urllib3 waits nothing before its first retry and `factor × 2^(n-1)` after; the seed wants
+    100 ms before the first, then 200, 400, 800, capped at `backoff_max`.
+    """
+
+    sleeper: Callable[[float], None] = staticmethod(time.sleep)
+
+    def __init__(self, *args: Any, max_retry_after: float = 60.0, **kwargs: Any) -> None:
+        self.max_retry_after = max_retry_after
+        super().__init__(*args, **kwargs)
+        self.backoff_cap = kwargs.get("backoff_max", 1.0)
+
+    def new(self, **kw: Any) -> "LangfuseRetry":
+        new = super().new(**kw)
+        new.max_retry_after = self.max_retry_after
+        new.backoff_cap = self.backoff_cap
+        new.sleeper = self.sleeper
+        return new
+
+    def sleep_for_retry(self, response: Any) -> bool:
+        retry_after = self.get_retry_after(response)
+        if retry_after:
+            self.sleeper(retry_after)
+            return True
+        return False
+
+    def _sleep_backoff(self) -> None:
+        backoff = self.get_backoff_time()
+        if backoff > 0:
+            self.sleeper(backoff)
+
+    def get_backoff_time(self) -> float:
+        errors = 0
+        for entry in reversed(self.history):
+            if entry.redirect_location is not None:
+                break
+            errors += 1
+        if errors == 0:
+            return 0.0
+        return float(min(self.backoff_cap, self.backoff_factor * (2 ** (errors - 1))))
+
+    def parse_retry_after(self, retry_after: str) -> float:
+        try:
+            seconds = super().parse_retry_after(retry_after)
+        except Exception:  # a malformed header is no reason to fail: use the backoff instead
+            return self.get_backoff_time()
+        return float(min(max(seconds, 0.0), self.max_retry_after))
+
+
+def make_retry(config: LangfuseConfig) -> LangfuseRetry:
+    kwargs: Dict[str, Any] = dict(
+        total=config.max_retries,
+        connect=config.max_retries,
+        read=config.max_retries,
+        status=config.max_retries,
+        other=0,
+        redirect=0,
+        backoff_factor=config.backoff_base,
+        status_forcelist=frozenset([429, *range(500, 600)]),
+        allowed_methods=None,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+        raise_on_redirect=False,
+        max_retry_after=config.max_retry_after,
+    )
+    try:
+        return LangfuseRetry(backoff_max=config.backoff_max, **kwargs)
+    except TypeError:  # urllib3 1.26 has no backoff_max argument
+        retry = LangfuseRetry(**kwargs)
+        retry.backoff_cap = config.backoff_max
+        return retry
+
+
+@attrs.frozen
+class ItemError:
+    """One item Langfuse refused within a 207: its envelope id, status and message."""
+
+    id: str
+    status: int
+    message: str = ""
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == 429 or self.status >= 500
+
+
+@attrs.frozen(kw_only=True)
+class IngestionResult:
+    """What one POST achieved: ids Langfuse took, items it refused, and what the request cost."""
+
+    status: int
+    successes: Sequence[str] = ()
+    errors: Sequence[ItemError] = ()
+    retries: int = 0
+    bytes_sent: int = 0
+    rejected: int = 0
+    message: str = ""
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = re.sub(r"<[^>]*>", " ", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def error_message(response: requests.Response) -> str:
+    """What a server said, as one short line: a JSON `message`/`error`, else the body's text."""
+    try:
+        data = response.json()
+    except ValueError:
+        try:
+            return _short(response.text)
+        except Exception:
+            return ""
+    if isinstance(data, dict):
+        for key in ("message", "error", "errorMessage"):
+            value = data.get(key)
+            if isinstance(value, str) and value:
+                return _short(value)
+            if isinstance(value, (dict, list)) and value:
+                return _short(str(value))
+    return _short(str(data))
+
+
+def _retries(response: requests.Response) -> int:
+    retries = getattr(response.raw, "retries", None)
+    return len(retries.history) if retries is not None else 0
+
+
+def _retry_after(response: requests.Response, cap: float) -> Optional[float]:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return min(max(float(value.strip()), 0.0), cap)
+    except ValueError:
+        return None
+
+
+class LangfuseClient:
+    """Sends ingestion batches and OTLP exports to one Langfuse project.
+
+    Safe to share between threads (requests' Session is, for this use); the stream uses one
+    client from its worker thread only.
+    """
+
+    def __init__(self, config: LangfuseConfig, session: Optional[requests.Session] = None) -> None:
+        self.config = config
+        self.session = self._setup(session or requests.Session())
+
+    def _setup(self, session: requests.Session) -> requests.Session:
+        adapter = HTTPAdapter(max_retries=make_retry(self.config), pool_connections=1, pool_maxsize=2)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.auth = (self.config.public_key, self.config.secret_key)
+        session.headers.update({"User-Agent": USER_AGENT})
+        return session
+
+    def reset(self) -> None:
+        """A new Session, for a forked child: the parent's pooled sockets must not be shared."""
+        self.session = self._setup(requests.Session())
+
+    def __repr__(self) -> str:
+        return f"LangfuseClient(host={self.config.host!r}, public_key={self.config.public_key!r})"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _post(self, path: str, body: bytes, headers: Dict[str, str]) -> requests.Response:
+        url = self.config.host + path
+        try:
+            return self.session.post(url, data=body, headers=headers, timeout=self.config.timeout)
+        except requests.exceptions.RetryError as exc:  # only when urllib3 raises on exhaustion
+            raise LangfuseTransportError(f"POST {path}: retries exhausted ({type(exc).__name__})") from None
+        except requests.exceptions.RequestException as exc:
+            raise LangfuseTransportError(f"POST {path}: {_describe(exc)}") from None
+
+    def _check(self, response: requests.Response, path: str) -> None:
+        if response.status_code >= 400:
+            raise LangfuseStatusError(
+                response.status_code,
+                error_message(response),
+                _retry_after(response, self.config.max_retry_after),
+            )
+
+    def send(self, items: List[Dict[str, Any]]) -> IngestionResult:
+        """POST `{"batch": items}` to the ingestion API; parse Langfuse's 207."""
+        import json
+
+        body = json.dumps({"batch": items}, separators=(",", ":")).encode()
+        return self.send_ingestion_body(body, len(items))
+
+    def send_ingestion_body(self, body: bytes, count: int) -> IngestionResult:
+        """POST an already encoded ingestion body (`{"batch": [...]}` with `count` items)."""
+        response = self._post(INGESTION_PATH, body, {"Content-Type": "application/json"})
+        self._check(response, INGESTION_PATH)
+        successes: List[str] = []
+        errors: List[ItemError] = []
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            for entry in data.get("successes") or ():
+                if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                    successes.append(entry["id"])
+            for entry in data.get("errors") or ():
+                if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                    status = entry.get("status")
+                    message = entry.get("message") or entry.get("error") or ""
+                    errors.append(
+                        ItemError(
+                            entry["id"],
+                            int(status) if isinstance(status, (int, float)) else 500,
+                            _short(message if isinstance(message, str) else str(message)),
+                        )
+                    )
+        return IngestionResult(
+            status=response.status_code,
+            successes=tuple(successes),
+            errors=tuple(errors),
+            retries=_retries(response),
+            bytes_sent=len(body),
+        )
+
+    def send_otlp(self, body: bytes, compress: bool = True) -> IngestionResult:
+        """POST one OTLP/JSON `ExportTraceServiceRequest`; a partial success counts rejected spans."""
+        headers = {"Content-Type": "application/json", "x-langfuse-ingestion-version": "4"}
+        if compress:
+            body = gzip.compress(body, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        response = self._post(OTEL_PATH, body, headers)
+        self._check(response, OTEL_PATH)
+        rejected = 0
+        message = ""
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("partialSuccess"), dict):
+            partial = data["partialSuccess"]
+            try:
+                rejected = int(partial.get("rejectedSpans") or 0)
+            except (TypeError, ValueError):
+                rejected = 0
+            message = _short(str(partial.get("errorMessage") or ""))
+        return IngestionResult(
+            status=response.status_code,
+            retries=_retries(response),
+            bytes_sent=len(body),
+            rejected=rejected,
+            message=message,
+        )
+
+    def server_version(self) -> Optional[str]:
+        """The `version` of `GET /api/public/health`, or None if it cannot be told."""
+        try:
+            response = self.session.get(
+                self.config.host + HEALTH_PATH, timeout=self.config.timeout, headers={"Accept": "application/json"}
+            )
+        except requests.exceptions.RequestException as exc:
+            log.debug("health check failed: %s", _describe(exc))
+            return None
+        if response.status_code != 200:
+            return None
+        try:
+            data = response.json()
+        except ValueError:
+            return None
+        version = data.get("version") if isinstance(data, dict) else None
+        return version if isinstance(version, str) and version else None
+
+    def check_auth(self) -> None:
+        """One authenticated request that tells whether host and keys work; raises otherwise.
+
+        An empty ingestion batch is accepted by Langfuse v3 and needs no data; v4 has no such
+        endpoint, so a 404 there falls back to an empty OTLP export.
+        """
+        try:
+            self.send_ingestion_body(b'{"batch":[]}', 0)
+        except LangfuseStatusError as exc:
+            if exc.status not in (404, 405):
+                raise
+            self.send_otlp(b'{"resourceSpans":[]}', compress=False)
+
+
+def _describe(exc: BaseException) -> str:
+    """A transport error as one line, without URLs' credentials or headers."""
+    text = f"{type(exc).__name__}"
+    reason = exc.args[0] if exc.args else None
+    inner = getattr(reason, "reason", None)
+    if inner is not None:
+        text += f" ({type(inner).__name__})"
+    elif isinstance(reason, str):
+        text += f" ({_short(reason, 200)})"
+    return text

@@ -1,0 +1,137 @@
+"""`LangfuseConfig`: every knob of a Langfuse stream, validated once, with a safe repr.
+
+`from_params` reads a stream's TOML `params` table; `host`, `public_key` and `secret_key` fall
+back to `LANGFUSE_HOST`, `LANGFUSE_PUBLIC_KEY` and `LANGFUSE_SECRET_KEY`, as Langfuse's SDKs do.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional
+
+import attrs
+
+from .errors import ConfigError
+
+__all__ = ["LangfuseConfig", "TRANSPORTS"]
+
+TRANSPORTS = ("auto", "ingestion", "otel")
+_ENV = {"host": "LANGFUSE_HOST", "public_key": "LANGFUSE_PUBLIC_KEY", "secret_key": "LANGFUSE_SECRET_KEY"}
+
+
+def _host(value: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError("must be a string URL", key="host")
+    value = value.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
+        raise ConfigError(f"must be an http:// or https:// URL, got {value!r}", key="host")
+    return value
+
+
+def _positive(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"must be a positive number, got {value!r}", key=attribute.name)
+
+
+def _non_negative(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"must be zero or a positive number, got {value!r}", key=attribute.name)
+
+
+def _whole(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"must be a whole number of at least 1, got {value!r}", key=attribute.name)
+
+
+def _key(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        env = _ENV.get(attribute.name, "")
+        hint = f" (or set {env})" if env else ""
+        raise ConfigError(f"is required and must be a non-empty string{hint}", key=attribute.name)
+
+
+def _one_of(*choices: str) -> Any:
+    def check(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+        if value not in choices:
+            raise ConfigError(f"must be one of {list(choices)}, got {value!r}", key=attribute.name)
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class LangfuseConfig:
+    """How a Langfuse stream connects, batches, retries and bounds itself.
+
+    Delivery: `batch_size` items per request at most (and `max_request_bytes`); a partial batch
+    waits at most `flush_interval` seconds. HTTP: `max_retries` retries of 5xx, 429 and connection
+    errors inside one send, backing off `backoff_base` → ×2 → capped at `backoff_max`, each request
+    bounded by `connect_timeout` and `read_timeout`. Bounds: the caller's queue holds
+    `max_queue_items` (beyond, `on_event` answers FAILED(OVERFLOW) and counts the drop); failed
+    batches wait in a retry buffer of `max_buffer_items` / `max_buffer_bytes`.
+    """
+
+    host: str = attrs.field(converter=_host)
+    public_key: str = attrs.field(validator=_key)
+    secret_key: str = attrs.field(validator=_key, repr=False)
+    transport: str = attrs.field(default="auto", validator=_one_of(*TRANSPORTS))
+    batch_size: int = attrs.field(default=32, validator=_whole)
+    flush_interval: float = attrs.field(default=1.0, validator=_positive)
+    max_queue_items: int = attrs.field(default=100_000, validator=_whole)
+    max_retries: int = attrs.field(default=3, validator=_non_negative)
+    backoff_base: float = attrs.field(default=0.1, validator=_non_negative)
+    backoff_max: float = attrs.field(default=1.0, validator=_non_negative)
+    max_retry_after: float = attrs.field(default=60.0, validator=_non_negative)
+    connect_timeout: float = attrs.field(default=5.0, validator=_positive)
+    read_timeout: float = attrs.field(default=10.0, validator=_positive)
+    flush_timeout: float = attrs.field(default=30.0, validator=_positive)
+    shutdown_timeout: float = attrs.field(default=10.0, validator=_positive)
+    degraded_after: int = attrs.field(default=1, validator=_whole)
+    unavailable_after: int = attrs.field(default=5, validator=_whole)
+    late_bind_buffer: bool = True
+    pending_max_keys: int = attrs.field(default=1000, validator=_whole)
+    pending_max_events_per_key: int = attrs.field(default=1000, validator=_whole)
+    pending_ttl: float = attrs.field(default=600.0, validator=_positive)
+    max_open_observations: int = attrs.field(default=10_000, validator=_whole)
+    max_buffer_items: int = attrs.field(default=100_000, validator=_whole)
+    max_buffer_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_whole)
+    max_request_bytes: int = attrs.field(default=3_500_000, validator=_whole)
+    max_item_bytes: int = attrs.field(default=1_000_000, validator=_whole)
+    retry_backoff_max: float = attrs.field(default=30.0, validator=_positive)
+    spool_path: Optional[str] = None
+    environment: Optional[str] = None
+    release: Optional[str] = None
+    atexit_flush: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.unavailable_after < self.degraded_after:
+            raise ConfigError("must be at least degraded_after", key="unavailable_after")
+        if self.max_item_bytes > self.max_request_bytes:
+            raise ConfigError("must not exceed max_request_bytes", key="max_item_bytes")
+
+    @property
+    def timeout(self) -> "tuple[float, float]":
+        return (self.connect_timeout, self.read_timeout)
+
+    @classmethod
+    def from_params(
+        cls, params: Mapping[str, Any], env: Optional[Mapping[str, str]] = None, *, stream: Optional[str] = None
+    ) -> "LangfuseConfig":
+        """Build from a TOML `params` table; errors name the stream and the key, never a secret."""
+        env = os.environ if env is None else env
+        names = {f.name for f in attrs.fields(cls)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ConfigError(f"unknown key (known: {', '.join(sorted(names))})", stream=stream, key=unknown[0])
+        values = dict(params)
+        for key, var in _ENV.items():
+            if values.get(key) in (None, "") and env.get(var):
+                values[key] = env[var]
+        for key in _ENV:
+            if values.get(key) in (None, ""):
+                raise ConfigError(f"is required (in params, or set {_ENV[key]})", stream=stream, key=key)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(exc.problem, stream=stream, key=exc.key) from None
+        except (TypeError, ValueError) as exc:  # attrs' own checks; their text has no secret
+            raise ConfigError(str(exc), stream=stream) from None

@@ -1,0 +1,176 @@
+"""JSON encoding that never fails, and size limits that never reject.
+
+`encode_item(item, max_bytes)` always returns UTF-8 JSON bytes. Values JSON cannot represent are
+encoded by a documented fallback (see docs/delivery.md):
+
+=====================  =========================================================
+datetime, date, time   ISO-8601 string (naive datetimes as they are)
+Decimal                number when finite, else its string ("NaN", "Infinity")
+float NaN / ±Infinity  the strings "NaN", "Infinity", "-Infinity"
+UUID                   its canonical string
+bytes, bytearray       UTF-8 text when valid, else "base64:" + base64
+set, frozenset         list (sorted when the members sort)
+Enum                   its value, encoded again
+attrs / dataclass      dict of its fields
+objects with           `model_dump()` (pydantic v2), `dict()` / `to_dict()` result
+anything else          `repr()`, cut to 1,000 characters
+circular reference     the string "<circular>"
+=====================  =========================================================
+
+An item over `max_bytes` has its largest fields among `input`, `output` and `metadata` (of the
+body, or of an OTel span's attributes) replaced by their text cut short and followed by
+`TRUNCATION_MARKER`, until it fits.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import decimal
+import enum
+import json
+import math
+import uuid
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import attrs
+
+__all__ = ["encode_item", "dumps", "to_jsonable", "truncate_text", "TRUNCATION_MARKER"]
+
+TRUNCATION_MARKER = "…[truncated by dirigent_langfuse: {size} bytes in all]"
+_REPR_LIMIT = 1000
+_TRUNCATABLE = ("input", "output", "metadata")
+
+
+def _float(value: float) -> Any:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def _fallback(value: Any) -> Any:
+    """One step of the fallback for a value `json` cannot encode."""
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value) if value.is_finite() else str(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "base64:" + base64.b64encode(raw).decode("ascii")
+    if isinstance(value, (set, frozenset)):
+        try:
+            return sorted(value)
+        except TypeError:
+            return list(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if attrs.has(type(value)):
+        return attrs.asdict(value, recurse=False)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    for method in ("model_dump", "to_dict", "dict"):
+        fn = getattr(value, method, None)
+        if callable(fn) and not isinstance(value, type):
+            try:
+                result = fn()
+            except Exception:
+                continue
+            if isinstance(result, dict):
+                return result
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 1] + "…"
+
+
+def to_jsonable(value: Any, _seen: Optional[set] = None, _depth: int = 0) -> Any:
+    """A structure of plain JSON types equal to `value` under the fallback above."""
+    if _seen is None:
+        _seen = set()
+    if _depth > 200:
+        return "<too deep>"
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return _float(value)
+    if isinstance(value, (dict, list, tuple)):
+        marker = id(value)
+        if marker in _seen:
+            return "<circular>"
+        _seen.add(marker)
+        try:
+            if isinstance(value, dict):
+                return {str(k) if not isinstance(k, str) else k: to_jsonable(v, _seen, _depth + 1) for k, v in value.items()}
+            return [to_jsonable(v, _seen, _depth + 1) for v in value]
+        finally:
+            _seen.discard(marker)
+    replaced = _fallback(value)
+    if replaced is value or isinstance(replaced, str):
+        return replaced if isinstance(replaced, str) else repr(value)[:_REPR_LIMIT]
+    return to_jsonable(replaced, _seen, _depth + 1)
+
+
+_fast: Callable[[Any], str] = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_fallback
+).encode
+
+
+def dumps(value: Any) -> bytes:
+    """UTF-8 JSON for any value; the fast path is the stdlib encoder, the slow path `to_jsonable`."""
+    try:
+        text = _fast(value)
+    except (ValueError, TypeError, RecursionError):
+        text = json.dumps(to_jsonable(value), separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from badly decoded input
+        return text.encode("utf-8", "replace")
+
+
+def truncate_text(text: str, limit: int) -> str:
+    """`text` cut to about `limit` bytes of UTF-8, followed by the truncation marker."""
+    size = len(text.encode("utf-8", "replace"))
+    if size <= limit:
+        return text
+    keep = text.encode("utf-8", "replace")[: max(0, limit)].decode("utf-8", "ignore")
+    return keep + TRUNCATION_MARKER.format(size=size)
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else dumps(value).decode("utf-8")
+
+
+def shrink_fields(fields: Dict[str, Any], names: Tuple[str, ...], excess: int) -> bool:
+    """Cut the largest of `names` in `fields` (in place) until `excess` bytes are saved."""
+    sizes = sorted(
+        ((len(_as_text(fields[n]).encode()), n) for n in names if fields.get(n) is not None), reverse=True
+    )
+    changed = False
+    for size, name in sizes:
+        if excess <= 0:
+            break
+        keep = max(0, size - excess - len(TRUNCATION_MARKER) - 16)
+        fields[name] = truncate_text(_as_text(fields[name]), keep)
+        excess -= size - len(fields[name].encode())
+        changed = True
+    return changed
+
+
+def encode_item(item: Dict[str, Any], max_bytes: int) -> Tuple[bytes, bool]:
+    """(JSON bytes, truncated?) for one ingestion item, at most about `max_bytes` long."""
+    data = dumps(item)
+    if len(data) <= max_bytes:
+        return data, False
+    body = dict(item.get("body") or {})
+    shrink_fields(body, _TRUNCATABLE, len(data) - max_bytes)
+    data = dumps(dict(item, body=body))
+    return data, True

@@ -1,0 +1,362 @@
+"""BusEvent → Langfuse ingestion items, as a pure function over an explicit, bounded state.
+
+`bus_event_to_items(event, state)` returns the items `{"id", "timestamp", "type", "body"}` of
+`POST /api/public/ingestion` for one bound event, and nothing for events it skips. Ids are
+deterministic, so a replayed or retried event never makes a duplicate in Langfuse:
+
+- a trace's id is the scroll_id;
+- a message's observation id is uuid5(scroll_id, message_id); a tool call's, uuid5(scroll_id,
+  toolCallId); a plan event's, uuid5(event_id);
+- an item's envelope id is uuid5(event_id, index of the item within the event).
+
+`MappingState` remembers, per scroll, the message in progress (the parent of tool calls started
+during it) and which tool calls were seen. It is bounded (`max_scrolls`, `ttl`) and forgets a
+scroll at `SessionEnded`. Without a state the function still works: tool calls hang off the trace.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, List, Optional
+
+from .bus import (
+    BusEvent,
+    MessageCompleted,
+    MessageStarted,
+    SessionCreated,
+    SessionEnded,
+    SessionUpdate,
+)
+
+__all__ = ["bus_event_to_items", "maps", "MappingState", "observation_id", "envelope_id", "iso_time", "Item"]
+
+Item = Dict[str, Any]
+NAMESPACE = uuid.UUID("6f1d3a52-5c1e-4d8b-9a77-0c4e1b6a2f10")
+
+
+def _uuid5(name: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, name))
+
+
+def observation_id(scroll_id: str, kind: str, key: str) -> str:
+    """The deterministic id of a message (`kind="msg"`) or tool call (`kind="tool"`)."""
+    return _uuid5(f"{scroll_id}\x1f{kind}\x1f{key}")
+
+
+def envelope_id(event_id: str, index: int) -> str:
+    return _uuid5(f"{event_id}\x1f{index}")
+
+
+def iso_time(at: datetime) -> str:
+    """UTC ISO-8601 with milliseconds and `Z`, as Langfuse's SDKs send it."""
+    at = at.astimezone(timezone.utc)
+    return f"{at.year:04d}-{at.month:02d}-{at.day:02d}T{at.hour:02d}:{at.minute:02d}:{at.second:02d}.{at.microsecond // 1000:03d}Z"
+
+
+def _map_value(value: Any) -> Any:
+    """A `modelParameters` value as Langfuse's `MapValue` allows: scalar, list of strings, or text."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    import json
+
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+def _prune(body: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in body.items() if v is not None}
+
+
+class _Scroll:
+    __slots__ = ("message", "tools", "seen")
+
+    def __init__(self, seen: float) -> None:
+        self.message: Optional[str] = None
+        self.tools: Dict[str, Optional[str]] = {}
+        self.seen = seen
+
+
+class MappingState:
+    """What the mapping remembers between events, per scroll; thread-safe and bounded.
+
+    At most `max_scrolls` scrolls and `max_tools` tool calls per scroll are remembered; a scroll
+    untouched for `ttl` seconds, or ended, is forgotten. Forgetting only costs parent links:
+    a later tool call hangs off the trace instead of its message.
+    """
+
+    def __init__(
+        self,
+        max_scrolls: int = 10_000,
+        max_tools: int = 10_000,
+        ttl: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_scrolls = max_scrolls
+        self.max_tools = max_tools
+        self.ttl = ttl
+        self._clock = clock
+        self._scrolls: "OrderedDict[str, _Scroll]" = OrderedDict()
+        self.lock = threading.RLock()
+
+    def __len__(self) -> int:
+        return len(self._scrolls)
+
+    def scroll(self, scroll_id: str) -> _Scroll:
+        now = self._clock()
+        entry = self._scrolls.get(scroll_id)
+        if entry is None:
+            entry = self._scrolls[scroll_id] = _Scroll(now)
+        else:
+            entry.seen = now
+            self._scrolls.move_to_end(scroll_id)
+        self._expire(now)
+        return entry
+
+    def forget(self, scroll_id: str) -> None:
+        self._scrolls.pop(scroll_id, None)
+
+    def _expire(self, now: float) -> None:
+        scrolls = self._scrolls
+        while scrolls:
+            oldest_id, oldest = next(iter(scrolls.items()))
+            if len(scrolls) > self.max_scrolls or now - oldest.seen > self.ttl:
+                del scrolls[oldest_id]
+            else:
+                break
+
+    def _reset_after_fork(self) -> None:
+        self.lock = threading.RLock()
+
+
+def _item(event: BusEvent, index: int, type_: str, body: Dict[str, Any]) -> Item:
+    return {"id": envelope_id(event.event_id, index), "timestamp": iso_time(event.at), "type": type_, "body": body}
+
+
+def _trace(event: SessionCreated, scroll_id: str) -> List[Item]:
+    metadata: Dict[str, Any] = dict(event.metadata or {})
+    metadata.update(
+        _prune(
+            {
+                "connector_id": event.connector_id,
+                "native_session_id": event.native_session_id,
+                "cwd": event.cwd,
+                "agent": event.agent,
+                "agent_version": event.agent_version,
+                "model": event.model,
+            }
+        )
+    )
+    body = _prune(
+        {
+            "id": scroll_id,
+            "timestamp": iso_time(event.at),
+            "name": event.title or (f"{event.agent} session" if event.agent else "agent session"),
+            "userId": event.user_id,
+            "sessionId": event.native_session_id or None,
+            "tags": list(event.tags) or None,
+            "metadata": metadata,
+        }
+    )
+    return [_item(event, 0, "trace-create", body)]
+
+
+def _message_started(event: MessageStarted, scroll_id: str, state: Optional[MappingState]) -> List[Item]:
+    obs = observation_id(scroll_id, "msg", event.message_id)
+    if state is not None:
+        state.scroll(scroll_id).message = obs
+    params = event.model_parameters
+    body = _prune(
+        {
+            "id": obs,
+            "traceId": scroll_id,
+            "name": f"{event.role} message",
+            "startTime": iso_time(event.at),
+            "model": event.model,
+            "modelParameters": {k: _map_value(v) for k, v in params.items()} if params else None,
+            "input": event.input,
+            "metadata": {"message_id": event.message_id, "role": event.role},
+        }
+    )
+    return [_item(event, 0, "generation-create", body)]
+
+
+def _usage_details(event: MessageCompleted) -> Optional[Dict[str, int]]:
+    usage = event.usage
+    if usage is None:
+        return None
+    details = {"input": usage.input_tokens, "output": usage.output_tokens}
+    if usage.cache_read_tokens:
+        details["input_cache_read"] = usage.cache_read_tokens
+    if usage.cache_write_tokens:
+        details["input_cache_write"] = usage.cache_write_tokens
+    details["total"] = usage.total
+    return details
+
+
+def _message_completed(event: MessageCompleted, scroll_id: str, state: Optional[MappingState]) -> List[Item]:
+    obs = observation_id(scroll_id, "msg", event.message_id)
+    if state is not None:
+        entry = state.scroll(scroll_id)
+        if entry.message == obs:
+            entry.message = None
+    body = _prune(
+        {
+            "id": obs,
+            "traceId": scroll_id,
+            "endTime": iso_time(event.at),
+            "output": event.output,
+            "usageDetails": _usage_details(event),
+            "costDetails": {"total": float(event.cost_usd)} if event.cost_usd is not None else None,
+            "level": "ERROR" if event.error else None,
+            "statusMessage": event.error,
+            "metadata": {"stop_reason": event.stop_reason} if event.stop_reason else None,
+        }
+    )
+    return [_item(event, 0, "generation-update", body)]
+
+
+def _tool_metadata(event: SessionUpdate, update: Dict[str, Any]) -> Dict[str, Any]:
+    return _prune(
+        {
+            "kind": update.get("kind"),
+            "locations": update.get("locations"),
+            "status": update.get("status"),
+            "toolCallId": update.get("toolCallId"),
+            "connector_id": event.connector_id,
+            "native_session_id": event.native_session_id,
+        }
+    )
+
+
+def _tool_output(update: Dict[str, Any]) -> Any:
+    if update.get("rawOutput") is not None:
+        return update["rawOutput"]
+    return update.get("content")
+
+
+def _tool_call(event: SessionUpdate, scroll_id: str, state: Optional[MappingState], is_update: bool) -> List[Item]:
+    update = event.update
+    call_id = update.get("toolCallId")
+    if not isinstance(call_id, str) or not call_id:
+        return []
+    obs = observation_id(scroll_id, "tool", call_id)
+    seen = False
+    parent: Optional[str] = None
+    if state is not None:
+        entry = state.scroll(scroll_id)
+        seen = call_id in entry.tools
+        parent = entry.tools[call_id] if seen else entry.message
+        if not seen and len(entry.tools) < state.max_tools:
+            entry.tools[call_id] = parent
+    status = update.get("status")
+    at = iso_time(event.at)
+    body: Dict[str, Any] = {"id": obs, "traceId": scroll_id, "type": "TOOL"}
+    if not (is_update and seen):
+        body["name"] = update.get("title") or "tool call"
+        body["startTime"] = at
+        body["parentObservationId"] = parent
+    elif update.get("title"):
+        body["name"] = update["title"]
+    if update.get("rawInput") is not None:
+        body["input"] = update["rawInput"]
+    if status in ("completed", "failed"):
+        body["endTime"] = at
+        output = _tool_output(update)
+        if output is not None:
+            body["output"] = output
+        if status == "failed":
+            body["level"] = "ERROR"
+            body["statusMessage"] = _failure_message(output)
+    elif update.get("content") is not None and is_update:
+        body["output"] = update["content"]
+    body["metadata"] = _tool_metadata(event, update)
+    kind = "observation-update" if (is_update and seen) else "observation-create"
+    return [_item(event, 0, kind, _prune(body))]
+
+
+def _failure_message(output: Any) -> str:
+    """A short statusMessage for a failed tool call, from its output when that is text."""
+    if isinstance(output, str) and output.strip():
+        text = output.strip()
+    elif isinstance(output, dict) and isinstance(output.get("error"), str):
+        text = output["error"]
+    elif isinstance(output, list):
+        texts = [b.get("content", {}).get("text") for b in output if isinstance(b, dict) and isinstance(b.get("content"), dict)]
+        text = next((t for t in texts if isinstance(t, str) and t.strip()), "tool call failed")
+    else:
+        text = "tool call failed"
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def _plan(event: SessionUpdate, scroll_id: str, state: Optional[MappingState]) -> List[Item]:
+    entries = event.update.get("entries")
+    parent = state.scroll(scroll_id).message if state is not None else None
+    body = _prune(
+        {
+            "id": _uuid5(f"{event.event_id}\x1fplan"),
+            "traceId": scroll_id,
+            "name": "plan",
+            "startTime": iso_time(event.at),
+            "input": entries if isinstance(entries, list) else None,
+            "parentObservationId": parent,
+            "metadata": {"connector_id": event.connector_id, "native_session_id": event.native_session_id},
+        }
+    )
+    return [_item(event, 0, "event-create", body)]
+
+
+def _session_ended(event: SessionEnded, scroll_id: str, state: Optional[MappingState]) -> List[Item]:
+    if state is not None:
+        state.forget(scroll_id)
+    body = {
+        "id": scroll_id,
+        "metadata": _prune({"ended_at": iso_time(event.at), "end_reason": event.reason or "ended"}),
+    }
+    return [_item(event, 0, "trace-create", body)]
+
+
+def bus_event_to_items(event: BusEvent, state: Optional[MappingState] = None) -> List[Item]:
+    """The ingestion items for one event; `[]` for unbound, unknown and skipped events."""
+    scroll_id = event.scroll_id
+    if not scroll_id:
+        return []
+    if state is not None:
+        with state.lock:
+            return _map(event, scroll_id, state)
+    return _map(event, scroll_id, None)
+
+
+def _map(event: BusEvent, scroll_id: str, state: Optional[MappingState]) -> List[Item]:
+    if isinstance(event, MessageStarted):
+        return _message_started(event, scroll_id, state)
+    if isinstance(event, MessageCompleted):
+        return _message_completed(event, scroll_id, state)
+    if isinstance(event, SessionUpdate):
+        kind = event.kind
+        if kind == "tool_call":
+            return _tool_call(event, scroll_id, state, is_update=False)
+        if kind == "tool_call_update":
+            return _tool_call(event, scroll_id, state, is_update=True)
+        if kind == "plan":
+            return _plan(event, scroll_id, state)
+        return []
+    if isinstance(event, SessionCreated):
+        return _trace(event, scroll_id)
+    if isinstance(event, SessionEnded):
+        return _session_ended(event, scroll_id, state)
+    return []
+
+
+_MAPPED_UPDATES = frozenset({"tool_call", "tool_call_update", "plan"})
+
+
+def maps(event: BusEvent) -> bool:
+    """True when the event yields items once bound (so an unbound one is worth holding)."""
+    if isinstance(event, (SessionCreated, MessageStarted, MessageCompleted, SessionEnded)):
+        return True
+    return isinstance(event, SessionUpdate) and event.kind in _MAPPED_UPDATES

@@ -1,0 +1,134 @@
+"""Stream factories, their registry, and `StreamSet`, which fans events out to streams.
+
+A host loads factories from the `dirigent.streams` entry-point group, builds one stream per
+enabled `StreamSpec`, and hands every event to the `StreamSet`. One stream's exception never
+reaches another stream or the caller: it is logged and counted as a FAILED(INVALID) outcome.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import sys
+import threading
+import time
+from typing import Dict, Iterable, List, Optional
+
+from .bus import BusEvent
+from .errors import RegistryError
+from .specs import StreamSpec
+from .streams import OutcomeStatus, SessionStream, StreamError, StreamOutcome
+
+__all__ = ["StreamFactory", "StreamFactoryRegistry", "StreamSet", "ENTRY_POINT_GROUP"]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "dirigent.streams"
+
+
+class StreamFactory(abc.ABC):
+    """Builds streams of one `kind` from their specs."""
+
+    kind: str
+
+    @abc.abstractmethod
+    def create(self, spec: StreamSpec) -> SessionStream: ...
+
+
+class StreamFactoryRegistry:
+    """Factories by kind. Registering a kind twice, or asking for an unknown one, is an error."""
+
+    def __init__(self) -> None:
+        self._factories: Dict[str, StreamFactory] = {}
+
+    def register(self, factory: StreamFactory) -> None:
+        kind = getattr(factory, "kind", None)
+        if not isinstance(kind, str) or not kind:
+            raise RegistryError(f"{type(factory).__name__} has no 'kind'")
+        if kind in self._factories:
+            raise RegistryError(f"stream kind {kind!r} is already registered")
+        self._factories[kind] = factory
+
+    def get(self, kind: str) -> StreamFactory:
+        try:
+            return self._factories[kind]
+        except KeyError:
+            known = ", ".join(sorted(self._factories)) or "none"
+            raise RegistryError(f"unknown stream kind {kind!r} (known: {known})") from None
+
+    def create(self, spec: StreamSpec) -> SessionStream:
+        return self.get(spec.type).create(spec)
+
+    def kinds(self) -> List[str]:
+        return sorted(self._factories)
+
+    @classmethod
+    def from_entry_points(cls, group: str = ENTRY_POINT_GROUP) -> "StreamFactoryRegistry":
+        """A registry with every factory installed packages declare under `group`."""
+        from importlib import metadata
+
+        registry = cls()
+        if sys.version_info >= (3, 10):
+            points = metadata.entry_points(group=group)
+        else:  # pragma: no cover - Python 3.9
+            points = metadata.entry_points().get(group, [])
+        for point in points:
+            factory = point.load()
+            registry.register(factory() if isinstance(factory, type) else factory)
+        return registry
+
+
+class StreamSet:
+    """Every enabled stream of a configuration, fed from one place.
+
+    `on_event` hands the event to each stream whose scope matches and returns their outcomes by
+    stream name. A stream that raises is logged and answered FAILED(INVALID); the others go on.
+    """
+
+    def __init__(self, streams: Iterable[SessionStream], specs: Optional[Iterable[StreamSpec]] = None) -> None:
+        self.streams: List[SessionStream] = list(streams)
+        scopes = {spec.name: spec.scope for spec in specs or ()}
+        self._scopes = [scopes.get(s.name) for s in self.streams]
+        self._lock = threading.Lock()
+        self.errors: Dict[str, int] = {s.name: 0 for s in self.streams}
+
+    @classmethod
+    def from_specs(cls, specs: Iterable[StreamSpec], registry: StreamFactoryRegistry) -> "StreamSet":
+        enabled = [s for s in specs if s.enabled]
+        return cls([registry.create(spec) for spec in enabled], enabled)
+
+    def _guard(self, stream: SessionStream, call: str, *args: object) -> StreamOutcome:
+        try:
+            return getattr(stream, call)(*args)
+        except Exception as exc:  # a stream's bug must not reach the host
+            with self._lock:
+                self.errors[stream.name] = self.errors.get(stream.name, 0) + 1
+            log.exception("stream %r raised in %s", stream.name, call)
+            return StreamOutcome.failed(StreamError.INVALID, f"{type(exc).__name__} in {call}")
+
+    def on_event(self, event: BusEvent) -> Dict[str, StreamOutcome]:
+        out = {}
+        for stream, scope in zip(self.streams, self._scopes):
+            if scope is None or scope.matches(event):
+                out[stream.name] = self._guard(stream, "on_event", event)
+        return out
+
+    def flush(self, timeout: Optional[float] = None) -> Dict[str, StreamOutcome]:
+        return self._each("flush", timeout)
+
+    def shutdown(self, timeout: Optional[float] = None) -> Dict[str, StreamOutcome]:
+        return self._each("shutdown", timeout)
+
+    def _each(self, call: str, timeout: Optional[float]) -> Dict[str, StreamOutcome]:
+        # The timeout bounds the whole set, not each stream.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = {}
+        for stream in self.streams:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            out[stream.name] = self._guard(stream, call, left)
+        return out
+
+
+
+def all_ok(outcomes: Dict[str, StreamOutcome]) -> bool:
+    return all(o.status is not OutcomeStatus.FAILED for o in outcomes.values())

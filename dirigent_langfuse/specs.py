@@ -1,0 +1,124 @@
+"""Stream configuration: the TOML `[[streams]]` array of the seed, read into `StreamSpec`s.
+
+Errors are `ConfigError`s that name the stream and the key. Values of secret keys are never
+echoed, whatever is wrong with them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Union
+
+import attrs
+
+from .bus import BusEvent
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.9/3.10 only
+    import tomli as tomllib
+
+__all__ = ["StreamScope", "StreamSpec", "load_stream_specs", "SECRET_KEYS"]
+
+SECRET_KEYS = frozenset({"secret_key", "password", "token", "api_key"})
+_SCOPE_KINDS = ("all", "connector")
+
+
+@attrs.frozen(kw_only=True)
+class StreamScope:
+    """Which events a stream sees: `all`, or one connector's (`connector_uid`)."""
+
+    kind: str = attrs.field(default="all", validator=attrs.validators.in_(_SCOPE_KINDS))
+    connector_uid: Optional[str] = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind == "connector" and not self.connector_uid:
+            raise ConfigError("scope kind 'connector' needs a connector_uid", key="scope.connector_uid")
+
+    def matches(self, event: BusEvent) -> bool:
+        return self.kind == "all" or event.connector_id == self.connector_uid
+
+
+def _redacted(params: Mapping[str, Any]) -> Dict[str, Any]:
+    return {k: ("***" if k in SECRET_KEYS else v) for k, v in params.items()}
+
+
+@attrs.frozen(kw_only=True)
+class StreamSpec:
+    """One `[[streams]]` entry. `params` is the stream type's own table (secrets redacted in repr)."""
+
+    name: str = attrs.field(validator=attrs.validators.instance_of(str))
+    type: str = attrs.field(validator=attrs.validators.instance_of(str))
+    enabled: bool = True
+    scope: StreamScope = attrs.field(factory=StreamScope)
+    params: Mapping[str, Any] = attrs.field(factory=dict, repr=_redacted)
+
+
+def _table(value: Any, stream: str, key: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"must be a table, got {type(value).__name__}", stream=stream, key=key)
+    return value
+
+
+def _spec(entry: Any, index: int, seen: set) -> StreamSpec:
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"[[streams]] entry {index} must be a table", key="streams")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"[[streams]] entry {index} needs a non-empty string", key="name")
+    if name in seen:
+        raise ConfigError("name is used by two streams", stream=name, key="name")
+    seen.add(name)
+    unknown = set(entry) - {"name", "type", "kind", "enabled", "scope", "params"}
+    if unknown:
+        raise ConfigError(f"unknown keys {sorted(unknown)}", stream=name, key=sorted(unknown)[0])
+    type_ = entry.get("type", entry.get("kind"))
+    if not isinstance(type_, str) or not type_:
+        raise ConfigError("needs a string 'type' (for example \"langfuse\")", stream=name, key="type")
+    enabled = entry.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError("must be true or false", stream=name, key="enabled")
+    scope_table = dict(_table(entry.get("scope"), name, "scope"))
+    extra = set(scope_table) - {"kind", "connector_uid"}
+    if extra:
+        raise ConfigError(f"unknown keys {sorted(extra)}", stream=name, key="scope." + sorted(extra)[0])
+    kind = scope_table.get("kind", "all")
+    if kind not in _SCOPE_KINDS:
+        raise ConfigError(f"must be one of {list(_SCOPE_KINDS)}, got {kind!r}", stream=name, key="scope.kind")
+    try:
+        scope = StreamScope(kind=kind, connector_uid=scope_table.get("connector_uid"))
+    except ConfigError as exc:
+        raise ConfigError(exc.problem, stream=name, key=exc.key) from None
+    params = dict(_table(entry.get("params"), name, "params"))
+    return StreamSpec(name=name, type=type_, enabled=enabled, scope=scope, params=params)
+
+
+def load_stream_specs(source: Union[str, os.PathLike, Mapping[str, Any]]) -> List[StreamSpec]:
+    """Read `[[streams]]` from a TOML file path, a TOML string, or an already parsed mapping."""
+    if isinstance(source, Mapping):
+        document: Mapping[str, Any] = source
+    else:
+        text: Optional[str] = None
+        if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source and "=" not in source):
+            path = Path(source)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+        else:
+            text = str(source)
+        try:
+            document = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            # The decoder's message names a line and column, never a value.
+            raise ConfigError(f"not valid TOML: {exc}") from None
+    streams = document.get("streams", [])
+    if not isinstance(streams, list):
+        raise ConfigError("must be an array of tables ([[streams]])", key="streams")
+    seen: set = set()
+    return [_spec(entry, i, seen) for i, entry in enumerate(streams)]

@@ -1,0 +1,243 @@
+"""`LangfuseStream`: the `SessionStream` that mirrors BusEvents into one Langfuse project.
+
+On the caller's thread `on_event` only validates, maps (a pure function over bounded state) and
+appends to a bounded queue: no network I/O, no waiting on the worker, no exception for a bad
+event or a dead backend. Everything else — encoding, the transport choice, requests, retries,
+the retry buffer, the spool — happens on the stream's daemon worker thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any, Callable, Dict, List, Optional
+
+import attrs
+
+from .bus import BusEvent, UnknownEvent
+from .client import LangfuseClient
+from .config import LangfuseConfig
+from .mapping import MappingState, bus_event_to_items, maps
+from .pending import PendingBuffer
+from .streams import (
+    Health,
+    HealthTracker,
+    SessionStream,
+    StreamError,
+    StreamOutcome,
+    StreamStats,
+)
+from .transport import IngestionTransport
+from .worker import FlushResult, Worker
+
+__all__ = ["LangfuseStream", "make_transport"]
+
+log = logging.getLogger(__name__)
+
+
+def make_transport(config: LangfuseConfig, client: LangfuseClient) -> Any:
+    """The transport `config.transport` names; "auto" decides on the worker thread, once."""
+    if config.transport == "ingestion":
+        return IngestionTransport(client, config.max_item_bytes)
+    from .otel import AutoTransport, OtelTransport
+
+    if config.transport == "otel":
+        return OtelTransport(client, config)
+    return AutoTransport(client, config)
+
+
+class LangfuseStream(SessionStream):
+    """Mirrors BusEvents into Langfuse; see the module docstring for what runs where."""
+
+    def __init__(
+        self,
+        config: LangfuseConfig,
+        name: str = "langfuse",
+        *,
+        client: Optional[LangfuseClient] = None,
+        transport: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.client = client or LangfuseClient(config)
+        self._health = HealthTracker(config.degraded_after, config.unavailable_after)
+        self._state = MappingState(max_scrolls=config.pending_max_keys * 10, ttl=config.pending_ttl, clock=clock)
+        self._pending = PendingBuffer(
+            config.pending_max_keys, config.pending_max_events_per_key, config.pending_ttl, clock=clock, name=name
+        )
+        self.transport = transport if transport is not None else make_transport(config, self.client)
+        spool = None
+        if config.spool_path:
+            from .spool import Spool
+
+            spool = Spool(config.spool_path, stream=name)
+        self._worker = Worker(config, self.transport, self._health, name=name, spool=spool, clock=clock)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._final: Optional[StreamOutcome] = None
+        self.events_seen = 0
+        self.events_skipped = 0
+        self.events_held = 0
+        self.events_failed = 0
+        self._atexit: Optional[Callable[[], None]] = None
+        if hasattr(os, "register_at_fork"):
+            me = weakref.ref(self)
+
+            def _child() -> None:
+                stream = me()
+                if stream is not None:
+                    stream._after_fork()
+
+            os.register_at_fork(after_in_child=_child)
+        if config.atexit_flush:
+            ref = weakref.ref(self)
+
+            def _at_exit() -> None:
+                stream = ref()
+                if stream is not None and not stream._closed:
+                    stream.shutdown(stream.config.shutdown_timeout)
+
+            self._atexit = _at_exit
+            atexit.register(_at_exit)
+
+    def _after_fork(self) -> None:
+        # Locks held by the parent's threads at fork time would never be released here.
+        self._lock = threading.Lock()
+        self._pending._reset_after_fork()
+        self._state._reset_after_fork()
+
+    def __repr__(self) -> str:
+        return f"LangfuseStream(name={self.name!r}, host={self.config.host!r}, transport={self.config.transport!r})"
+
+    # -- the host's thread ------------------------------------------------------------------------
+
+    def on_event(self, event: BusEvent) -> StreamOutcome:
+        try:
+            return self._on_event(event)
+        except Exception as exc:  # the host's thread is sacred
+            with self._lock:
+                self.events_failed += 1
+            log.exception("stream %r: could not handle %s", self.name, type(event).__name__)
+            return StreamOutcome.failed(StreamError.INVALID, f"{type(exc).__name__}: {exc}")
+
+    def _count(self, attr: str) -> None:
+        with self._lock:
+            setattr(self, attr, getattr(self, attr) + 1)
+
+    def _on_event(self, event: BusEvent) -> StreamOutcome:
+        with self._lock:
+            self.events_seen += 1
+            closed = self._closed
+        if closed:
+            self._count("events_failed")
+            return StreamOutcome.failed(StreamError.CLOSED, "stream is shut down")
+        if not isinstance(event, BusEvent):
+            self._count("events_failed")
+            return StreamOutcome.failed(StreamError.INVALID, f"not a BusEvent: {type(event).__name__}")
+        if isinstance(event, UnknownEvent):
+            self._count("events_skipped")
+            return StreamOutcome.skipped(f"unknown event type {event.type!r}")
+        if not event.scroll_id:
+            if not self.config.late_bind_buffer:
+                self._count("events_skipped")
+                return StreamOutcome.skipped("no scroll_id (late-bind buffering is off)")
+            if not maps(event):
+                self._count("events_skipped")
+                return StreamOutcome.skipped("no scroll_id, and nothing to send for this event")
+            self._pending.hold(event)
+            self._count("events_held")
+            return StreamOutcome.accepted("held until the host binds its scroll")
+        events: List[BusEvent] = self._pending.release(event)
+        released = len(events)
+        if released:
+            events = [attrs.evolve(e, scroll_id=event.scroll_id) for e in events]
+        events.append(event)
+        items: List[Dict[str, Any]] = []
+        for each in events:
+            items.extend(bus_event_to_items(each, self._state))
+        if not items:
+            self._count("events_skipped")
+            return StreamOutcome.skipped("nothing to send for this event")
+        if not self._worker.submit(items):
+            self._count("events_failed")
+            if self._closed:
+                return StreamOutcome.failed(StreamError.CLOSED, "stream is shut down")
+            return StreamOutcome.failed(StreamError.OVERFLOW, f"queue full ({self.config.max_queue_items} items); dropped")
+        detail = f"{len(items)} item(s) queued"
+        if released:
+            detail += f", {released} held event(s) released"
+        return StreamOutcome.accepted(detail)
+
+    # -- waiting ----------------------------------------------------------------------------------
+
+    def _outcome(self, result: FlushResult, what: str) -> StreamOutcome:
+        if result.ok:
+            return StreamOutcome.delivered(f"{what}: everything delivered")
+        kind = self._worker.last_error_kind or ""
+        error = StreamError.STATUS if kind.startswith("status_") and kind != "status_429" else StreamError.TRANSPORT
+        if result.timed_out:
+            return StreamOutcome.failed(error, f"{what} timed out; {result.pending} item(s) not yet delivered")
+        detail = f"{what}: {result.pending} item(s) not delivered"
+        if result.error:
+            detail += f"; last error: {result.error}"
+        return StreamOutcome.failed(error, detail)
+
+    def flush(self, timeout: Optional[float] = None) -> StreamOutcome:
+        """Send what is queued now and wait (at most `timeout`, default `config.flush_timeout`)."""
+        self._pending.expire()
+        if self._closed:
+            return self._final or StreamOutcome.failed(StreamError.CLOSED, "stream is shut down")
+        return self._outcome(self._worker.flush(self.config.flush_timeout if timeout is None else timeout), "flush")
+
+    def shutdown(self, timeout: Optional[float] = None) -> StreamOutcome:
+        """Stop accepting, deliver what can be delivered within `timeout`, count the rest."""
+        with self._lock:
+            if self._closed:
+                return self._final or StreamOutcome.failed(StreamError.CLOSED, "shutdown already running")
+            self._closed = True
+        if self._atexit is not None:
+            atexit.unregister(self._atexit)
+        unbound = self._pending.drain("unbound_at_shutdown")
+        result = self._worker.shutdown(self.config.shutdown_timeout if timeout is None else timeout)
+        if not result.timed_out:
+            self.client.close()
+        outcome = self._outcome(result, "shutdown")
+        if unbound and outcome.ok:
+            outcome = StreamOutcome.failed(StreamError.TRANSPORT, f"shutdown: {unbound} event(s) never bound to a scroll")
+        self._final = outcome
+        return outcome
+
+    # -- observing --------------------------------------------------------------------------------
+
+    def health(self) -> Health:
+        return self._health.state()
+
+    def stats(self) -> StreamStats:
+        self._pending.expire()
+        counts = self._worker.counts()
+        dropped = dict(counts["dropped"])
+        return StreamStats(
+            events_seen=self.events_seen,
+            events_skipped=self.events_skipped,
+            events_held=len(self._pending),
+            events_failed=self.events_failed,
+            events_dropped=dict(self._pending.dropped),
+            items_accepted=counts["accepted"],
+            items_delivered=counts["delivered"],
+            items_pending=counts["pending"],
+            items_failed=sum(dropped.values()),
+            items_truncated=counts["truncated"],
+            dropped=dropped,
+            batches=counts["batches"],
+            requests=counts["requests"],
+            retries=counts["retries"],
+            bytes_sent=counts["bytes_sent"],
+            health=self._health.state(),
+            last_error=counts["last_error"],
+            transport=getattr(self.transport, "name", ""),
+        )

@@ -1,0 +1,104 @@
+"""Wire formats: how queued ingestion items become requests, and what a response means per item.
+
+A transport turns items into `Record`s (encoded once, kept for retries and the spool) and sends
+a list of records as one request, answering with a `Report` that sorts every record into
+delivered, to retry, or dropped. Both transports share the worker, its retry buffer and health.
+
+- `IngestionTransport`: the seed's `POST /api/public/ingestion`, one record per item.
+- `otel.OtelTransport`: OTLP/JSON spans, one record per ended observation.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import attrs
+
+from .client import LangfuseClient
+from .encoding import encode_item
+from .errors import LangfuseError, LangfuseStatusError
+
+__all__ = ["Record", "Report", "IngestionTransport"]
+
+log = logging.getLogger(__name__)
+
+
+class Record:
+    """One unit on the wire: `key` (envelope or span id), its encoded `data`, and how many
+    queued items it stands for (`weight`; an OTel span merges its create and its updates)."""
+
+    __slots__ = ("key", "data", "weight", "truncated")
+
+    def __init__(self, key: str, data: bytes, weight: int = 1, truncated: bool = False) -> None:
+        self.key = key
+        self.data = data
+        self.weight = weight
+        self.truncated = truncated
+
+    def __repr__(self) -> str:
+        return f"Record({self.key!r}, {len(self.data)} bytes, weight={self.weight})"
+
+
+@attrs.define
+class Report:
+    """A request's result, record by record. `error` is set when the whole request failed."""
+
+    delivered: List[Record] = attrs.field(factory=list)
+    retry: List[Record] = attrs.field(factory=list)
+    dropped: List[Tuple[Record, str, str]] = attrs.field(factory=list)
+    error: Optional[LangfuseError] = None
+    retries: int = 0
+    bytes_sent: int = 0
+
+
+class IngestionTransport:
+    """`POST /api/public/ingestion` with `{"batch": [...]}`; Langfuse answers 207 per item."""
+
+    name = "ingestion"
+    envelope = (b'{"batch":[', b"]}")
+
+    def __init__(self, client: LangfuseClient, max_item_bytes: int) -> None:
+        self.client = client
+        self.max_item_bytes = max_item_bytes
+
+    def prepare(self, items: Sequence[Dict[str, Any]]) -> List[Record]:
+        out = []
+        for item in items:
+            data, truncated = encode_item(item, self.max_item_bytes)
+            out.append(Record(item["id"], data, 1, truncated))
+        return out
+
+    def close_open(self, now_iso: str) -> List[Record]:
+        return []
+
+    def open_count(self) -> int:
+        return 0
+
+    def body(self, records: Sequence[Record]) -> bytes:
+        return b'{"batch":[' + b",".join(r.data for r in records) + b"]}"
+
+    def send(self, records: Sequence[Record]) -> Report:
+        body = self.body(records)
+        result = self.client.send_ingestion_body(body, len(records))
+        report = Report(retries=result.retries, bytes_sent=result.bytes_sent)
+        failed = {e.id: e for e in result.errors}
+        for record in records:
+            error = failed.get(record.key)
+            if error is None:
+                report.delivered.append(record)
+            elif error.retryable:
+                report.retry.append(record)
+            else:
+                report.dropped.append((record, f"status_{error.status}", error.message))
+        return report
+
+    def reset(self) -> None:
+        self.client.reset()
+
+
+def request_error(exc: LangfuseError) -> Tuple[str, bool, Optional[float]]:
+    """(reason, retryable, retry_after) for a request that failed as a whole."""
+    if isinstance(exc, LangfuseStatusError):
+        return f"status_{exc.status}", exc.retryable, exc.retry_after
+    return "transport", True, None

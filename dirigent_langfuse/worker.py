@@ -1,0 +1,513 @@
+"""The delivery worker: a bounded queue in front of one daemon thread that owns all network I/O.
+
+Promises:
+- `submit` never blocks on the network and never waits for the thread: it appends to a bounded
+  deque under a lock the worker only holds for O(1) steps; a full queue refuses (the caller counts).
+- Every item submitted ends in exactly one of: delivered, dropped with a reason, or pending
+  (queued, in the outbox, in flight, or open in the OTel transport). `counts()` shows all four.
+- Records wait in the outbox (the retry buffer) until Langfuse took them. A failed request puts
+  its records back at the front and backs off (capped exponential, with jitter, at least what a
+  429 asked); while UNAVAILABLE one small probe request goes first. Only a full outbox drops,
+  oldest first.
+- `flush` and `shutdown` are timed waits on a condition: they can never hang.
+- Fork safety: the thread is remembered with the pid that started it; a forked child gets fresh
+  locks (`os.register_at_fork`), an empty queue and its own thread on first use.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+
+from .config import LangfuseConfig
+from .errors import LangfuseError
+from .streams import HealthTracker, Health
+from .transport import Record, Report, request_error
+
+__all__ = ["Worker", "FlushResult"]
+
+log = logging.getLogger(__name__)
+
+
+class _Throttled:
+    """Logs a recurring condition once, then at most once per `every` seconds with a count."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        self.every = every
+        self._last: Dict[str, float] = {}
+        self._count: Dict[str, int] = {}
+
+    def __call__(self, key: str, level: int, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        count = self._count.get(key, 0) + 1
+        last = self._last.get(key)
+        if last is not None and now - last < self.every:
+            self._count[key] = count
+            return
+        self._last[key] = now
+        self._count[key] = 0
+        if count > 1:
+            msg += " (%d times since the last report)"
+            args = args + (count,)
+        log.log(level, msg, *args)
+
+
+class FlushResult:
+    __slots__ = ("ok", "timed_out", "pending", "error")
+
+    def __init__(self, ok: bool, timed_out: bool, pending: int, error: Optional[str]) -> None:
+        self.ok = ok
+        self.timed_out = timed_out
+        self.pending = pending
+        self.error = error
+
+
+class Worker:
+    """Queue → prepare (encode) → outbox → send, on one daemon thread per process."""
+
+    def __init__(
+        self,
+        config: LangfuseConfig,
+        transport: Any,
+        health: HealthTracker,
+        *,
+        name: str = "langfuse",
+        spool: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        random: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.health = health
+        self.name = name
+        self.spool = spool
+        self._clock = clock
+        self._random = random
+        self._throttled = _Throttled()
+        self._init_state()
+        if hasattr(os, "register_at_fork"):
+            ref = weakref.WeakMethod(self._after_fork)
+
+            def _child() -> None:
+                method = ref()
+                if method is not None:
+                    method()
+
+            os.register_at_fork(after_in_child=_child)
+        if spool is not None:
+            self._load_spool()
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._done = threading.Condition(self._lock)
+        self._queue: Deque[Dict[str, Any]] = collections.deque()
+        self._outbox: Deque[Record] = collections.deque()
+        self._outbox_bytes = 0
+        self._outbox_since: Optional[float] = None
+        self._pid = os.getpid()
+        self._thread: Optional[threading.Thread] = None
+        self._closing = False
+        self._deadline: Optional[float] = None
+        self._stopped = False
+        self._flush_requests = 0
+        self._force = False
+        self._busy = False
+        self._due = 0.0  # no request before this time (backoff, rate limit)
+        self._failures_in_row = 0
+        self._batch_limit = self.config.batch_size
+        self._calm_at = 0.0
+        self._seen_messages: Dict[str, int] = {}
+        # counters (items unless said otherwise)
+        self.accepted = 0
+        self.processed = 0
+        self.delivered = 0
+        self.dropped: Dict[str, int] = collections.Counter()
+        self.truncated = 0
+        self.batches = 0
+        self.requests = 0
+        self.retries = 0
+        self.bytes_sent = 0
+        self.failed_requests = 0
+        self.last_error: Optional[str] = None
+        self.last_error_kind: Optional[str] = None
+
+    def _after_fork(self) -> None:
+        # In the child: the parent's items are the parent's to deliver; start clean.
+        self._init_state()
+        self.health._reset_after_fork()
+        reset = getattr(self.transport, "reset", None)
+        if reset is not None:
+            reset()
+        if self.spool is not None:
+            self.spool = self.spool.detached()
+
+    # -- caller side ------------------------------------------------------------------------------
+
+    def submit(self, items: Sequence[Dict[str, Any]]) -> bool:
+        """Queue `items`; False (and counted as dropped, `queue_full`) when the queue is full."""
+        n = len(items)
+        with self._lock:
+            if self._pid != os.getpid():  # fork without register_at_fork
+                self._lock.release()
+                try:
+                    self._after_fork()
+                finally:
+                    self._lock.acquire()
+            if self._closing:
+                return False
+            self.accepted += n
+            if len(self._queue) + n > self.config.max_queue_items:
+                self.dropped["queue_full"] += n
+                full = True
+            else:
+                self._queue.extend(items)
+                full = False
+                if len(self._queue) >= self._batch_limit:
+                    self._work.notify()
+        if full:
+            self._throttled(
+                "queue_full", logging.WARNING,
+                "stream %r: queue full (%d items); dropping new items", self.name, self.config.max_queue_items,
+            )
+            return False
+        if self._thread is None or not self._thread.is_alive():
+            self._start()
+        return True
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            if self._stopped:
+                return
+            self._thread = threading.Thread(target=self._run, name=f"dirigent-langfuse[{self.name}]", daemon=True)
+            self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        return self.accepted - self.delivered - sum(self.dropped.values())
+
+    def flush(self, timeout: float) -> FlushResult:
+        """Wait until everything queued so far was attempted at least once since this call.
+
+        A batch waiting out a backoff is tried once more at once. Returns within `timeout`.
+        """
+        deadline = self._clock() + timeout
+        if self._thread is None or not self._thread.is_alive():
+            self._start()
+        with self._lock:
+            target = self.accepted - self.dropped.get("queue_full", 0)
+            failures = self.failed_requests
+            drops = self._drops()
+            self._flush_requests += 1
+            self._force = True
+            self._work.notify()
+            try:
+                while True:
+                    attempted = self.failed_requests > failures
+                    if self.processed >= target and not self._busy and (not self._outbox or attempted):
+                        break
+                    left = deadline - self._clock()
+                    if left <= 0 or self._stopped:
+                        return FlushResult(False, True, self.pending, self.last_error)
+                    self._done.wait(min(left, 0.5))
+            finally:
+                self._flush_requests -= 1
+            failed = self.failed_requests > failures or self._drops() > drops
+            ok = not failed and not self._outbox
+            return FlushResult(ok, False, self.pending, None if ok else self.last_error)
+
+    def _drops(self) -> int:
+        return sum(n for reason, n in self.dropped.items() if reason != "queue_full")
+
+    def shutdown(self, timeout: float) -> FlushResult:
+        """Deliver what can be delivered before `timeout`; drop (counted) or spool the rest."""
+        deadline = self._clock() + timeout
+        with self._lock:
+            drops = self._drops()
+            self._closing = True
+            if self._deadline is None or deadline < self._deadline:
+                self._deadline = deadline
+            self._work.notify()
+            thread = self._thread
+        if thread is None or not thread.is_alive():
+            self._run()  # no thread (never started, or forked away): finish inline, bounded by the deadline
+        else:
+            thread.join(max(0.0, deadline - self._clock()) + 0.05)
+        with self._lock:
+            self._stopped = True
+            timed_out = thread is not None and thread.is_alive()
+            ok = self.pending == 0 and self._drops() == drops and not timed_out
+            return FlushResult(ok, timed_out, self.pending, None if ok else self.last_error)
+
+    # -- worker side ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                step = self._next_step()
+                if step is None:
+                    break
+                kind, payload = step
+                try:
+                    if kind == "prepare":
+                        self._prepare(payload)
+                    else:
+                        self._send(payload)
+                except Exception:  # never let a bug kill delivery: count and go on
+                    log.exception("stream %r: unexpected error in the worker", self.name)
+                    with self._lock:
+                        self._busy = False
+                        lost = sum(r.weight for r in payload) if kind == "send" else len(payload)
+                        self.dropped["internal_error"] += lost
+                        if kind == "prepare":
+                            self.processed += len(payload)
+                        self._done.notify_all()
+        finally:
+            self._finish()
+
+    def _next_step(self) -> Optional[Tuple[str, Any]]:
+        with self._lock:
+            while True:
+                now = self._clock()
+                closing = self._closing
+                if closing and self._deadline is not None and now >= self._deadline:
+                    return None
+                if self._queue:
+                    take = min(len(self._queue), max(self._batch_limit, 256))
+                    items = [self._queue.popleft() for _ in range(take)]
+                    self._busy = True
+                    return "prepare", items
+                if closing and not self._outbox and self.transport.open_count():
+                    self._busy = True
+                    return "prepare", None
+                if not self._outbox:
+                    if closing:
+                        return None
+                    wake = now + self.config.flush_interval
+                else:
+                    ready = (
+                        closing
+                        or self._flush_requests > 0
+                        or self._failures_in_row > 0
+                        or len(self._outbox) >= self._batch_limit
+                    )
+                    since = self._outbox_since if self._outbox_since is not None else now
+                    wake = max(self._due, now if ready else since + self.config.flush_interval)
+                    if closing or self._force:
+                        wake = now
+                    if wake <= now:
+                        self._force = False
+                        self._busy = True
+                        return "send", self._take_batch()
+                if self._deadline is not None:
+                    wake = min(wake, self._deadline)
+                self._work.wait(max(wake - now, 0.001))
+
+    def _take_batch(self) -> List[Record]:
+        limit = self._batch_limit
+        if self.health.state() is Health.UNAVAILABLE:
+            limit = 1  # a probe: one small request before the rest
+        max_bytes = self.config.max_request_bytes - 64
+        batch: List[Record] = []
+        size = 0
+        while self._outbox and len(batch) < limit:
+            record = self._outbox[0]
+            if batch and size + len(record.data) + 1 > max_bytes:
+                break
+            self._outbox.popleft()
+            self._outbox_bytes -= len(record.data)
+            batch.append(record)
+            size += len(record.data) + 1
+        if not self._outbox:
+            self._outbox_since = None
+        return batch
+
+    def _prepare(self, items: Optional[List[Dict[str, Any]]]) -> None:
+        if items is None:
+            records = self.transport.close_open(self._clock())
+        else:
+            records = self.transport.prepare(items)
+        if self.spool is not None and records:
+            self.spool.add(records)
+        with self._lock:
+            if items is not None:
+                self.processed += len(items)
+            self.truncated += sum(1 for r in records if r.truncated)
+            self._add_to_outbox(records)
+            self._busy = False
+            self._done.notify_all()
+
+    def _add_to_outbox(self, records: Sequence[Record], front: bool = False) -> None:
+        if not records:
+            return
+        if self._outbox_since is None:
+            self._outbox_since = self._clock()
+        if front:
+            self._outbox.extendleft(reversed(records))
+        else:
+            self._outbox.extend(records)
+        self._outbox_bytes += sum(len(r.data) for r in records)
+        over = 0
+        while len(self._outbox) > self.config.max_buffer_items or (
+            self._outbox_bytes > self.config.max_buffer_bytes and len(self._outbox) > 1
+        ):
+            old = self._outbox.popleft()
+            self._outbox_bytes -= len(old.data)
+            self.dropped["buffer_full"] += old.weight
+            over += old.weight
+            if self.spool is not None:
+                self.spool.remove([old.key])
+        if over:
+            self._throttled(
+                "buffer_full", logging.WARNING,
+                "stream %r: retry buffer full; dropped the %d oldest items", self.name, over,
+            )
+
+    def _send(self, batch: List[Record]) -> None:
+        try:
+            report = self.transport.send(batch)
+        except LangfuseError as exc:
+            report = Report(error=exc)
+        if report.error is not None:
+            reason, retryable, retry_after = request_error(report.error)
+            if getattr(report.error, "status", None) == 413 and len(batch) > 1:
+                half = len(batch) // 2
+                with self._lock:
+                    self._add_to_outbox(batch, front=True)
+                    self._batch_limit = max(1, half)
+                    self._busy = False
+                    self._done.notify_all()
+                log.info("stream %r: 413 for %d items; splitting", self.name, len(batch))
+                return
+            if retryable:
+                report.retry = list(batch)
+            else:
+                message = str(report.error)
+                report.dropped = [(r, reason, message) for r in batch]
+            self._account(batch, report, reason, retry_after)
+        else:
+            self._account(batch, report, None, None)
+
+    def _account(self, batch: List[Record], report: Report, reason: Optional[str], retry_after: Optional[float]) -> None:
+        now = self._clock()
+        delivered = sum(r.weight for r in report.delivered)
+        to_log: List[Tuple[str, int, str]] = []
+        with self._lock:
+            self.requests += 1
+            self.retries += report.retries
+            self.bytes_sent += report.bytes_sent
+            self.delivered += delivered
+            if delivered:
+                self.batches += 1
+            for record, why, message in report.dropped:
+                self.dropped[why] += record.weight
+                key = f"{why}:{message}"
+                if key not in self._seen_messages and len(self._seen_messages) < 1000:
+                    self._seen_messages[key] = 1
+                    to_log.append((why, record.weight, message))
+            if report.error is not None:
+                self.failed_requests += 1
+                self._failures_in_row += 1
+                self.last_error = str(report.error)
+                self.last_error_kind = reason
+                self.health.failure()
+            else:
+                self._failures_in_row = 0
+                self.health.success()
+                if self._batch_limit < self.config.batch_size:  # after a 413 split
+                    self._batch_limit = min(self.config.batch_size, self._batch_limit * 2)
+                if self.last_error_kind == "status_429" and now >= self._due:
+                    self.last_error_kind = None
+            if report.retry:
+                self._add_to_outbox(report.retry, front=True)
+                if report.error is None:  # some items of a 207 asked to be retried
+                    self._failures_in_row = max(self._failures_in_row, 1)
+                self._due = now + self._backoff(retry_after)
+            if reason == "status_429":
+                self._batch_limit = min(self._batch_limit * 2, self.config.batch_size * 32)
+                self._calm_at = now + max(60.0, retry_after or 0.0)
+            elif report.error is None and self._batch_limit > self.config.batch_size and now >= self._calm_at:
+                self._batch_limit = max(self.config.batch_size, self._batch_limit // 2)
+            self._busy = False
+            self._done.notify_all()
+        if self.spool is not None:
+            finished = [r.key for r in report.delivered] + [r.key for r, _, _ in report.dropped]
+            if finished:
+                self.spool.remove(finished)
+        for why, weight, message in to_log:
+            log.warning("stream %r: Langfuse refused items (%s): %s", self.name, why, message or "no message")
+        if report.error is not None:
+            self._throttled(
+                "send_failed:" + (reason or ""), logging.WARNING,
+                "stream %r: request failed (%s), %d items kept for retry: %s",
+                self.name, reason, len(report.retry), report.error,
+            )
+
+    def _backoff(self, retry_after: Optional[float]) -> float:
+        failures = max(1, self._failures_in_row)
+        base = min(self.config.retry_backoff_max, self.config.flush_interval * (2 ** (failures - 1)))
+        delay = base * (0.5 + 0.5 * self._random())
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return delay
+
+    def _finish(self) -> None:
+        """At shutdown: what is left is spooled (kept for the next start) or dropped, counted."""
+        with self._lock:
+            if not self._closing:
+                return
+            left_queue = len(self._queue)
+            left_outbox = sum(r.weight for r in self._outbox)
+            self._queue.clear()
+            spooled = self.spool is not None
+            if left_queue:
+                self.dropped["shutdown"] += left_queue
+            if left_outbox and not spooled:
+                self.dropped["shutdown"] += left_outbox
+            self._outbox.clear()
+            self._outbox_bytes = 0
+            self._done.notify_all()
+        if left_queue or (left_outbox and not spooled):
+            log.warning(
+                "stream %r: shutdown deadline reached; %d items not delivered%s",
+                self.name, left_queue + (0 if spooled else left_outbox), "",
+            )
+        if spooled and left_outbox:
+            log.warning("stream %r: %d items left in the spool for the next start", self.name, left_outbox)
+
+    def _load_spool(self) -> None:
+        records = self.spool.load()
+        if records:
+            with self._lock:
+                n = sum(r.weight for r in records)
+                self.accepted += n
+                self.processed += n
+                self._add_to_outbox(records)
+            log.info("stream %r: re-sending %d items found in the spool", self.name, len(records))
+
+    def counts(self) -> Dict[str, Any]:
+        with self._lock:
+            return {
+                "accepted": self.accepted,
+                "delivered": self.delivered,
+                "dropped": dict(self.dropped),
+                "pending": self.pending,
+                "queued": len(self._queue),
+                "outbox": len(self._outbox),
+                "batches": self.batches,
+                "requests": self.requests,
+                "retries": self.retries,
+                "bytes_sent": self.bytes_sent,
+                "truncated": self.truncated,
+                "last_error": self.last_error,
+            }
