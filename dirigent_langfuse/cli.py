@@ -1,0 +1,365 @@
+"""The `dirigent-langfuse` command (also `python -m dirigent_langfuse`).
+
+    demo      mirror the bundled example sessions into an embedded receiver and show the traces
+    mirror    run BusEvents (JSON Lines, a file or stdin) through every enabled stream of a config
+    receive   run the Langfuse-compatible receiver in the foreground
+    show      print the traces a receiver stored, as trees
+    check     validate a config and test each Langfuse stream's host and keys with one request
+
+Exit codes: 0 success; 1 something failed or was dropped; 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from importlib import resources
+from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+
+from . import __version__
+from .bus import BusEvent, event_from_json
+from .client import LangfuseClient
+from .config import LangfuseConfig
+from .errors import BusEventError, ConfigError, DirigentLangfuseError, LangfuseStatusError, LangfuseTransportError
+from .faults import parse_fault
+from .otel import choose_transport
+from .receiver import DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY, Receiver, parse_listen
+from .registry import StreamFactoryRegistry, StreamSet
+from .render import render_all
+from .specs import load_stream_specs
+from .stream import LangfuseStream
+from .streams import OutcomeStatus, StreamStats
+from .transport import IngestionTransport, Record, Report
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+EXAMPLE = "coding_session.jsonl"
+
+
+def _example_lines() -> List[str]:
+    return resources.files("dirigent_langfuse").joinpath("examples", EXAMPLE).read_text(encoding="utf-8").splitlines()
+
+
+def _read_events(
+    lines: Iterator[str], errors: List[Tuple[int, str]], show: Optional[TextIO] = None
+) -> Iterator[Tuple[int, BusEvent]]:
+    """Decode JSON Lines; a bad line is recorded (and shown at once on `show`), never fatal."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield number, event_from_json(json.loads(line))
+        except (ValueError, BusEventError) as exc:
+            errors.append((number, str(exc)))
+            if show is not None:
+                show.write(f"mirror: line {number}: {exc}\n")
+
+
+def _summary(stats: StreamStats) -> str:
+    dropped = ", ".join(f"{k}={v}" for k, v in sorted(stats.dropped.items())) or "none"
+    return (
+        f"events={stats.events_seen} items={stats.items_accepted} delivered={stats.items_delivered} "
+        f"batches={stats.batches} requests={stats.requests} retries={stats.retries} "
+        f"dropped={dropped} health={stats.health.value} transport={stats.transport}"
+    )
+
+
+def _failed(stats: StreamStats) -> bool:
+    return bool(stats.items_dropped or stats.items_pending or stats.events_failed or stats.events_dropped)
+
+
+# -- demo ------------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    errors: List[Tuple[int, str]] = []
+    version = "4.0.0" if args.transport == "otel" else "3.120.0"
+    with tempfile.TemporaryDirectory(prefix="dirigent-langfuse-demo-") as tmp:
+        with Receiver(db=os.path.join(tmp, "demo.db"), version=version) as receiver:
+            config = LangfuseConfig(
+                host=receiver.url,
+                public_key=DEFAULT_PUBLIC_KEY,
+                secret_key=DEFAULT_SECRET_KEY,
+                transport=args.transport,
+                flush_interval=0.2,
+                atexit_flush=False,
+            )
+            stream = LangfuseStream(config, name="demo")
+            failures = 0
+            for _, event in _read_events(iter(_example_lines()), errors):
+                if stream.on_event(event).status is OutcomeStatus.FAILED:
+                    failures += 1
+            outcome = stream.shutdown(10.0)
+            stats = stream.stats()
+            print(render_all(receiver.store))
+            print()
+            elapsed = time.monotonic() - started
+            ok = outcome.ok and not _failed(stats) and not errors and failures == 0
+            print(
+                f"{'ok' if ok else 'FAILED'}: events={stats.events_seen} items={stats.items_accepted} "
+                f"delivered={stats.items_delivered} batches={stats.batches} failures={failures + stats.items_dropped} "
+                f"transport={stats.transport} elapsed={elapsed:.2f}s"
+            )
+            if not ok:
+                print(f"  {outcome.detail}; {_summary(stats)}", file=sys.stderr)
+            return 0 if ok else 1
+
+
+# -- mirror ----------------------------------------------------------------------------------------
+
+
+class _PrintTransport(IngestionTransport):
+    """`--dry-run`: the ingestion items are printed (one JSON per line) instead of sent."""
+
+    name = "dry-run"
+
+    def __init__(self, out: TextIO, max_item_bytes: int) -> None:
+        self.out = out
+        self.max_item_bytes = max_item_bytes
+
+    def send(self, records: Sequence[Record]) -> Report:
+        for record in records:
+            self.out.write(record.data.decode("utf-8") + "\n")
+        self.out.flush()
+        return Report(delivered=list(records))
+
+    def reset(self) -> None:
+        pass
+
+
+def _registry() -> StreamFactoryRegistry:
+    registry = StreamFactoryRegistry.from_entry_points()
+    if "langfuse" not in registry.kinds():  # running from a source tree that is not installed
+        from .factory import LangfuseFactory
+
+        registry.register(LangfuseFactory())
+    return registry
+
+
+def _build_streams(config_path: str, dry_run: bool) -> StreamSet:
+    specs = load_stream_specs(config_path)
+    if not dry_run:
+        return StreamSet.from_specs(specs, _registry())
+    streams = []
+    enabled = [s for s in specs if s.enabled]
+    for spec in enabled:
+        if spec.type != "langfuse":
+            continue
+        params = dict(spec.params)
+        params.setdefault("host", "http://dry-run.invalid")
+        params.setdefault("public_key", "pk-dry-run")
+        params.setdefault("secret_key", "sk-dry-run")
+        config = LangfuseConfig.from_params(params, env={}, stream=spec.name)
+        streams.append(
+            LangfuseStream(config, name=spec.name, transport=_PrintTransport(sys.stdout, config.max_item_bytes))
+        )
+    return StreamSet(streams, enabled)
+
+
+class _Progress:
+    def __init__(self, out: TextIO, every: float = 2.0) -> None:
+        self.out = out
+        self.live = out.isatty()
+        self.every = every
+        self.last = 0.0
+
+    def __call__(self, events: int, bad: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.last < (0.1 if self.live else self.every):
+            return
+        self.last = now
+        text = f"mirror: {events} events, {bad} malformed lines"
+        if self.live:
+            self.out.write("\r" + text + ("\n" if final else ""))
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+
+
+def cmd_mirror(args: argparse.Namespace) -> int:
+    try:
+        streams = _build_streams(args.config, args.dry_run)
+    except DirigentLangfuseError as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
+        return 2
+    if not streams.streams:
+        print("mirror: the config has no enabled stream", file=sys.stderr)
+        return 2
+    source: TextIO = sys.stdin if args.file in (None, "-") else open(args.file, encoding="utf-8")
+    errors: List[Tuple[int, str]] = []
+    progress = _Progress(sys.stderr)
+    events = 0
+    failed_outcomes = 0
+    try:
+        for _, event in _read_events(iter(source), errors, show=sys.stderr):
+            events += 1
+            outcomes = streams.on_event(event)
+            failed_outcomes += sum(1 for o in outcomes.values() if o.status is OutcomeStatus.FAILED)
+            progress(events, len(errors))
+    finally:
+        if source is not sys.stdin:
+            source.close()
+    progress(events, len(errors), final=True)
+    outcomes = streams.shutdown(args.timeout)
+    bad = bool(errors) or failed_outcomes > 0
+    for stream in streams.streams:
+        stats = stream.stats()
+        outcome = outcomes.get(stream.name)
+        print(f"mirror: {stream.name}: {_summary(stats)}", file=sys.stderr)
+        if outcome is not None and not outcome.ok:
+            print(f"mirror: {stream.name}: {outcome.detail}", file=sys.stderr)
+            bad = True
+        bad = bad or _failed(stats)
+    print(f"mirror: {'FAILED' if bad else 'ok'}: {events} events, {len(errors)} malformed lines", file=sys.stderr)
+    return 1 if bad else 0
+
+
+# -- receive / show ----------------------------------------------------------------------------------
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    try:
+        host, port = parse_listen(args.listen)
+        faults = [parse_fault(f) for f in args.fault or []]
+    except ValueError as exc:
+        print(f"receive: {exc}", file=sys.stderr)
+        return 2
+    receiver = Receiver(host, port, db=args.db, public_key=args.public_key, secret_key=args.secret_key,
+                        version=args.server_version)
+    receiver.faults.add(*faults)
+    print(f"receive: Langfuse-compatible receiver on http://{host}:{port} (public key {args.public_key}, "
+          f"version {args.server_version}, db {args.db}, {len(faults)} fault(s) scheduled); Ctrl-C stops",
+          file=sys.stderr, flush=True)
+    try:
+        receiver.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        receiver.store.close()
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .store import Store
+
+    if not os.path.exists(args.db):
+        print(f"show: no database at {args.db}", file=sys.stderr)
+        return 2
+    store = Store(args.db)
+    try:
+        text = render_all(store, args.trace_id)
+    finally:
+        store.close()
+    if not text:
+        print("show: no traces" + (f" with id {args.trace_id}" if args.trace_id else ""), file=sys.stderr)
+        return 1
+    print(text)
+    return 0
+
+
+# -- check -----------------------------------------------------------------------------------------
+
+
+def _check_one(name: str, params: Dict[str, Any]) -> Tuple[bool, str]:
+    try:
+        config = LangfuseConfig.from_params(params, stream=name)
+    except ConfigError as exc:
+        return False, f"configuration: {exc}"
+    client = LangfuseClient(config)
+    try:
+        client.check_auth()
+    except LangfuseTransportError as exc:
+        return False, f"cannot reach {config.host}: {exc}"
+    except LangfuseStatusError as exc:
+        if exc.status in (401, 403):
+            return False, f"{config.host} refused the keys (HTTP {exc.status}): check public_key and secret_key"
+        if exc.status == 404:
+            return False, f"{config.host} does not look like Langfuse (HTTP 404 on its API)"
+        return False, f"{config.host} answered HTTP {exc.status}: {exc.message}"
+    finally:
+        client.close()
+    version = LangfuseClient(config).server_version()
+    transport = config.transport if config.transport != "auto" else choose_transport(version)
+    return True, f"ok: {config.host}, Langfuse {version or '(version unknown)'}, keys accepted, transport {transport}"
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        specs = load_stream_specs(args.config)
+    except ConfigError as exc:
+        print(f"check: {exc}", file=sys.stderr)
+        return 2
+    ok = True
+    for spec in specs:
+        if spec.type != "langfuse":
+            print(f"{spec.name}: type {spec.type!r} is not checked here")
+            continue
+        if not spec.enabled:
+            print(f"{spec.name}: disabled, not checked")
+            continue
+        good, text = _check_one(spec.name, spec.params)
+        ok = ok and good
+        print(f"{spec.name}: {text}")
+    return 0 if ok else 1
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dirigent-langfuse", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"dirigent-langfuse {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="mirror the bundled example sessions into an embedded receiver")
+    demo.add_argument("--transport", choices=("auto", "ingestion", "otel"), default="auto",
+                      help="auto asks the receiver (which answers version 3.x, or 4.0 with --transport otel)")
+    demo.set_defaults(func=cmd_demo)
+
+    mirror = sub.add_parser("mirror", help="run BusEvents (JSON Lines) through the configured streams")
+    mirror.add_argument("--config", required=True, help="TOML file with [[streams]]")
+    mirror.add_argument("file", nargs="?", default="-", help="JSON Lines file, or - for stdin (default)")
+    mirror.add_argument("--dry-run", action="store_true", help="print the items instead of sending them")
+    mirror.add_argument("--timeout", type=float, default=30.0, help="seconds to deliver at the end (default 30)")
+    mirror.set_defaults(func=cmd_mirror)
+
+    receive = sub.add_parser("receive", help="run the Langfuse-compatible receiver in the foreground")
+    receive.add_argument("--listen", default="127.0.0.1:3000", help="HOST:PORT (default 127.0.0.1:3000)")
+    receive.add_argument("--db", required=True, help="SQLite file to store into")
+    receive.add_argument("--public-key", default=DEFAULT_PUBLIC_KEY)
+    receive.add_argument("--secret-key", default=DEFAULT_SECRET_KEY)
+    receive.add_argument("--server-version", default="3.120.0", help="version /api/public/health reports")
+    receive.add_argument("--fault", action="append", metavar="SPEC",
+                         help="schedule a fault: 503*5, 429:2*3, slow:1.5*2, reset*1, partial:500/3*1, 503~30")
+    receive.set_defaults(func=cmd_receive)
+
+    show = sub.add_parser("show", help="print stored traces as trees")
+    show.add_argument("--db", required=True)
+    show.add_argument("trace_id", nargs="?")
+    show.set_defaults(func=cmd_show)
+
+    check = sub.add_parser("check", help="validate a config and test each Langfuse stream's host and keys")
+    check.add_argument("--config", required=True)
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1

@@ -1,0 +1,399 @@
+"""A Langfuse-compatible receiver: `http.server` + `sqlite3`, standard library only.
+
+It answers the endpoints a client of Langfuse's public API uses, the way Langfuse does:
+
+- `POST /api/public/ingestion`: basic auth (401), `{"batch": [...]}` or 400, then 207 with
+  `successes` and `errors` per item (an item that is not a valid `IngestionEvent` gets 400);
+- `POST /api/public/otel/v1/traces`: OTLP/JSON, gzip or not (protobuf when the optional
+  `opentelemetry-proto` package is installed, else 415); 200 `{}`; 400 for a malformed export;
+- `GET /api/public/health` with a configurable `version`;
+- `GET /api/public/traces` and `GET /api/public/traces/{id}` (with its observations).
+
+`Receiver(...).start()` serves on a background thread (port 0 picks a free one); `faults` is a
+`FaultPlan` to rehearse outages; `pause()` / `resume()` close and reopen the listening socket, so
+that clients see refused connections. Nagle's algorithm is off on every connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import parse_qs, urlsplit
+
+from .faults import Fault, FaultPlan
+from .store import Store
+from .wire import OtlpError, check_item, decode_otlp
+
+__all__ = ["Receiver", "DEFAULT_PUBLIC_KEY", "DEFAULT_SECRET_KEY"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PUBLIC_KEY = "pk-lf-local"
+DEFAULT_SECRET_KEY = "sk-lf-local"
+
+
+def _decode_protobuf(data: bytes) -> Dict[str, Any]:
+    try:
+        from google.protobuf.json_format import MessageToDict
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    except ImportError:
+        raise LookupError("application/x-protobuf needs the optional opentelemetry-proto package") from None
+    message = ExportTraceServiceRequest()
+    message.ParseFromString(data)
+    out = MessageToDict(message)
+    for rs in out.get("resourceSpans", []):
+        for ss in rs.get("scopeSpans", []):
+            for span in ss.get("spans", []):
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if span.get(key):
+                        span[key] = base64.b64decode(span[key]).hex()
+    return out
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: the store counts requests
+        log.debug("receiver: " + format, *args)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _send(self, code: int, payload: Any, headers: Optional[Dict[str, str]] = None, raw: Optional[bytes] = None) -> None:
+        body = raw if raw is not None else json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json" if raw is None else "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _authorized(self) -> bool:
+        expected = self.server.receiver.auth_header
+        if self.headers.get("Authorization") == expected:
+            return True
+        self._send(401, {"message": "Invalid credentials. Confirm that you've configured the correct host."})
+        return False
+
+    def _body(self) -> Optional[bytes]:
+        length = int(self.headers.get("Content-Length") or 0)
+        data = self.rfile.read(length) if length else b""
+        if self.headers.get("Content-Encoding", "").lower() == "gzip":
+            try:
+                data = gzip.decompress(data)
+            except (OSError, EOFError):
+                self._send(400, {"message": "body is not valid gzip"})
+                return None
+        return data
+
+    def _fault(self) -> Optional[Fault]:
+        fault = self.server.receiver.faults.next()
+        if fault is None:
+            return None
+        self.server.receiver.store.bump("faults_applied")
+        if fault.kind == "slow":
+            time.sleep(fault.delay)
+            return None
+        if fault.kind == "reset":
+            self.close_connection = True
+            try:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            except OSError:
+                pass
+            self.connection.close()
+            return fault
+        if fault.kind == "status":
+            headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+            if fault.code == 502:
+                self._send(fault.code, None, headers, raw=b"<html><body><h1>502 Bad Gateway</h1>nginx</body></html>")
+            else:
+                self._send(fault.code, {"message": f"injected fault {fault.code}"}, headers)
+            return fault
+        return fault  # partial: applied by the ingestion handler
+
+    # -- routes ----------------------------------------------------------------------------------
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        receiver = self.server.receiver
+        receiver.store.bump("requests")
+        data = self._body_checked()
+        if data is None:
+            return
+        fault = self._fault()
+        if fault is not None and fault.kind != "partial":
+            return
+        if path == "/api/public/ingestion":
+            self._ingestion(data, fault)
+        elif path == "/api/public/otel/v1/traces":
+            self._otel(data)
+        else:
+            self._send(404, {"message": f"no route {path}"})
+
+    def _body_checked(self) -> Optional[bytes]:
+        data = self._body()
+        if data is None:
+            return None
+        if not self._authorized():
+            return None
+        return data
+
+    def _ingestion(self, data: bytes, fault: Optional[Fault]) -> None:
+        receiver = self.server.receiver
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            self._send(400, {"message": "Invalid request data", "error": "body is not JSON"})
+            return
+        if not isinstance(payload, dict) or not isinstance(payload.get("batch"), list):
+            self._send(400, {"message": "Invalid request data", "error": "expected {\"batch\": [...]}"})
+            return
+        successes: List[Dict[str, Any]] = []
+        errors: List[Dict[str, Any]] = []
+        good = []
+        for index, item in enumerate(payload["batch"]):
+            item_id = item.get("id") if isinstance(item, dict) and isinstance(item.get("id"), str) else f"#{index}"
+            if fault is not None and fault.kind == "partial" and index % fault.every == fault.every - 1:
+                errors.append({"id": item_id, "status": fault.code, "message": f"injected item fault {fault.code}"})
+                continue
+            problem = check_item(item)
+            if problem:
+                errors.append({"id": item_id, "status": 400, "message": "Invalid request data", "error": problem})
+            else:
+                good.append(item)
+                successes.append({"id": item_id, "status": 201})
+        receiver.store.add_items(good, time.time())
+        receiver.store.bump("batches")
+        self._send(207, {"successes": successes, "errors": errors})
+
+    def _otel(self, data: bytes) -> None:
+        receiver = self.server.receiver
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        try:
+            if ctype == "application/x-protobuf":
+                payload = _decode_protobuf(data)
+            elif ctype == "application/json":
+                payload = json.loads(data)
+            else:
+                self._send(415, {"message": f"unsupported content type {ctype!r}"})
+                return
+            spans = decode_otlp(payload)
+        except LookupError as exc:
+            self._send(415, {"message": str(exc)})
+            return
+        except (ValueError, OtlpError) as exc:
+            self._send(400, {"message": f"Invalid OTLP export: {exc}"})
+            return
+        receiver.store.add_spans(spans, time.time())
+        receiver.store.bump("batches")
+        self._send(200, {})
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        path = parts.path.rstrip("/")
+        receiver = self.server.receiver
+        if path == "/api/public/health":
+            self._send(200, {"status": "OK", "version": receiver.version})
+            return
+        if not self._authorized():
+            return
+        if path == "/api/public/traces":
+            query = parse_qs(parts.query)
+            page = max(1, int((query.get("page") or ["1"])[0]))
+            limit = max(1, min(100, int((query.get("limit") or ["50"])[0])))
+            traces = receiver.store.traces()
+            chunk = traces[(page - 1) * limit : page * limit]
+            self._send(
+                200,
+                {
+                    "data": [receiver.trace_view(t, with_observations=False) for t in chunk],
+                    "meta": {"page": page, "limit": limit, "totalItems": len(traces), "totalPages": -(-len(traces) // limit)},
+                },
+            )
+            return
+        if path.startswith("/api/public/traces/"):
+            trace = receiver.store.trace(path.rsplit("/", 1)[1])
+            if trace is None:
+                self._send(404, {"message": "Trace not found"})
+            else:
+                self._send(200, receiver.trace_view(trace, with_observations=True))
+            return
+        self._send(404, {"message": f"no route {path}"})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+    receiver: "Receiver"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connections: "set[socket.socket]" = set()
+        self.connections_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        """Cut every open keep-alive connection, as a crashed server would."""
+        with self.connections_lock:
+            sockets = list(self.connections)
+            self.connections.clear()
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class Receiver:
+    """The embedded Langfuse stand-in. Use as a context manager, or `start()` / `stop()`."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        db: str = ":memory:",
+        public_key: str = DEFAULT_PUBLIC_KEY,
+        secret_key: str = DEFAULT_SECRET_KEY,
+        version: str = "3.120.0",
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.store = Store(db)
+        self.faults = FaultPlan()
+        self.version = version
+        self.public_key = public_key
+        token = base64.b64encode(f"{public_key}:{secret_key}".encode()).decode()
+        self.auth_header = f"Basic {token}"
+        self._server: Optional[_Server] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def __repr__(self) -> str:
+        return f"Receiver(url={self.url!r}, public_key={self.public_key!r})"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "Receiver":
+        server = _Server((self.host, self.port), _Handler)
+        server.receiver = self
+        self.port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+                                        name=f"receiver:{self.port}")
+        self._thread.start()
+        return self
+
+    def pause(self) -> None:
+        """Stop listening: new connections are refused until `resume()`."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server.drop_connections()
+            self._server = None
+
+    def resume(self) -> None:
+        if self._server is None:
+            self.start()
+
+    def stop(self) -> None:
+        self.pause()
+        self.store.close()
+
+    def serve_forever(self) -> None:
+        """Serve in the foreground (the `receive` command); Ctrl-C stops."""
+        server = _Server((self.host, self.port), _Handler)
+        server.receiver = self
+        self.port = server.server_address[1]
+        self._server = server
+        try:
+            server.serve_forever(poll_interval=0.2)
+        finally:
+            server.server_close()
+
+    def __enter__(self) -> "Receiver":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- views in Langfuse's response shapes ------------------------------------------------------
+
+    def trace_view(self, trace: Dict[str, Any], with_observations: bool) -> Dict[str, Any]:
+        observations = self.store.observations(trace["id"]) if with_observations else []
+        view = {
+            "id": trace["id"],
+            "timestamp": trace.get("timestamp"),
+            "name": trace.get("name"),
+            "input": trace.get("input"),
+            "output": trace.get("output"),
+            "sessionId": trace.get("sessionId"),
+            "release": trace.get("release"),
+            "version": trace.get("version"),
+            "userId": trace.get("userId"),
+            "metadata": trace.get("metadata"),
+            "tags": trace.get("tags") or [],
+            "public": bool(trace.get("public")),
+            "environment": trace.get("environment") or "default",
+            "htmlPath": f"/trace/{trace['id']}",
+            "latency": None,
+            "totalCost": None,
+            "observations": [],
+            "scores": [],
+        }
+        if with_observations:
+            view["observations"] = [_observation_view(o) for o in observations]
+            costs = [o.get("costDetails", {}).get("total") for o in observations if isinstance(o.get("costDetails"), dict)]
+            view["totalCost"] = sum(c for c in costs if isinstance(c, (int, float)))
+        return view
+
+
+def _observation_view(obs: Dict[str, Any]) -> Dict[str, Any]:
+    usage = obs.get("usageDetails") or {}
+    return {
+        "id": obs.get("id"),
+        "traceId": obs.get("traceId"),
+        "type": obs.get("type") or "SPAN",
+        "name": obs.get("name"),
+        "startTime": obs.get("startTime"),
+        "endTime": obs.get("endTime"),
+        "completionStartTime": obs.get("completionStartTime"),
+        "model": obs.get("model"),
+        "modelParameters": obs.get("modelParameters"),
+        "input": obs.get("input"),
+        "output": obs.get("output"),
+        "metadata": obs.get("metadata"),
+        "level": obs.get("level") or "DEFAULT",
+        "statusMessage": obs.get("statusMessage"),
+        "parentObservationId": obs.get("parentObservationId"),
+        "version": obs.get("version"),
+        "environment": obs.get("environment") or "default",
+        "usageDetails": usage,
+        "costDetails": obs.get("costDetails") or {},
+    }
+
+
+def parse_listen(text: str) -> Tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"--listen must be HOST:PORT, got {text!r}")
+    return host or "127.0.0.1", int(port)

@@ -1,0 +1,104 @@
+"""Traces as text trees, the way Langfuse's trace view lays them out.
+
+    trace "fix the flaky test" (scroll-1)  session=native-1  user=dev@example.com  tags=demo
+    ├─ GENERATION assistant message   +0.00s   2.10s  claude-sonnet-4  in 1200 / out 310  $0.0081
+    │  ├─ TOOL Run tests              +0.40s   1.20s
+    │  └─ TOOL Edit file              +1.70s   0.10s  ✗ ERROR: permission denied
+    └─ EVENT plan                     +2.20s
+
+Offsets are from the trace's start; failures are marked with ✗, unfinished work with ….
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Dict, List, Optional
+
+__all__ = ["render_trace", "render_all"]
+
+
+def _time(value: Optional[str]) -> Optional[datetime]:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _seconds(a: Optional[datetime], b: Optional[datetime]) -> Optional[float]:
+    if a is None or b is None:
+        return None
+    return (b - a).total_seconds()
+
+
+def _line(obs: Dict[str, Any], origin: Optional[datetime]) -> str:
+    start = _time(obs.get("startTime"))
+    end = _time(obs.get("endTime"))
+    parts = [f"{obs.get('type') or 'SPAN'} {obs.get('name') or ''}".rstrip()]
+    offset = _seconds(origin, start)
+    if offset is not None:
+        parts.append(f"+{offset:.2f}s")
+    duration = _seconds(start, end)
+    if duration is not None and (obs.get("type") or "") != "EVENT":
+        parts.append(f"{duration:.2f}s")
+    elif end is None and (obs.get("type") or "") != "EVENT":
+        parts.append("… (not ended)")
+    if obs.get("model"):
+        parts.append(str(obs["model"]))
+    usage = obs.get("usageDetails") or {}
+    if usage:
+        tokens = f"in {usage.get('input', 0)} / out {usage.get('output', 0)}"
+        cached = usage.get("input_cache_read")
+        if cached:
+            tokens += f" / cache {cached}"
+        parts.append(tokens)
+    cost = (obs.get("costDetails") or {}).get("total")
+    if isinstance(cost, (int, float)):
+        parts.append(f"${cost:.4f}")
+    meta = obs.get("metadata") or {}
+    if str(meta.get("incomplete", "")).lower() == "true":
+        parts.append("… incomplete")
+    if obs.get("level") == "ERROR":
+        parts.append(f"✗ ERROR: {obs.get('statusMessage') or 'failed'}")
+    return "  ".join(parts)
+
+
+def render_trace(trace: Dict[str, Any], observations: List[Dict[str, Any]]) -> str:
+    """One trace and its observations as an indented tree (children in start order)."""
+    head = f"trace {trace.get('name') or '(unnamed)'!r} ({trace.get('id')})"
+    for label, key in (("session", "sessionId"), ("user", "userId")):
+        if trace.get(key):
+            head += f"  {label}={trace[key]}"
+    if trace.get("tags"):
+        head += "  tags=" + ",".join(trace["tags"])
+    meta = trace.get("metadata") or {}
+    if meta.get("end_reason"):
+        head += f"  ended: {meta['end_reason']}"
+    ids = {o.get("id") for o in observations}
+    children: Dict[Optional[str], List[Dict[str, Any]]] = {}
+    for obs in sorted(observations, key=lambda o: (o.get("startTime") or "", o.get("name") or "")):
+        parent = obs.get("parentObservationId")
+        children.setdefault(parent if parent in ids else None, []).append(obs)
+    starts = [_time(o.get("startTime")) for o in observations] + [_time(trace.get("timestamp"))]
+    origin = min((s for s in starts if s is not None), default=None)
+    lines = [head]
+
+    def walk(parent: Optional[str], prefix: str) -> None:
+        kids = children.get(parent, [])
+        for i, obs in enumerate(kids):
+            last = i == len(kids) - 1
+            lines.append(prefix + ("└─ " if last else "├─ ") + _line(obs, origin))
+            walk(obs.get("id"), prefix + ("   " if last else "│  "))
+
+    walk(None, "")
+    if not observations:
+        lines.append("└─ (no observations)")
+    return "\n".join(lines)
+
+
+def render_all(store: Any, trace_id: Optional[str] = None) -> str:
+    traces = store.traces()
+    if trace_id is not None:
+        traces = [t for t in traces if t.get("id") == trace_id]
+    return "\n\n".join(render_trace(t, store.observations(t["id"])) for t in traces)

@@ -1,0 +1,245 @@
+"""What the receiver accepts on the wire, checked with the standard library only.
+
+`check_item` mirrors the constraints of Langfuse's `IngestionEvent` schema (the public OpenAPI
+spec) that matter for a client: the envelope, the event type, field types, enums, required ids.
+The test suite checks our own items against the real spec with jsonschema; this module is the
+receiver's runtime stand-in, so that a malformed item gets a 400 in its 207 as Langfuse would.
+
+`decode_otlp` turns an OTLP/JSON `ExportTraceServiceRequest` into (trace, observation) pairs,
+reading the attributes Langfuse reads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Optional, Tuple
+
+__all__ = ["check_item", "decode_otlp", "OtlpError", "INGESTION_TYPES"]
+
+INGESTION_TYPES = frozenset(
+    {
+        "trace-create", "score-create", "span-create", "span-update", "generation-create",
+        "generation-update", "event-create", "sdk-log", "observation-create", "observation-update",
+    }
+)
+OBSERVATION_TYPES = frozenset(
+    {"SPAN", "GENERATION", "EVENT", "AGENT", "TOOL", "CHAIN", "RETRIEVER", "EVALUATOR", "EMBEDDING", "GUARDRAIL"}
+)
+LEVELS = frozenset({"DEBUG", "DEFAULT", "WARNING", "ERROR"})
+_TRACE_STRINGS = ("id", "timestamp", "name", "userId", "sessionId", "release", "version", "environment")
+_OBS_STRINGS = (
+    "traceId", "name", "startTime", "endTime", "completionStartTime", "statusMessage",
+    "parentObservationId", "version", "environment", "model", "promptName",
+)
+
+
+def _is_str(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _map_value_ok(value: Any) -> bool:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return True
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _check_observation(kind: str, body: Dict[str, Any]) -> Optional[str]:
+    for key in _OBS_STRINGS + ("id",):
+        if not _is_str(body.get(key)):
+            return f"body.{key} must be a string"
+    if kind.endswith("-update") and not isinstance(body.get("id"), str):
+        return "body.id is required for an update"
+    if body.get("level") is not None and body["level"] not in LEVELS:
+        return f"body.level must be one of {sorted(LEVELS)}"
+    if kind.startswith("observation-") and body.get("type") not in OBSERVATION_TYPES:
+        return f"body.type must be one of {sorted(OBSERVATION_TYPES)}"
+    params = body.get("modelParameters")
+    if params is not None and (not isinstance(params, dict) or not all(_map_value_ok(v) for v in params.values())):
+        return "body.modelParameters must map names to strings, numbers, booleans or lists of strings"
+    usage = body.get("usageDetails")
+    if usage is not None and (
+        not isinstance(usage, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in usage.values())
+    ):
+        return "body.usageDetails must map names to integers"
+    cost = body.get("costDetails")
+    if cost is not None and (
+        not isinstance(cost, dict)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in cost.values())
+    ):
+        return "body.costDetails must map names to numbers"
+    if body.get("promptVersion") is not None and not isinstance(body["promptVersion"], int):
+        return "body.promptVersion must be an integer"
+    return None
+
+
+def check_item(item: Any) -> Optional[str]:
+    """None when `item` is a valid ingestion event, else why not (one short sentence)."""
+    if not isinstance(item, dict):
+        return "an item must be an object"
+    if not isinstance(item.get("id"), str) or not item["id"]:
+        return "id is required (a string)"
+    if not isinstance(item.get("timestamp"), str):
+        return "timestamp is required (an ISO-8601 string)"
+    kind = item.get("type")
+    if kind not in INGESTION_TYPES:
+        return f"type {kind!r} is not an ingestion event type"
+    body = item.get("body")
+    if not isinstance(body, dict):
+        return "body is required (an object)"
+    if kind == "trace-create":
+        for key in _TRACE_STRINGS:
+            if not _is_str(body.get(key)):
+                return f"body.{key} must be a string"
+        tags = body.get("tags")
+        if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
+            return "body.tags must be a list of strings"
+        if body.get("public") is not None and not isinstance(body["public"], bool):
+            return "body.public must be a boolean"
+        return None
+    if kind == "score-create":
+        if not isinstance(body.get("name"), str) or "value" not in body:
+            return "body.name and body.value are required"
+        return None
+    if kind == "sdk-log":
+        return None if "log" in body else "body.log is required"
+    return _check_observation(kind, body)
+
+
+# -- OTLP/JSON -------------------------------------------------------------------------------------
+
+
+class OtlpError(ValueError):
+    """The export as a whole is malformed (Langfuse answers 400 and keeps nothing)."""
+
+
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+def _any_value(value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise OtlpError("attribute value must be an AnyValue object")
+    if "stringValue" in value:
+        return value["stringValue"]
+    if "boolValue" in value:
+        return bool(value["boolValue"])
+    if "intValue" in value:
+        return int(value["intValue"])
+    if "doubleValue" in value:
+        return float(value["doubleValue"])
+    if "arrayValue" in value:
+        return [_any_value(v) for v in (value["arrayValue"] or {}).get("values", [])]
+    if "kvlistValue" in value:
+        return {kv["key"]: _any_value(kv.get("value")) for kv in (value["kvlistValue"] or {}).get("values", [])}
+    if "bytesValue" in value:
+        return value["bytesValue"]
+    return None
+
+
+def _attributes(entries: Any) -> Dict[str, Any]:
+    if entries is None:
+        return {}
+    if not isinstance(entries, list):
+        raise OtlpError("attributes must be a list of KeyValue")
+    out = {}
+    for kv in entries:
+        if not isinstance(kv, dict) or not isinstance(kv.get("key"), str):
+            raise OtlpError("an attribute needs a string key")
+        out[kv["key"]] = _any_value(kv.get("value"))
+    return out
+
+
+def _id(value: Any, length: int, what: str) -> str:
+    if not isinstance(value, str) or len(value) != length or not _HEX.match(value.lower()):
+        raise OtlpError(f"{what} must be {length} hex digits")
+    return value.lower()
+
+
+def _iso(nanos: Any) -> Optional[str]:
+    if nanos in (None, "", 0, "0"):
+        return None
+    try:
+        value = int(nanos)
+    except (TypeError, ValueError):
+        raise OtlpError("times must be unix nanoseconds") from None
+    at = datetime.fromtimestamp(value // 1_000_000_000, tz=timezone.utc).replace(
+        microsecond=(value % 1_000_000_000) // 1000
+    )
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _prefixed(attrs: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    whole = attrs.get(prefix)
+    if isinstance(_json(whole), dict):
+        out.update(_json(whole))
+    for key, value in attrs.items():
+        if key.startswith(prefix + "."):
+            out[key[len(prefix) + 1 :]] = value
+    return out
+
+
+def decode_otlp(payload: Any) -> List[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """(trace fields, observation fields) per span; OtlpError for a malformed export."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("resourceSpans", []), list):
+        raise OtlpError("body must be an ExportTraceServiceRequest with a resourceSpans list")
+    out = []
+    for resource_spans in payload.get("resourceSpans", []):
+        if not isinstance(resource_spans, dict):
+            raise OtlpError("resourceSpans entries must be objects")
+        _attributes((resource_spans.get("resource") or {}).get("attributes"))
+        for scope_spans in resource_spans.get("scopeSpans") or []:
+            for span in (scope_spans or {}).get("spans") or []:
+                if not isinstance(span, dict):
+                    raise OtlpError("spans must be objects")
+                out.append(_span(span))
+    return out
+
+
+def _span(span: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    trace_id = _id(span.get("traceId"), 32, "traceId")
+    span_id = _id(span.get("spanId"), 16, "spanId")
+    parent = span.get("parentSpanId") or None
+    if parent is not None:
+        parent = _id(parent, 16, "parentSpanId")
+    attrs = _attributes(span.get("attributes"))
+    status = span.get("status") or {}
+    start = _iso(span.get("startTimeUnixNano"))
+    obs: Dict[str, Any] = {
+        "id": span_id,
+        "traceId": trace_id,
+        "parentObservationId": parent,
+        "name": span.get("name"),
+        "type": str(attrs.get("langfuse.observation.type") or "span").upper(),
+        "startTime": start,
+        "endTime": _iso(span.get("endTimeUnixNano")),
+        "input": _json(attrs.get("langfuse.observation.input")),
+        "output": _json(attrs.get("langfuse.observation.output")),
+        "model": attrs.get("langfuse.observation.model.name") or attrs.get("gen_ai.request.model"),
+        "modelParameters": _json(attrs.get("langfuse.observation.model.parameters")),
+        "usageDetails": _json(attrs.get("langfuse.observation.usage_details")),
+        "costDetails": _json(attrs.get("langfuse.observation.cost_details")),
+        "level": attrs.get("langfuse.observation.level") or ("ERROR" if status.get("code") == 2 else None),
+        "statusMessage": attrs.get("langfuse.observation.status_message") or status.get("message") or None,
+        "metadata": _prefixed(attrs, "langfuse.observation.metadata") or None,
+    }
+    trace: Dict[str, Any] = {
+        "id": trace_id,
+        "timestamp": start,
+        "name": attrs.get("langfuse.trace.name"),
+        "userId": attrs.get("user.id") or attrs.get("langfuse.user.id"),
+        "sessionId": attrs.get("session.id") or attrs.get("langfuse.session.id"),
+        "tags": attrs.get("langfuse.trace.tags"),
+        "metadata": _prefixed(attrs, "langfuse.trace.metadata") or None,
+    }
+    return trace, {k: v for k, v in obs.items() if v is not None}
