@@ -138,7 +138,10 @@ def _usage(value: Any) -> Optional[Usage]:
         unknown = set(value) - {"input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"}
         if unknown:
             raise TypeError(f"'usage' has unknown keys {sorted(unknown)}")
-        return Usage(**value)
+        try:
+            return Usage(**value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"'usage' {exc}") from None
     raise TypeError(f"'usage' must be a Usage or a mapping (got {type(value).__name__})")
 
 

@@ -58,9 +58,15 @@ def iso_time(at: datetime) -> str:
 
 
 def _map_value(value: Any) -> Any:
-    """A `modelParameters` value as Langfuse's `MapValue` allows: scalar, list of strings, or text."""
-    if value is None or isinstance(value, (str, bool, int, float)):
+    """A `modelParameters` value as Langfuse's `MapValue` allows: scalar, list of strings, or text.
+
+    Integers become floats (8192 → 8192.0): the spec's `MapValue` is a `oneOf` in which an
+    integer matches both its integer and its number branch, so only a float validates.
+    """
+    if isinstance(value, bool) or isinstance(value, (str, float)):
         return value
+    if isinstance(value, int):
+        return float(value)
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return list(value)
     import json
@@ -177,7 +183,9 @@ def _message_started(event: MessageStarted, scroll_id: str, state: Optional[Mapp
             "name": f"{event.role} message",
             "startTime": iso_time(event.at),
             "model": event.model,
-            "modelParameters": {k: _map_value(v) for k, v in params.items()} if params else None,
+            "modelParameters": {k: _map_value(v) for k, v in params.items() if v is not None} or None
+            if params
+            else None,
             "input": event.input,
             "metadata": {"message_id": event.message_id, "role": event.role},
         }

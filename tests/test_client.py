@@ -1,0 +1,202 @@
+"""The HTTP client and its retry policy, with `responses` (no sockets)."""
+
+import json
+import logging
+
+import pytest
+import requests
+import responses
+from urllib3.response import HTTPResponse
+
+from dirigent_langfuse import LangfuseClient, LangfuseConfig, LangfuseStatusError, LangfuseTransportError
+from dirigent_langfuse.client import USER_AGENT, make_retry
+
+HOST = "http://lf.test"
+URL = HOST + "/api/public/ingestion"
+
+
+def make(**kw):
+    return LangfuseClient(LangfuseConfig(host=HOST, public_key="pk-lf-1", secret_key="sk-secret-value", **kw))
+
+
+def ok_207(request):
+    batch = json.loads(request.body)["batch"]
+    return 207, {}, json.dumps({"successes": [{"id": i["id"], "status": 201} for i in batch], "errors": []})
+
+
+@responses.activate
+def test_send_posts_batch_with_basic_auth_user_agent_and_timeouts():
+    responses.add_callback("POST", URL, callback=ok_207)
+    client = make()
+    result = client.send([{"id": "e1", "type": "trace-create", "timestamp": "t", "body": {"id": "s"}}])
+    (call,) = responses.calls
+    assert call.request.headers["Authorization"].startswith("Basic ")
+    assert call.request.headers["User-Agent"] == USER_AGENT and USER_AGENT.startswith("dirigent-langfuse/")
+    assert json.loads(call.request.body)["batch"][0]["id"] == "e1"
+    assert result.status == 207 and result.successes == ("e1",) and result.errors == ()
+    assert client.config.timeout == (5.0, 10.0)
+
+
+@responses.activate
+def test_207_errors_are_parsed_per_item():
+    responses.add("POST", URL, status=207, json={
+        "successes": [{"id": "a", "status": 201}],
+        "errors": [{"id": "b", "status": 400, "message": "Invalid request data", "error": "bad"},
+                   {"id": "c", "status": 500, "message": None, "error": {"detail": "db"}}],
+    })
+    result = make().send([])
+    assert result.successes == ("a",)
+    assert [(e.id, e.status, e.retryable) for e in result.errors] == [("b", 400, False), ("c", 500, True)]
+    assert result.errors[0].message == "Invalid request data"
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
+@responses.activate
+def test_4xx_raises_status_error_without_retry(status):
+    responses.add("POST", URL, status=status, json={"message": "nope"})
+    with pytest.raises(LangfuseStatusError) as info:
+        make().send([])
+    assert info.value.status == status and info.value.message == "nope" and not info.value.retryable
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_5xx_retried_three_times_then_status_error():
+    for _ in range(4):
+        responses.add("POST", URL, status=503, json={"message": "down"})
+    with pytest.raises(LangfuseStatusError) as info:
+        make().send([])
+    assert info.value.status == 503 and info.value.retryable
+    assert len(responses.calls) == 4  # the first try and 3 retries
+
+
+@responses.activate
+def test_5xx_then_success():
+    responses.add("POST", URL, status=502)
+    responses.add("POST", URL, status=500)
+    responses.add_callback("POST", URL, callback=ok_207)
+    assert make().send([]).status == 207
+    assert len(responses.calls) == 3
+
+
+@responses.activate
+def test_proxy_html_502_never_crashes_the_client():
+    html = "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>"
+    for _ in range(4):
+        responses.add("POST", URL, status=502, body=html, content_type="text/html")
+    with pytest.raises(LangfuseStatusError) as info:
+        make().send([])
+    assert info.value.status == 502 and "502 Bad Gateway" in info.value.message and "<" not in info.value.message
+
+
+@responses.activate
+def test_garbage_2xx_bodies_are_not_errors():
+    responses.add("POST", URL, status=207, body="not json at all")
+    result = make().send([])
+    assert result.status == 207 and result.errors == ()
+    responses.add("POST", URL, status=207, json={"successes": "?", "errors": [{"no": "id"}, 5]})
+    assert make().send([]).errors == ()
+
+
+@responses.activate
+def test_connection_errors_become_transport_errors_without_secrets():
+    responses.add("POST", URL, body=requests.exceptions.ConnectionError("refused"))
+    with pytest.raises(LangfuseTransportError) as info:
+        make().send([])
+    assert "sk-secret-value" not in str(info.value) and "Authorization" not in str(info.value)
+
+
+@responses.activate
+def test_429_is_retried_and_then_reported_with_retry_after():
+    for _ in range(4):
+        responses.add("POST", URL, status=429, headers={"Retry-After": "0"}, json={"message": "slow down"})
+    with pytest.raises(LangfuseStatusError) as info:
+        make().send([])
+    assert info.value.status == 429 and info.value.retryable and info.value.retry_after == 0
+
+
+def test_repr_hides_the_secret():
+    client = make()
+    assert "sk-secret-value" not in repr(client) and "sk-secret-value" not in repr(client.config)
+
+
+# -- the backoff curve, measured with a fake sleep --------------------------------------------------
+
+
+def _retry_sleeps(config, statuses, retry_after=None):
+    slept = []
+    retry = make_retry(config)
+    retry.sleeper = slept.append
+    for status in statuses:
+        headers = {"Retry-After": retry_after} if retry_after is not None else {}
+        response = HTTPResponse(status=status, headers=headers, preload_content=False)
+        retry = retry.increment(method="POST", url="/api/public/ingestion", response=response)
+        retry.sleep(response)
+    return slept
+
+
+def test_backoff_is_100_200_400_ms():
+    config = LangfuseConfig(host=HOST, public_key="p", secret_key="s")
+    assert _retry_sleeps(config, [503, 503, 503]) == [0.1, 0.2, 0.4]
+
+
+def test_backoff_doubles_to_800_ms_then_caps_at_one_second():
+    config = LangfuseConfig(host=HOST, public_key="p", secret_key="s", max_retries=6)
+    assert _retry_sleeps(config, [500] * 6) == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+
+
+def test_retry_after_is_honoured_and_capped():
+    config = LangfuseConfig(host=HOST, public_key="p", secret_key="s", max_retry_after=5)
+    assert _retry_sleeps(config, [429, 429], retry_after="2") == [2.0, 2.0]
+    assert _retry_sleeps(config, [429], retry_after="3600") == [5.0]
+    assert _retry_sleeps(config, [503], retry_after="soon") == [0.1]  # malformed header: the backoff
+
+
+def test_retries_exhausted_raise_in_policy():
+    config = LangfuseConfig(host=HOST, public_key="p", secret_key="s")
+    from urllib3.exceptions import MaxRetryError
+
+    with pytest.raises(MaxRetryError):
+        _retry_sleeps(config, [503] * 4)
+    assert make_retry(config).is_retry("POST", 404) is False
+    assert make_retry(config).is_retry("POST", 503) is True
+
+
+# -- health and auth checks ------------------------------------------------------------------------
+
+
+@responses.activate
+def test_server_version_reads_health_or_none():
+    responses.add("GET", HOST + "/api/public/health", json={"status": "OK", "version": "3.112.0"})
+    assert make().server_version() == "3.112.0"
+    responses.replace("GET", HOST + "/api/public/health", status=404)
+    assert make().server_version() is None
+    responses.replace("GET", HOST + "/api/public/health", body="<html>", status=200)
+    assert make().server_version() is None
+    responses.replace("GET", HOST + "/api/public/health", body=requests.exceptions.ConnectTimeout())
+    assert make().server_version() is None
+
+
+@responses.activate
+def test_otlp_is_gzip_json_with_ingestion_version_header():
+    import gzip
+
+    responses.add("POST", HOST + "/api/public/otel/v1/traces", json={})
+    result = make().send_otlp(b'{"resourceSpans":[]}')
+    (call,) = responses.calls
+    assert call.request.headers["Content-Type"] == "application/json"
+    assert call.request.headers["Content-Encoding"] == "gzip"
+    assert call.request.headers["x-langfuse-ingestion-version"] == "4"
+    assert gzip.decompress(call.request.body) == b'{"resourceSpans":[]}'
+    assert result.rejected == 0
+
+
+@responses.activate
+def test_otlp_partial_success_and_400():
+    responses.add("POST", HOST + "/api/public/otel/v1/traces",
+                  json={"partialSuccess": {"rejectedSpans": "2", "errorMessage": "bad span"}})
+    result = make().send_otlp(b"{}")
+    assert result.rejected == 2 and result.message == "bad span"
+    responses.replace("POST", HOST + "/api/public/otel/v1/traces", status=400, json={"message": "Invalid OTLP"})
+    with pytest.raises(LangfuseStatusError, match="Invalid OTLP"):
+        make().send_otlp(b"{}")

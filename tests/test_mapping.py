@@ -1,0 +1,235 @@
+"""The pure mapping: every row of the seed's table, the deferred items, ids, and the spec."""
+
+import json
+
+import pytest
+
+from dirigent_langfuse import ConnectorStatus, MappingState, UnknownEvent, Usage, bus_event_to_items, event_from_json
+from dirigent_langfuse.mapping import envelope_id, iso_time, observation_id
+
+from .helpers import at, bound, completed, created, ended, started, tool_call, tool_update, update
+
+
+def items_of(*events, state=None):
+    state = state if state is not None else MappingState()
+    out = []
+    for e in events:
+        out.extend(bus_event_to_items(e, state))
+    return out
+
+
+def test_session_created_is_trace_create_with_scroll_id(validate_item):
+    (item,) = bus_event_to_items(created(user_id="u1", tags=["a", "b"], cwd="/w", metadata={"repo": "x"}))
+    validate_item(item)
+    assert item["type"] == "trace-create"
+    body = item["body"]
+    assert body["id"] == "scroll-1" and body["name"] == "a session" and body["userId"] == "u1"
+    assert body["sessionId"] == "native-1" and body["tags"] == ["a", "b"]
+    assert body["metadata"] == {"repo": "x", "connector_id": "conn-1", "native_session_id": "native-1",
+                                "cwd": "/w", "agent": "claude-code"}
+    assert item["timestamp"] == "2026-11-25T09:00:00.000Z"
+
+
+def test_message_started_is_generation_create(validate_item):
+    (item,) = bus_event_to_items(started("m1", input=[{"role": "user", "content": "hi"}],
+                                         model_parameters={"temperature": 0.2, "max_tokens": 8192, "stop": ["x"],
+                                                           "tools": {"a": 1}, "seed": None}, t=1.5))
+    validate_item(item)
+    body = item["body"]
+    assert item["type"] == "generation-create"
+    assert body["id"] == observation_id("scroll-1", "msg", "m1") and body["traceId"] == "scroll-1"
+    assert body["startTime"] == "2026-11-25T09:00:01.500Z" and body["model"] == "claude-sonnet-4-5"
+    assert body["modelParameters"] == {"temperature": 0.2, "max_tokens": 8192.0, "stop": ["x"], "tools": '{"a": 1}'}
+    assert body["input"] == [{"role": "user", "content": "hi"}]
+
+
+def test_message_completed_is_generation_update_of_the_same_observation(validate_item):
+    create, = bus_event_to_items(started("m1"))
+    (item,) = bus_event_to_items(completed("m1", output="done", usage=Usage(input_tokens=10, output_tokens=5,
+                                                                             cache_read_tokens=100, cache_write_tokens=3),
+                                           cost_usd=0.25, stop_reason="end_turn", t=2))
+    validate_item(item)
+    body = item["body"]
+    assert item["type"] == "generation-update" and body["id"] == create["body"]["id"]
+    assert body["endTime"] == "2026-11-25T09:00:02.000Z" and body["output"] == "done"
+    assert body["usageDetails"] == {"input": 10, "output": 5, "input_cache_read": 100, "input_cache_write": 3, "total": 118}
+    assert body["costDetails"] == {"total": 0.25}
+    assert "level" not in body and body["metadata"] == {"stop_reason": "end_turn"}
+
+
+def test_message_error_is_level_error_with_status_message(validate_item):
+    (item,) = bus_event_to_items(completed("m1", error="overloaded"))
+    validate_item(item)
+    assert item["body"]["level"] == "ERROR" and item["body"]["statusMessage"] == "overloaded"
+
+
+def test_skipped_rows():
+    assert bus_event_to_items(update({"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": "x"}})) == []
+    assert bus_event_to_items(update({"sessionUpdate": "brand_new_kind_from_a_later_acp"})) == []
+    assert bus_event_to_items(update({})) == []
+    assert bus_event_to_items(bound()) == []
+    assert bus_event_to_items(ConnectorStatus(connector_id="c", native_session_id="n", scroll_id="s", status="up")) == []
+    assert bus_event_to_items(UnknownEvent(connector_id="c", native_session_id="n", scroll_id="s", type="x")) == []
+
+
+def test_unbound_events_map_to_nothing():
+    for event in (created(None), started("m1", None), completed("m1", None), tool_call("t", None), ended(None)):
+        assert bus_event_to_items(event) == []
+    assert bus_event_to_items(created("")) == []
+
+
+def test_ids_are_deterministic_so_replays_do_not_duplicate():
+    event = started("m1")
+    assert bus_event_to_items(event) == bus_event_to_items(event)
+    (item,) = bus_event_to_items(event)
+    assert item["id"] == envelope_id(event.event_id, 0)
+    other = started("m1")  # same message, a different event: same observation, new envelope
+    (item2,) = bus_event_to_items(other)
+    assert item2["body"]["id"] == item["body"]["id"] and item2["id"] != item["id"]
+    assert observation_id("scroll-1", "msg", "m1") != observation_id("scroll-2", "msg", "m1")
+
+
+def test_iso_time_milliseconds_and_z():
+    assert iso_time(at(0.1234)) == "2026-11-25T09:00:00.123Z"
+
+
+# -- the deferred items: tool calls, plans, session end -------------------------------------------
+
+
+def test_tool_call_nested_under_the_message_in_progress(validate_item):
+    state = MappingState()
+    gen, tool = items_of(started("m1"), tool_call("t1", title="Run tests", locations=[{"path": "/a.py"}], t=1), state=state)
+    for item in (gen, tool):
+        validate_item(item)
+    assert tool["type"] == "observation-create"
+    body = tool["body"]
+    assert body["type"] == "TOOL" and body["name"] == "Run tests" and body["input"] == {"command": "pytest"}
+    assert body["id"] == observation_id("scroll-1", "tool", "t1")
+    assert body["parentObservationId"] == gen["body"]["id"]
+    assert body["startTime"] == "2026-11-25T09:00:01.000Z"
+    assert body["metadata"]["kind"] == "execute" and body["metadata"]["locations"] == [{"path": "/a.py"}]
+    assert body["metadata"]["connector_id"] == "conn-1"
+
+
+def test_tool_call_outside_a_message_hangs_off_the_trace(validate_item):
+    state = MappingState()
+    items = items_of(started("m1"), completed("m1"), tool_call("t1"), state=state)
+    assert "parentObservationId" not in items[-1]["body"]
+    assert "parentObservationId" not in bus_event_to_items(tool_call("t2"))[0]["body"]
+
+
+def test_tool_update_completed_carries_end_and_output(validate_item):
+    state = MappingState()
+    items = items_of(started("m1"), tool_call("t1"), tool_update("t1", "in_progress", title="Run all tests", t=1),
+                     tool_update("t1", "completed", rawOutput={"exit": 0}, t=2), state=state)
+    for item in items:
+        validate_item(item)
+    progress, done = items[2], items[3]
+    assert progress["type"] == done["type"] == "observation-update"
+    assert progress["body"]["name"] == "Run all tests" and "endTime" not in progress["body"]
+    assert done["body"]["endTime"] == "2026-11-25T09:00:02.000Z" and done["body"]["output"] == {"exit": 0}
+    assert done["body"]["id"] == items[1]["body"]["id"]
+    content = [{"type": "content", "content": {"type": "text", "text": "ok"}}]
+    (only_content,) = items_of(tool_update("t1", "completed", content=content), state=state)
+    assert only_content["body"]["output"] == content
+
+
+def test_failed_tool_call_is_level_error(validate_item):
+    state = MappingState()
+    items = items_of(tool_call("t1"), tool_update("t1", "failed", rawOutput="permission denied"), state=state)
+    validate_item(items[1])
+    assert items[1]["body"]["level"] == "ERROR" and items[1]["body"]["statusMessage"] == "permission denied"
+    (failed_no_text,) = items_of(tool_update("t2", "failed"), state=state)
+    assert failed_no_text["body"]["statusMessage"] == "tool call failed"
+
+
+def test_update_without_its_create_is_still_a_valid_span(validate_item):
+    (item,) = items_of(tool_update("never-seen", "completed", rawOutput="x", t=3))
+    validate_item(item)
+    body = item["body"]
+    assert item["type"] == "observation-create" and body["type"] == "TOOL"
+    assert body["name"] == "tool call" and body["startTime"] == body["endTime"] == "2026-11-25T09:00:03.000Z"
+
+
+def test_tool_call_without_id_is_skipped():
+    assert bus_event_to_items(update({"sessionUpdate": "tool_call", "title": "x"})) == []
+
+
+def test_plan_is_an_event_with_its_entries(validate_item):
+    entries = [{"content": "Reproduce", "priority": "high", "status": "pending"}]
+    state = MappingState()
+    gen, plan = items_of(started("m1"), update({"sessionUpdate": "plan", "entries": entries}), state=state)
+    validate_item(plan)
+    assert plan["type"] == "event-create" and plan["body"]["name"] == "plan"
+    assert plan["body"]["input"] == entries and plan["body"]["parentObservationId"] == gen["body"]["id"]
+
+
+def test_session_ended_upserts_the_trace_and_forgets_state(validate_item):
+    state = MappingState()
+    items_of(started("m1"), state=state)
+    assert len(state) == 1
+    (item,) = items_of(ended(reason="cancelled", t=9), state=state)
+    validate_item(item)
+    assert item["type"] == "trace-create" and item["body"]["id"] == "scroll-1"
+    assert item["body"]["metadata"] == {"ended_at": "2026-11-25T09:00:09.000Z", "end_reason": "cancelled"}
+    assert len(state) == 0
+
+
+def test_state_is_bounded_by_count_and_ttl():
+    now = [0.0]
+    state = MappingState(max_scrolls=3, ttl=10, clock=lambda: now[0])
+    for i in range(5):
+        bus_event_to_items(started("m", scroll=f"s{i}"), state)
+    assert len(state) == 3
+    now[0] = 100.0
+    bus_event_to_items(started("m", scroll="fresh"), state)
+    assert len(state) == 1
+
+
+def test_every_acp_session_update_kind_maps_or_skips(validate_item):
+    """Each SessionUpdate variant of the ACP schema: tool calls and plans map, the rest skip."""
+    import pathlib
+
+    from .conftest import ACP_SCHEMA
+
+    if not ACP_SCHEMA.exists():
+        pytest.skip(f"ACP schema not at {ACP_SCHEMA}")
+    schema = json.loads(pathlib.Path(ACP_SCHEMA).read_text())
+    kinds = [v["properties"]["sessionUpdate"]["const"] for v in schema["$defs"]["SessionUpdate"]["oneOf"]]
+    assert {"tool_call", "tool_call_update", "plan", "agent_message_chunk"} <= set(kinds)
+    for kind in kinds:
+        payload = {"sessionUpdate": kind, "toolCallId": "t", "title": "x", "entries": [], "content": {"type": "text", "text": "x"}}
+        items = bus_event_to_items(update(payload), MappingState())
+        if kind in ("tool_call", "tool_call_update", "plan"):
+            assert len(items) == 1
+            validate_item(items[0])
+        else:
+            assert items == [], kind
+
+
+def test_example_session_items_all_validate(validate_item):
+    from importlib import resources
+
+    text = resources.files("dirigent_langfuse").joinpath("examples", "coding_session.jsonl").read_text()
+    state = MappingState()
+    count = 0
+    for line in text.splitlines():
+        event = event_from_json(json.loads(line))
+        for item in bus_event_to_items(event, state):
+            validate_item(item)
+            count += 1
+    assert count > 10
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"id": "x", "timestamp": "t", "type": "generation-update", "body": {"id": "o", "level": "LOUD"}},
+        {"id": "x", "timestamp": "t", "type": "generation-create", "body": {"modelParameters": {"n": 3}}},
+        {"id": "x", "timestamp": "t", "type": "observation-create", "body": {"type": "HAMMER"}},
+        {"timestamp": "t", "type": "trace-create", "body": {}},
+    ],
+)
+def test_the_spec_validator_can_fail(validate_item, item):
+    with pytest.raises(AssertionError):
+        validate_item(item)

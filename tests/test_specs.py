@@ -1,0 +1,99 @@
+import pytest
+
+from dirigent_langfuse import ConfigError, LangfuseConfig, StreamScope, load_stream_specs
+
+SEED_EXAMPLE = '''
+[[streams]]
+name = "langfuse-prod"
+type = "langfuse"
+enabled = true
+
+[streams.scope]
+kind = "connector"
+connector_uid = "01985d00-..."
+
+[streams.params]
+host = "https://langfuse.example.com"
+public_key = "pk-lf-..."
+secret_key = "sk-secret-value"
+'''
+
+
+def test_seed_example_parses(tmp_path):
+    path = tmp_path / "streams.toml"
+    path.write_text(SEED_EXAMPLE)
+    for source in (SEED_EXAMPLE, str(path), path):
+        (spec,) = load_stream_specs(source)
+        assert spec.name == "langfuse-prod" and spec.type == "langfuse" and spec.enabled
+        assert spec.scope == StreamScope(kind="connector", connector_uid="01985d00-...")
+        config = LangfuseConfig.from_params(spec.params, env={})
+        assert config.host == "https://langfuse.example.com"
+        assert config.batch_size == 32 and config.max_retries == 3 and config.transport == "auto"
+        assert "sk-secret-value" not in repr(spec) and "sk-secret-value" not in repr(config)
+
+
+def test_defaults_scope_all_and_enabled():
+    (spec,) = load_stream_specs('[[streams]]\nname = "a"\ntype = "langfuse"\n')
+    assert spec.enabled and spec.scope.kind == "all" and spec.params == {}
+
+
+BAD = [
+    ('[[streams]]\ntype = "langfuse"\n', None, "name"),
+    ('[[streams]]\nname = "a"\n', "a", "type"),
+    ('[[streams]]\nname = "a"\ntype = "langfuse"\nenabled = "yes"\n', "a", "enabled"),
+    ('[[streams]]\nname = "a"\ntype = "langfuse"\n[streams.scope]\nkind = "connector"\n', "a", "scope.connector_uid"),
+    ('[[streams]]\nname = "a"\ntype = "langfuse"\n[streams.scope]\nkind = "everything"\n', "a", "scope.kind"),
+    ('[[streams]]\nname = "a"\ntype = "langfuse"\nparms = {}\n', "a", "parms"),
+    ('[[streams]]\nname = "a"\ntype = "x"\n[[streams]]\nname = "a"\ntype = "y"\n', "a", "name"),
+    ('streams = 3\n', None, "streams"),
+]
+
+
+@pytest.mark.parametrize("text, stream, key", BAD)
+def test_bad_configs_name_stream_and_key(text, stream, key):
+    with pytest.raises(ConfigError) as info:
+        load_stream_specs(text)
+    assert info.value.key == key
+    assert info.value.stream == stream
+    assert key in str(info.value)
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_stream_specs('[[streams]]\nname = "a\nsecret_key = "sk-secret-value"\n')
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_stream_specs(str(tmp_path / "missing.toml"))
+
+
+@pytest.mark.parametrize(
+    "params, key",
+    [
+        ({"public_key": "pk", "secret_key": "sk-secret-value"}, "host"),
+        ({"host": "ftp://x", "public_key": "pk", "secret_key": "sk-secret-value"}, "host"),
+        ({"host": "https://x", "secret_key": "sk-secret-value"}, "public_key"),
+        ({"host": "https://x", "public_key": "pk"}, "secret_key"),
+        ({"host": "https://x", "public_key": "pk", "secret_key": "sk-secret-value", "batch_size": 0}, "batch_size"),
+        ({"host": "https://x", "public_key": "pk", "secret_key": "sk-secret-value", "transport": "grpc"}, "transport"),
+        ({"host": "https://x", "public_key": "pk", "secret_key": "sk-secret-value", "flush_interval": -1}, "flush_interval"),
+        ({"host": "https://x", "public_key": "pk", "secret_key": "sk-secret-value", "bogus": 1}, "bogus"),
+    ],
+)
+def test_bad_params_fail_clearly_without_the_secret(params, key):
+    with pytest.raises(ConfigError) as info:
+        LangfuseConfig.from_params(params, env={}, stream="prod")
+    assert info.value.key == key and info.value.stream == "prod"
+    assert "sk-secret-value" not in str(info.value)
+
+
+def test_environment_fallbacks():
+    env = {"LANGFUSE_HOST": "https://cloud.langfuse.com/", "LANGFUSE_PUBLIC_KEY": "pk-env",
+           "LANGFUSE_SECRET_KEY": "sk-secret-value"}
+    config = LangfuseConfig.from_params({}, env=env)
+    assert config.host == "https://cloud.langfuse.com" and config.public_key == "pk-env"
+    assert LangfuseConfig.from_params({"public_key": "pk-param"}, env=env).public_key == "pk-param"
+    assert "sk-secret-value" not in repr(config)
+
+
+def test_transport_param_accepted():
+    config = LangfuseConfig.from_params({"host": "http://h", "public_key": "p", "secret_key": "s", "transport": "otel"}, env={})
+    assert config.transport == "otel"
