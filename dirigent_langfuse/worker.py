@@ -169,9 +169,10 @@ class Worker:
                 self.dropped["queue_full"] += n
                 full = True
             else:
+                before = len(self._queue) + len(self._outbox)
                 self._queue.extend(items)
                 full = False
-                if len(self._queue) >= self._batch_limit:
+                if before < self._batch_limit <= before + n:  # a batch just became ready
                     self._work.notify()
         if full:
             self._throttled(

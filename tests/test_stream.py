@@ -1,0 +1,253 @@
+"""LangfuseStream with `responses`: batching, flushing, shutdown, health, overflow, late bind."""
+
+import json
+import threading
+import time
+
+import pytest
+import responses
+
+from dirigent_langfuse import Health, LangfuseConfig, LangfuseStream, OutcomeStatus, StreamError
+
+from .helpers import bound, completed, created, ended, started, tool_call
+
+HOST = "http://lf.test"
+URL = HOST + "/api/public/ingestion"
+
+
+def make(**kw):
+    kw.setdefault("transport", "ingestion")
+    kw.setdefault("atexit_flush", False)
+    kw.setdefault("flush_interval", 0.05)
+    return LangfuseStream(LangfuseConfig(host=HOST, public_key="pk", secret_key="sk-secret-value", **kw), name="t")
+
+
+class Server:
+    """A `responses` callback that records batches and answers 207 (or what it is told)."""
+
+    def __init__(self, rs):
+        self.batches = []
+        self.answers = []  # statuses to answer first, in order
+        self.got = threading.Condition()
+        rs.add_callback("POST", URL, callback=self)
+
+    def __call__(self, request):
+        batch = json.loads(request.body)["batch"]
+        with self.got:
+            status = self.answers.pop(0) if self.answers else 207
+            if status == 207:
+                self.batches.append(batch)
+            self.got.notify_all()
+        if status != 207:
+            return status, {}, json.dumps({"message": f"status {status}"})
+        return 207, {}, json.dumps({"successes": [{"id": i["id"], "status": 201} for i in batch], "errors": []})
+
+    def wait_items(self, n, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        with self.got:
+            while sum(len(b) for b in self.batches) < n:
+                left = deadline - time.monotonic()
+                assert left > 0, f"only {sum(len(b) for b in self.batches)} of {n} items arrived"
+                self.got.wait(left)
+
+
+@pytest.fixture
+def server():
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
+        yield Server(rs)
+
+
+def test_33_events_make_a_batch_of_32_then_1(server):
+    stream = make(flush_interval=30)
+    outcomes = [stream.on_event(started(f"m{i}")) for i in range(33)]
+    assert all(o.status is OutcomeStatus.ACCEPTED for o in outcomes)
+    server.wait_items(32)
+    assert [len(b) for b in server.batches] == [32]  # eager: it did not wait 30 s
+    assert stream.flush(5).status is OutcomeStatus.DELIVERED
+    assert [len(b) for b in server.batches] == [32, 1]
+    assert stream.shutdown(5).ok
+
+
+def test_partial_batch_goes_after_the_flush_interval(server):
+    stream = make(flush_interval=0.05)
+    for i in range(3):
+        stream.on_event(started(f"m{i}"))
+    server.wait_items(3)  # no flush() called: the interval sent it
+    assert [len(b) for b in server.batches] == [3]
+    stream.shutdown(5)
+
+
+def test_shutdown_drains_everything(server):
+    stream = make(flush_interval=30)
+    for i in range(70):
+        stream.on_event(started(f"m{i}"))
+    outcome = stream.shutdown(5)
+    assert outcome.status is OutcomeStatus.DELIVERED, outcome
+    assert sum(len(b) for b in server.batches) == 70
+    stats = stream.stats()
+    assert stats.items_delivered == 70 and stats.items_pending == 0 and not stats.dropped
+    assert stream.on_event(started("late")).error is StreamError.CLOSED
+    assert stream.shutdown(1).ok  # idempotent
+
+
+def test_skipped_outcomes(server):
+    stream = make(late_bind_buffer=False)
+    assert stream.on_event(started("m1", scroll=None)).status is OutcomeStatus.SKIPPED
+    assert stream.on_event(started("m1", scroll="")).status is OutcomeStatus.SKIPPED
+    assert stream.on_event(bound()).status is OutcomeStatus.SKIPPED
+    assert stream.on_event("not an event").error is StreamError.INVALID
+    assert stream.stats().events_skipped == 3
+    stream.shutdown(1)
+
+
+def test_health_drift_through_the_stream(server):
+    stream = make(flush_interval=30, retry_backoff_max=60)
+    server.answers = [503] * 4 * 5  # 5 sends, each 1 try + 3 HTTP retries
+    stream.on_event(started("m1"))
+    first = stream.flush(5)
+    assert first.status is OutcomeStatus.FAILED and first.error is StreamError.STATUS
+    assert stream.health() is Health.DEGRADED
+    for _ in range(4):
+        assert not stream.flush(5).ok
+    assert stream.health() is Health.UNAVAILABLE
+    assert stream.stats().items_pending == 1  # kept for retry, not thrown away
+    assert stream.flush(5).status is OutcomeStatus.DELIVERED
+    assert stream.health() is Health.HEALTHY
+    assert stream.stats().items_delivered == 1
+    stream.shutdown(1)
+
+
+def test_4xx_is_final_and_reported_as_status(server):
+    stream = make(flush_interval=30)
+    server.answers = [400]
+    stream.on_event(started("m1"))
+    outcome = stream.flush(5)
+    assert outcome.error is StreamError.STATUS and "400" in outcome.detail
+    stats = stream.stats()
+    assert stats.dropped == {"status_400": 1} and stats.items_pending == 0
+    assert len(server.batches) == 0
+    stream.shutdown(1)
+
+
+def test_transport_error_reported_as_transport(server):
+    stream = LangfuseStream(LangfuseConfig(host="http://127.0.0.1:9", public_key="p", secret_key="sk-secret-value",
+                                           transport="ingestion", atexit_flush=False, backoff_base=0.001,
+                                           connect_timeout=0.5), name="t")
+    stream.on_event(started("m1"))
+    outcome = stream.flush(5)
+    assert outcome.error is StreamError.TRANSPORT, outcome
+    assert stream.health() is Health.DEGRADED
+    final = stream.shutdown(0.3)
+    assert not final.ok and stream.stats().dropped == {"shutdown": 1}
+
+
+def test_overflow_never_blocks_and_is_counted(server):
+    stream = make(max_queue_items=5, flush_interval=30)
+    start = stream._worker._start
+    stream._worker._start = lambda: None  # keep the worker away so that the queue fills up
+    outcomes = [stream.on_event(started(f"m{i}")) for i in range(8)]
+    stream._worker._start = start
+    assert [o.status for o in outcomes].count(OutcomeStatus.ACCEPTED) == 5
+    assert outcomes[-1].error is StreamError.OVERFLOW
+    stats = stream.stats()
+    assert stats.dropped == {"queue_full": 3} and stats.events_failed == 3
+    stream.shutdown(5)
+    assert stream.stats().items_delivered == 5
+
+
+def test_late_bind_holds_then_releases_in_order(server):
+    stream = make(flush_interval=30)
+    unbound = [created(None), started("m1", None), tool_call("t1", None)]
+    for event in unbound:
+        outcome = stream.on_event(event)
+        assert outcome.status is OutcomeStatus.ACCEPTED and "held" in outcome.detail
+    assert stream.stats().events_held == 3 and not server.batches
+    assert stream.on_event(bound("scroll-9")).status is OutcomeStatus.ACCEPTED
+    stream.on_event(completed("m1", scroll="scroll-9"))
+    assert stream.flush(5).ok
+    (batch,) = server.batches
+    assert [i["type"] for i in batch] == ["trace-create", "generation-create", "observation-create", "generation-update"]
+    assert all((i["body"].get("traceId") or i["body"]["id"]) == "scroll-9" for i in batch)
+    assert batch[2]["body"]["parentObservationId"] == batch[1]["body"]["id"]
+    stream.shutdown(1)
+
+
+def test_late_bind_any_event_of_the_key_binds(server):
+    stream = make(flush_interval=30)
+    stream.on_event(started("m1", None))
+    stream.on_event(completed("m1", "scroll-2"))
+    stream.flush(5)
+    assert [i["type"] for i in server.batches[0]] == ["generation-create", "generation-update"]
+    stream.shutdown(1)
+
+
+def test_unbound_at_shutdown_counted(server):
+    stream = make()
+    stream.on_event(started("m1", None))
+    outcome = stream.shutdown(2)
+    assert not outcome.ok and "never bound" in outcome.detail
+    assert stream.stats().events_dropped == {"unbound_at_shutdown": 1}
+
+
+def test_pending_overflow_and_expiry_are_counted(caplog):
+    now = [0.0]
+    stream = LangfuseStream(LangfuseConfig(host=HOST, public_key="p", secret_key="s", transport="ingestion",
+                                           atexit_flush=False, pending_max_keys=2, pending_max_events_per_key=3,
+                                           pending_ttl=60), name="t", clock=lambda: now[0])
+    for i in range(5):
+        stream.on_event(started(f"m{i}", None, native="a"))
+    assert stream.stats().events_dropped == {"pending_overflow": 2}
+    stream.on_event(started("x", None, native="b"))
+    stream.on_event(started("y", None, native="c"))  # a third key evicts the oldest ("a", 3 events)
+    assert stream.stats().events_dropped == {"pending_overflow": 2, "pending_overflow_keys": 3}
+    now[0] = 61.0
+    assert stream.stats().events_dropped["pending_expired"] == 2
+    assert stream.stats().events_held == 0
+    assert caplog.text.count("pending_overflow ") <= 1  # once per key, not per event
+    stream.shutdown(0.5)
+
+
+def test_on_event_never_raises_for_a_broken_mapping(server, monkeypatch):
+    import dirigent_langfuse.stream as module
+
+    monkeypatch.setattr(module, "bus_event_to_items", lambda e, s: 1 / 0)
+    stream = make()
+    outcome = stream.on_event(started("m1"))
+    assert outcome.error is StreamError.INVALID and "ZeroDivisionError" in outcome.detail
+    stream.shutdown(1)
+
+
+def test_stats_and_repr_never_show_the_secret(server):
+    stream = make()
+    stream.on_event(started("m1"))
+    stream.flush(5)
+    assert "sk-secret-value" not in repr(stream) and "sk-secret-value" not in str(stream.stats().as_dict())
+    stream.shutdown(1)
+
+
+def test_flush_returns_within_its_timeout_when_the_worker_is_stuck(server):
+    stream = make()
+    release = threading.Event()
+    original = stream.transport.send
+
+    def stuck(records):
+        release.wait(10)
+        return original(records)
+
+    stream.transport.send = stuck
+    stream.on_event(started("m1"))
+    began = time.monotonic()
+    outcome = stream.flush(0.3)
+    assert time.monotonic() - began < 2.0
+    assert outcome.status is OutcomeStatus.FAILED and "timed out" in outcome.detail
+    release.set()
+    assert stream.shutdown(5).ok
+
+
+def test_end_of_session_maps_to_trace_update(server):
+    stream = make(flush_interval=30)
+    stream.on_event(created())
+    stream.on_event(ended())
+    stream.flush(5)
+    assert [i["type"] for i in server.batches[0]] == ["trace-create", "trace-create"]
+    stream.shutdown(1)
