@@ -302,7 +302,7 @@ class LangfuseClient:
             response = self.session.get(
                 self.config.host + HEALTH_PATH, timeout=self.config.timeout, headers={"Accept": "application/json"}
             )
-        except requests.exceptions.RequestException as exc:
+        except Exception as exc:  # any failure means "cannot tell"
             log.debug("health check failed: %s", _describe(exc))
             return None
         if response.status_code != 200:

@@ -101,7 +101,8 @@ class Worker:
 
             os.register_at_fork(after_in_child=_child)
         if spool is not None:
-            self._load_spool()
+            self._spool_loaded = False
+            self._start()  # re-send what an earlier process left, without waiting for an event
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -254,6 +255,9 @@ class Worker:
 
     def _run(self) -> None:
         try:
+            if self.spool is not None and not self._spool_loaded:
+                self._spool_loaded = True
+                self._load_spool()
             while True:
                 step = self._next_step()
                 if step is None:
@@ -339,7 +343,7 @@ class Worker:
         else:
             records = self.transport.prepare(items)
         if self.spool is not None and records:
-            self.spool.add(records)
+            self.spool.add(records, self.transport.name)
         with self._lock:
             if items is not None:
                 self.processed += len(items)
@@ -487,14 +491,23 @@ class Worker:
             log.warning("stream %r: %d items left in the spool for the next start", self.name, left_outbox)
 
     def _load_spool(self) -> None:
-        records = self.spool.load()
+        resolve = getattr(self.transport, "resolve", None)
+        wire = resolve().name if resolve is not None else self.transport.name
+        records, other = self.spool.load(wire)
+        with self._lock:
+            n = sum(r.weight for r in records)
+            self.accepted += n + other
+            self.processed += n + other
+            if other:
+                self.dropped["spool_other_wire"] += other
+            self._add_to_outbox(records)
+            self._done.notify_all()
         if records:
-            with self._lock:
-                n = sum(r.weight for r in records)
-                self.accepted += n
-                self.processed += n
-                self._add_to_outbox(records)
-            log.info("stream %r: re-sending %d items found in the spool", self.name, len(records))
+            log.info("stream %r: re-sending %d items found in the spool", self.name, n)
+        if other:
+            log.warning(
+                "stream %r: dropped %d spooled items written for another transport than %s", self.name, other, wire
+            )
 
     def counts(self) -> Dict[str, Any]:
         with self._lock:

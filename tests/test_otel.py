@@ -1,0 +1,337 @@
+"""The OTLP/JSON transport: payload shape (checked against OTLP's protobuf definitions), the
+attribute names Langfuse reads, `auto`, open observations at shutdown, errors, loopback."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import logging
+from typing import Any, Dict, List
+
+import pytest
+import requests
+import responses
+
+from dirigent_langfuse import Health, LangfuseConfig, LangfuseStream, OutcomeStatus, StreamError, Usage
+from dirigent_langfuse.client import LangfuseClient
+from dirigent_langfuse.mapping import MappingState, bus_event_to_items, observation_id
+from dirigent_langfuse.otel import OtelTransport, choose_transport, otel_trace_id, session_span_id, span_id
+
+from .conftest import OTEL_ATTRIBUTES
+from .helpers import completed, created, ended, started, tool_call, tool_update, update
+
+HOST = "http://lf.test"
+OTEL_URL = HOST + "/api/public/otel/v1/traces"
+INGESTION_URL = HOST + "/api/public/ingestion"
+HEALTH_URL = HOST + "/api/public/health"
+
+
+def session_events(scroll: str = "scroll-1") -> List[Any]:
+    return [
+        created(scroll, user_id="ana", tags=["ci", "demo"], metadata={"repo": "dirigent"}),
+        started("m1", scroll, t=1, input=[{"role": "user", "content": "fix the test"}], model_parameters={"max_tokens": 1024}),
+        tool_call("t1", scroll, t=2),
+        tool_update("t1", "completed", scroll, t=3, rawOutput={"exit": 0}),
+        tool_call("t2", scroll, t=4, title="Edit file"),
+        tool_update("t2", "failed", scroll, t=5, content=[{"type": "content", "content": {"type": "text", "text": "denied"}}]),
+        update({"sessionUpdate": "plan", "entries": [{"content": "run tests", "priority": "high", "status": "pending"}]}, scroll, t=5.5),
+        completed("m1", scroll, t=6, output="done", usage=Usage(input_tokens=100, output_tokens=20, cache_read_tokens=5),
+                  cost_usd=0.0123, stop_reason="end_turn"),
+        ended(scroll, t=7),
+    ]
+
+
+def spans_for(events: List[Any], **config: Any) -> List[Dict[str, Any]]:
+    cfg = LangfuseConfig(host=HOST, public_key="pk", secret_key="sk-secret-value", **config)
+    transport = OtelTransport(LangfuseClient(cfg), cfg)
+    state = MappingState()
+    items = [item for event in events for item in bus_event_to_items(event, state)]
+    records = transport.prepare(items) + transport.close_open()
+    return json.loads(transport.body(records))["resourceSpans"][0]["scopeSpans"][0]["spans"]
+
+
+def export(events: List[Any]) -> Dict[str, Any]:
+    cfg = LangfuseConfig(host=HOST, public_key="pk", secret_key="sk-secret-value")
+    transport = OtelTransport(LangfuseClient(cfg), cfg)
+    state = MappingState()
+    items = [item for event in events for item in bus_event_to_items(event, state)]
+    return json.loads(transport.body(transport.prepare(items) + transport.close_open()))
+
+
+def attr(span: Dict[str, Any], key: str) -> Any:
+    for kv in span["attributes"]:
+        if kv["key"] == key:
+            value = kv["value"]
+            if "arrayValue" in value:
+                return [v["stringValue"] for v in value["arrayValue"]["values"]]
+            return next(iter(value.values()))
+    return None
+
+
+def by_name(spans: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    return {s["name"]: s for s in spans}
+
+
+# -- the payload's shape -----------------------------------------------------------------------
+
+
+def test_payload_parses_strictly_as_an_otlp_export_request():
+    json_format = pytest.importorskip("google.protobuf.json_format", reason="protobuf is a test extra")
+    trace_service = pytest.importorskip(
+        "opentelemetry.proto.collector.trace.v1.trace_service_pb2", reason="opentelemetry-proto is a test extra"
+    )
+    payload = export(session_events())
+    # OTLP/JSON writes ids as hex; protobuf's generic JSON mapping wants bytes as base64.
+    for resource in payload["resourceSpans"]:
+        for scope in resource["scopeSpans"]:
+            for span in scope["spans"]:
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if key in span:
+                        span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
+    message = trace_service.ExportTraceServiceRequest()
+    json_format.Parse(json.dumps(payload), message, ignore_unknown_fields=False)
+    spans = message.resource_spans[0].scope_spans[0].spans
+    assert len(spans) == 5  # session, generation, two tools, the plan event
+    for span in spans:
+        assert len(span.trace_id) == 16 and len(span.span_id) == 8
+        assert span.end_time_unix_nano >= span.start_time_unix_nano > 1_700_000_000 * 10**9
+
+
+def test_the_strict_check_can_fail():
+    json_format = pytest.importorskip("google.protobuf.json_format")
+    trace_service = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
+    bad = {"resourceSpans": [{"scopeSpans": [{"spans": [{"name": "x", "attributes": [{"key": "a", "value": {"intValue": "x"}}]}]}]}]}
+    with pytest.raises(json_format.ParseError):
+        json_format.Parse(json.dumps(bad), trace_service.ExportTraceServiceRequest())
+
+
+def test_ids_are_hex_deterministic_and_times_are_nano_strings():
+    events = session_events()  # a replay is the same events again (same event ids)
+    first, second = spans_for(events), spans_for(events)
+    assert [(s["traceId"], s["spanId"]) for s in first] == [(s["traceId"], s["spanId"]) for s in second]
+    for span in first:
+        assert len(span["traceId"]) == 32 and int(span["traceId"], 16)
+        assert len(span["spanId"]) == 16 and int(span["spanId"], 16)
+        assert isinstance(span["startTimeUnixNano"], str) and span["startTimeUnixNano"].isdigit()
+    assert {s["traceId"] for s in first} == {otel_trace_id("scroll-1")}
+
+
+def test_every_langfuse_attribute_we_set_is_one_langfuse_reads():
+    if not OTEL_ATTRIBUTES.exists():
+        pytest.skip(f"{OTEL_ATTRIBUTES} is absent; CI always has it")
+    known = set(json.loads(OTEL_ATTRIBUTES.read_text())["attributes"].values())
+    prefixes = ("langfuse.trace.metadata.", "langfuse.observation.metadata.")
+    spans = spans_for(session_events(), environment="staging", release="1.2.3")
+    keys = {kv["key"] for span in spans for kv in span["attributes"]}
+    for key in keys:
+        if key.startswith(prefixes):
+            continue
+        assert key in known or key.startswith("gen_ai."), f"{key} is not an attribute Langfuse reads"
+    assert "bogus.attribute" not in known  # the check can fail
+
+
+def test_mapping_to_spans_types_parents_and_trace_attributes():
+    spans = by_name(spans_for(session_events()))
+    session, generation = spans["a session"], spans["claude-sonnet-4-5"] if "claude-sonnet-4-5" in spans else None
+    generation = next(s for s in spans.values() if attr(s, "langfuse.observation.type") == "generation")
+    run, edit = spans["Run tests"], spans["Edit file"]
+    plan = next(s for s in spans.values() if attr(s, "langfuse.observation.type") == "event")
+    assert attr(session, "langfuse.observation.type") == "agent" and "parentSpanId" not in session
+    assert session["spanId"] == session_span_id("scroll-1")
+    assert generation["parentSpanId"] == session["spanId"]
+    assert generation["spanId"] == span_id(observation_id("scroll-1", "msg", "m1"))
+    assert run["parentSpanId"] == edit["parentSpanId"] == generation["spanId"]
+    assert attr(run, "langfuse.observation.type") == attr(edit, "langfuse.observation.type") == "tool"
+    assert attr(edit, "langfuse.observation.level") == "ERROR" and edit["status"]["code"] == 2
+    assert attr(edit, "langfuse.observation.status_message")
+    assert "run tests" in attr(plan, "langfuse.observation.input") or "run tests" in json.dumps(plan)
+    # generation details
+    assert attr(generation, "langfuse.observation.model.name") == "claude-sonnet-4-5"
+    usage = json.loads(attr(generation, "langfuse.observation.usage_details"))
+    assert usage["input"] == 100 and usage["output"] == 20
+    assert json.loads(attr(generation, "langfuse.observation.cost_details"))["total"] == pytest.approx(0.0123)
+    assert attr(generation, "langfuse.observation.output") == "done"
+    assert json.loads(attr(generation, "langfuse.observation.model.parameters")) == {"max_tokens": 1024}
+    # trace attributes ride on every span
+    for span in spans.values():
+        assert attr(span, "langfuse.trace.name") == "a session"
+        assert attr(span, "session.id") == "native-1" or attr(span, "session.id")
+        assert attr(span, "user.id") == "ana"
+        assert attr(span, "langfuse.trace.tags") == ["ci", "demo"]
+        assert attr(span, "langfuse.trace.metadata.repo") == "dirigent"
+    assert attr(session, "langfuse.observation.status_message") == "completed"
+
+
+def test_open_observations_at_shutdown_are_emitted_and_marked_incomplete():
+    events = [created(), started("m1", t=1), tool_call("t1", t=2)]
+    spans = by_name(spans_for(events))
+    assert set(spans) >= {"a session", "Run tests"} and len(spans) == 3
+    for span in spans.values():
+        assert attr(span, "langfuse.observation.metadata.incomplete") == "true"
+        assert attr(span, "langfuse.observation.level") == "WARNING"
+        assert "shut down" in attr(span, "langfuse.observation.status_message")
+        assert int(span["endTimeUnixNano"]) >= int(span["startTimeUnixNano"])
+
+
+def test_the_open_table_is_bounded_and_evictions_are_marked():
+    events = [created()] + [started(f"m{i}", t=i) for i in range(10)]
+    cfg = LangfuseConfig(host=HOST, public_key="pk", secret_key="sk", max_open_observations=4)
+    transport = OtelTransport(LangfuseClient(cfg), cfg)
+    state = MappingState()
+    records = transport.prepare([i for e in events for i in bus_event_to_items(e, state)])
+    assert transport.open_count() == 4
+    evicted = [json.loads(r.data) for r in records]
+    assert len(evicted) == 7 and all(attr(s, "langfuse.observation.metadata.incomplete") == "true" for s in evicted)
+
+
+def test_choose_transport():
+    assert choose_transport("3.120.0") == "ingestion"
+    assert choose_transport("v2.9") == "ingestion"
+    assert choose_transport("4.0.0") == "otel"
+    assert choose_transport("10.1") == "otel"
+    assert choose_transport(None) == "otel" and choose_transport("unknown") == "otel"
+
+
+# -- over `responses` ----------------------------------------------------------------------------
+
+
+def make(**kw: Any) -> LangfuseStream:
+    kw.setdefault("atexit_flush", False)
+    kw.setdefault("flush_interval", 30)
+    return LangfuseStream(LangfuseConfig(host=HOST, public_key="pk-x", secret_key="sk-secret-value", **kw), name="o")
+
+
+def test_otel_request_headers_auth_and_gzip():
+    with responses.RequestsMock() as rs:
+        rs.add(responses.POST, OTEL_URL, json={}, status=200)
+        stream = make(transport="otel")
+        for event in session_events():
+            stream.on_event(event)
+        assert stream.flush(5).status is OutcomeStatus.DELIVERED
+        request = rs.calls[0].request
+        assert request.headers["Content-Type"] == "application/json"
+        assert request.headers["Content-Encoding"] == "gzip"
+        assert request.headers["x-langfuse-ingestion-version"] == "4"
+        assert request.headers["Authorization"] == "Basic " + base64.b64encode(b"pk-x:sk-secret-value").decode()
+        payload = json.loads(gzip.decompress(request.body))
+        assert len(payload["resourceSpans"][0]["scopeSpans"][0]["spans"]) == 5
+        stats = stream.stats()
+        assert stats.items_delivered == stats.items_accepted and stats.transport == "otel"
+        stream.shutdown(1)
+
+
+@pytest.mark.parametrize(
+    "health, expected",
+    [
+        ({"json": {"status": "OK", "version": "3.120.0"}}, "ingestion"),
+        ({"json": {"status": "OK", "version": "4.1.0"}}, "otel"),
+        ({"json": {"status": "OK"}}, "otel"),
+        ({"status": 404, "body": "<html>not here</html>"}, "otel"),
+        ({"body": requests.exceptions.ConnectionError("refused")}, "otel"),
+        ({"body": ValueError("odd failure")}, "otel"),
+    ],
+    ids=["v3", "v4", "no-version", "404", "unreachable", "odd-error"],
+)
+def test_auto_asks_health_once_and_chooses(health, expected, caplog):
+    caplog.set_level(logging.INFO, logger="dirigent_langfuse")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
+        rs.add(responses.GET, HEALTH_URL, **health)
+        rs.add(responses.POST, OTEL_URL, json={}, status=200)
+        rs.add(responses.POST, INGESTION_URL, json={"successes": [], "errors": []}, status=207)
+        stream = make(transport="auto")
+        for event in session_events():
+            stream.on_event(event)
+        assert stream.flush(5).ok
+        stream.on_event(started("m2", t=8))
+        stream.shutdown(5)
+        health_calls = [c for c in rs.calls if c.request.url == HEALTH_URL]
+        posts = {c.request.url for c in rs.calls if c.request.method == "POST"}
+        assert len(health_calls) == 1
+        assert posts == {OTEL_URL if expected == "otel" else INGESTION_URL}
+        assert stream.stats().transport == expected
+    chosen = [r for r in caplog.records if "transport" in r.getMessage() and "using" in r.getMessage()]
+    assert len(chosen) == 1
+
+
+def test_a_400_rejecting_the_export_is_final_and_logged_with_the_reason(caplog):
+    with responses.RequestsMock() as rs:
+        rs.add(responses.POST, OTEL_URL, json={"message": "Invalid OTLP: spanId must be 16 hex"}, status=400)
+        stream = make(transport="otel")
+        stream.on_event(created())
+        stream.on_event(ended(t=1))
+        outcome = stream.flush(5)
+        assert outcome.status is OutcomeStatus.FAILED and outcome.error is StreamError.STATUS
+        assert "spanId must be 16 hex" in outcome.detail
+        assert len(rs.calls) == 1  # never retried
+        assert stream.stats().dropped == {"status_400": 2}
+        stream.shutdown(1)
+    assert any("spanId must be 16 hex" in r.getMessage() for r in caplog.records)
+
+
+def test_5xx_is_retried_and_health_drifts_for_otel():
+    with responses.RequestsMock() as rs:
+        rs.add(responses.POST, OTEL_URL, json={"message": "down"}, status=503)
+        stream = make(transport="otel", backoff_base=0.001, retry_backoff_max=60)
+        stream.on_event(created())
+        stream.on_event(ended(t=1))
+        assert stream.flush(5).error is StreamError.STATUS
+        assert len(rs.calls) == 4  # one try and three retries
+        assert stream.health() is Health.DEGRADED
+        assert stream.stats().items_pending == 2
+        rs.replace(responses.POST, OTEL_URL, json={}, status=200)
+        assert stream.flush(5).status is OutcomeStatus.DELIVERED
+        assert stream.health() is Health.HEALTHY
+        stream.shutdown(1)
+
+
+def test_partial_success_counts_rejected_spans():
+    with responses.RequestsMock() as rs:
+        rs.add(responses.POST, OTEL_URL, json={"partialSuccess": {"rejectedSpans": "1", "errorMessage": "bad span"}})
+        stream = make(transport="otel")
+        stream.on_event(created())
+        stream.on_event(ended(t=1))
+        stream.on_event(started("m1", t=1))
+        stream.on_event(completed("m1", t=2))
+        outcome = stream.flush(5)
+        stats = stream.stats()
+        assert stats.items_delivered + sum(stats.dropped.values()) == 4
+        assert stats.dropped.get("otel_rejected")
+        assert not outcome.ok
+        stream.shutdown(1)
+
+
+# -- over loopback, into our receiver ---------------------------------------------------------------
+
+
+def test_loopback_otel_session_lands_as_one_trace(receiver_v4, no_secrets_logged):
+    from .helpers import stream as make_stream
+
+    stream = make_stream(receiver_v4.url, transport="auto")
+    for event in session_events():
+        assert stream.on_event(event).status is OutcomeStatus.ACCEPTED
+    assert stream.shutdown(5).status is OutcomeStatus.DELIVERED
+    traces = receiver_v4.store.traces()
+    assert len(traces) == 1 and traces[0]["name"] == "a session" and traces[0]["userId"] == "ana"
+    observations = receiver_v4.store.observations(traces[0]["id"])
+    kinds = sorted(o["type"] for o in observations)
+    assert kinds == ["AGENT", "EVENT", "GENERATION", "TOOL", "TOOL"]
+    generation = next(o for o in observations if o["type"] == "GENERATION")
+    tools = [o for o in observations if o["type"] == "TOOL"]
+    assert all(t["parentObservationId"] == generation["id"] for t in tools)
+    assert [t.get("level") for t in tools].count("ERROR") == 1
+    assert generation["usageDetails"]["input"] == 100
+
+
+def test_loopback_replay_does_not_duplicate(receiver_v4):
+    from .helpers import stream as make_stream
+
+    events = session_events()
+    for _ in range(2):
+        stream = make_stream(receiver_v4.url, transport="otel")
+        for event in events:
+            stream.on_event(event)
+        assert stream.shutdown(5).ok
+    assert len(receiver_v4.store.traces()) == 1
+    assert len(receiver_v4.store.observations()) == 5
+    assert receiver_v4.store.counters().get("resent") == 5
