@@ -15,7 +15,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import tempfile
 import time
 from importlib import resources
@@ -235,15 +237,26 @@ def cmd_receive(args: argparse.Namespace) -> int:
     receiver = Receiver(host, port, db=args.db, public_key=args.public_key, secret_key=args.secret_key,
                         version=args.server_version)
     receiver.faults.add(*faults)
-    print(f"receive: Langfuse-compatible receiver on http://{host}:{port} (public key {args.public_key}, "
+    stop = threading.Event()
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    except ValueError:  # not the main thread (embedded use)
+        pass
+    try:
+        receiver.start()
+    except OSError as exc:
+        print(f"receive: cannot listen on {args.listen}: {exc}", file=sys.stderr)
+        return 2
+    print(f"receive: Langfuse-compatible receiver on {receiver.url} (public key {args.public_key}, "
           f"version {args.server_version}, db {args.db}, {len(faults)} fault(s) scheduled); Ctrl-C stops",
           file=sys.stderr, flush=True)
     try:
-        receiver.serve_forever()
+        while not stop.wait(0.5):
+            pass
     except KeyboardInterrupt:
         pass
     finally:
-        receiver.store.close()
+        receiver.stop()
     return 0
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hmac
 import json
 import logging
 import socket
@@ -79,7 +80,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _authorized(self) -> bool:
         expected = self.server.receiver.auth_header
-        if self.headers.get("Authorization") == expected:
+        if hmac.compare_digest((self.headers.get("Authorization") or "").encode(), expected.encode()):
             return True
         self._send(401, {"message": "Invalid credentials. Confirm that you've configured the correct host."})
         return False
@@ -318,17 +319,6 @@ class Receiver:
     def stop(self) -> None:
         self.pause()
         self.store.close()
-
-    def serve_forever(self) -> None:
-        """Serve in the foreground (the `receive` command); Ctrl-C stops."""
-        server = _Server((self.host, self.port), _Handler)
-        server.receiver = self
-        self.port = server.server_address[1]
-        self._server = server
-        try:
-            server.serve_forever(poll_interval=0.2)
-        finally:
-            server.server_close()
 
     def __enter__(self) -> "Receiver":
         return self.start()

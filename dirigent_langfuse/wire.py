@@ -39,6 +39,25 @@ def _is_str(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
+def _is_time(value: Any) -> bool:
+    """An ISO-8601 date-time, as Langfuse's schema (`format: date-time`) wants it."""
+    if not isinstance(value, str) or len(value) < 19 or value[10] not in "Tt ":
+        return False
+    text = value[:-1] + "+00:00" if value[-1] in "Zz" else value
+    if "." in text[19:]:  # Python 3.9's fromisoformat wants 3 or 6 fraction digits
+        head, _, rest = text.partition(".")
+        digits = re.match(r"\d+", rest)
+        if not digits:
+            return False
+        frac = digits.group(0)
+        text = f"{head}.{(frac + '000000')[:6]}{rest[len(frac):]}"
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _map_value_ok(value: Any) -> bool:
     if value is None or isinstance(value, (str, bool, int, float)):
         return True
@@ -49,6 +68,9 @@ def _check_observation(kind: str, body: Dict[str, Any]) -> Optional[str]:
     for key in _OBS_STRINGS + ("id",):
         if not _is_str(body.get(key)):
             return f"body.{key} must be a string"
+    for key in ("startTime", "endTime", "completionStartTime"):
+        if body.get(key) is not None and not _is_time(body[key]):
+            return f"body.{key} must be an ISO-8601 date-time"
     if kind.endswith("-update") and not isinstance(body.get("id"), str):
         return "body.id is required for an update"
     if body.get("level") is not None and body["level"] not in LEVELS:
@@ -80,8 +102,8 @@ def check_item(item: Any) -> Optional[str]:
         return "an item must be an object"
     if not isinstance(item.get("id"), str) or not item["id"]:
         return "id is required (a string)"
-    if not isinstance(item.get("timestamp"), str):
-        return "timestamp is required (an ISO-8601 string)"
+    if not _is_time(item.get("timestamp")):
+        return "timestamp is required (an ISO-8601 date-time)"
     kind = item.get("type")
     if kind not in INGESTION_TYPES:
         return f"type {kind!r} is not an ingestion event type"

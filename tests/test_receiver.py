@@ -1,0 +1,159 @@
+"""The embedded receiver over real loopback sockets: auth, 207 per item, 400, OTLP, reads, faults."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import time
+from typing import Any, Dict, List
+
+import pytest
+import requests
+
+from dirigent_langfuse.faults import Fault, FaultPlan, parse_fault
+from dirigent_langfuse.mapping import bus_event_to_items
+from dirigent_langfuse.receiver import Receiver
+
+from .helpers import completed, created, started
+
+AUTH = ("pk-lf-local", "sk-lf-local")
+
+
+def post(receiver: Receiver, items: List[Dict[str, Any]], auth: Any = AUTH) -> requests.Response:
+    return requests.post(receiver.url + "/api/public/ingestion", json={"batch": items}, auth=auth, timeout=5)
+
+
+def session_items() -> List[Dict[str, Any]]:
+    return [i for e in (created(), started("m1", t=1), completed("m1", t=2)) for i in bus_event_to_items(e)]
+
+
+def test_wrong_or_missing_keys_get_401(receiver):
+    assert post(receiver, [], auth=("pk-lf-local", "wrong")).status_code == 401
+    assert requests.post(receiver.url + "/api/public/ingestion", json={"batch": []}, timeout=5).status_code == 401
+    assert requests.get(receiver.url + "/api/public/traces", timeout=5).status_code == 401
+    assert receiver.store.envelope_count() == 0
+
+
+def test_a_body_that_is_not_a_batch_gets_400(receiver):
+    url = receiver.url + "/api/public/ingestion"
+    assert requests.post(url, data=b"{not json", auth=AUTH, timeout=5).status_code == 400
+    assert requests.post(url, json={"items": []}, auth=AUTH, timeout=5).status_code == 400
+    assert requests.post(url, json=[1, 2], auth=AUTH, timeout=5).status_code == 400
+
+
+def test_207_per_item_with_invalid_items_refused(receiver):
+    good = session_items()
+    bad = [{"id": "bad-1", "type": "generation-create", "timestamp": "not a time", "body": {}},
+           {"id": "bad-2", "type": "no-such-type", "timestamp": "2026-11-25T09:00:00.000Z", "body": {}},
+           "not even an object"]
+    response = post(receiver, good + bad)
+    assert response.status_code == 207
+    answer = response.json()
+    assert sorted(s["id"] for s in answer["successes"]) == sorted(i["id"] for i in good)
+    assert [e["status"] for e in answer["errors"]] == [400, 400, 400]
+    assert all(e["message"] for e in answer["errors"])
+    assert receiver.store.envelope_count() == len(good)
+
+
+def test_items_are_deduplicated_and_merged_into_traces(receiver):
+    items = session_items()
+    post(receiver, items)
+    post(receiver, items)  # a retry with the same envelope ids
+    assert receiver.store.envelope_count() == len(items)
+    assert receiver.store.counters()["resent"] == len(items)
+    listing = requests.get(receiver.url + "/api/public/traces", auth=AUTH, timeout=5).json()
+    assert listing["meta"]["totalItems"] == 1 and listing["data"][0]["id"] == "scroll-1"
+    trace = requests.get(receiver.url + "/api/public/traces/scroll-1", auth=AUTH, timeout=5).json()
+    (generation,) = trace["observations"]
+    assert generation["type"] == "GENERATION" and generation["endTime"] and generation["startTime"]
+    assert generation["usageDetails"]["input"] == 10
+    assert requests.get(receiver.url + "/api/public/traces/nope", auth=AUTH, timeout=5).status_code == 404
+
+
+def test_health_answers_the_configured_version():
+    with Receiver(version="4.7.1") as receiver:
+        answer = requests.get(receiver.url + "/api/public/health", timeout=5).json()
+    assert answer == {"status": "OK", "version": "4.7.1"}
+
+
+def test_otlp_json_gzip_or_not_and_bad_exports(receiver):
+    span = {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "s", "startTimeUnixNano": "1764061200000000000",
+            "endTimeUnixNano": "1764061201000000000",
+            "attributes": [{"key": "langfuse.observation.type", "value": {"stringValue": "tool"}},
+                           {"key": "langfuse.trace.name", "value": {"stringValue": "t"}}]}
+    body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
+    url = receiver.url + "/api/public/otel/v1/traces"
+    headers = {"Content-Type": "application/json"}
+    assert requests.post(url, data=body, headers=headers, auth=AUTH, timeout=5).status_code == 200
+    zipped = dict(headers, **{"Content-Encoding": "gzip"})
+    assert requests.post(url, data=gzip.compress(body), headers=zipped, auth=AUTH, timeout=5).status_code == 200
+    assert receiver.store.counters()["resent"] == 1
+    (obs,) = receiver.store.observations()
+    assert obs["type"] == "TOOL" and obs["traceId"] == "ab" * 16
+    bad = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [dict(span, spanId="xyz")]}]}]}).encode()
+    answer = requests.post(url, data=bad, headers=headers, auth=AUTH, timeout=5)
+    assert answer.status_code == 400 and "spanId" in answer.json()["message"]
+    assert requests.post(url, data=body, headers=headers, auth=("pk", "no"), timeout=5).status_code == 401
+    assert requests.post(url, data=body, headers={"Content-Type": "text/plain"}, auth=AUTH, timeout=5).status_code == 415
+
+
+def test_faults_in_order_then_normal(receiver):
+    receiver.faults.add(Fault.status(503, times=2), Fault.status(429, retry_after=3), Fault.status(502))
+    answers = [post(receiver, []) for _ in range(5)]
+    assert [a.status_code for a in answers] == [503, 503, 429, 502, 207]
+    assert answers[2].headers["Retry-After"] == "3"
+    assert answers[3].text.startswith("<html>")  # a proxy's HTML body
+    assert receiver.store.counters()["faults_applied"] == 4
+
+
+def test_partial_fault_fails_every_nth_item(receiver):
+    receiver.faults.add(Fault.partial(500, every=3))
+    items = session_items() + session_items()[:0]
+    items = [dict(i, id=f"{i['id']}-{n}") for n in range(2) for i in items]
+    answer = post(receiver, items).json()
+    assert len(answer["errors"]) == len(items) // 3 and {e["status"] for e in answer["errors"]} == {500}
+
+
+def test_reset_fault_closes_the_connection(receiver):
+    receiver.faults.add(Fault.reset())
+    with pytest.raises(requests.exceptions.ConnectionError):
+        post(receiver, [])
+    assert post(receiver, []).status_code == 207
+
+
+def test_slow_fault_delays_the_answer(receiver):
+    receiver.faults.add(Fault.slow(0.3))
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(receiver.url + "/api/public/ingestion", json={"batch": []}, auth=AUTH, timeout=(1, 0.05))
+
+
+def test_timed_fault_uses_its_clock():
+    now = [0.0]
+    plan = FaultPlan(clock=lambda: now[0]).add(Fault.status(503, seconds=30))
+    assert plan.next().code == 503
+    now[0] = 29.9
+    assert plan.next().code == 503
+    now[0] = 30.0
+    assert plan.next() is None
+
+
+def test_parse_fault_forms():
+    assert parse_fault("503*5") == Fault.status(503, 5)
+    assert parse_fault("429:2*3") == Fault.status(429, 3, retry_after=2.0)
+    assert parse_fault("slow:1.5*2") == Fault.slow(1.5, 2)
+    assert parse_fault("reset*1") == Fault.reset(1)
+    assert parse_fault("partial:500/3*1") == Fault.partial(500, 3, 1)
+    assert parse_fault("503~30") == Fault.status(503, seconds=30.0)
+    for bad in ("boom", "503*x", "slow:fast"):
+        with pytest.raises(ValueError, match="bad fault"):
+            parse_fault(bad)
+
+
+def test_pause_refuses_then_resume_serves_on_the_same_port(receiver):
+    port = receiver.port
+    receiver.pause()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    receiver.resume()
+    assert receiver.port == port and post(receiver, []).status_code == 207
