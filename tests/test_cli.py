@@ -1,0 +1,137 @@
+"""The command as a subprocess: demo, mirror (malformed line, 503 burst), receive + show, check."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from dirigent_langfuse.faults import Fault
+from dirigent_langfuse.receiver import Receiver
+
+from .conftest import ROOT, SECRETS
+
+EXAMPLE = ROOT / "dirigent_langfuse" / "examples" / "coding_session.jsonl"
+
+
+def run(*args: str, stdin: str = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for key in ("LANGFUSE_HOST", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY"):
+        env.pop(key, None)
+    result = subprocess.run([sys.executable, "-m", "dirigent_langfuse", *args], input=stdin, capture_output=True,
+                            text=True, timeout=timeout, env=env, cwd=str(ROOT))
+    for secret in SECRETS[:-1]:
+        assert secret not in result.stdout + result.stderr, "a secret was printed"
+    return result
+
+
+def write_config(path: Path, url: str, secret: str = "sk-lf-local", **params: object) -> Path:
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in params.items())
+    path.write_text(
+        '[[streams]]\nname = "local"\ntype = "langfuse"\n\n[streams.params]\n'
+        f'host = "{url}"\npublic_key = "pk-lf-local"\nsecret_key = "{secret}"\n{extra}'
+    )
+    return path
+
+
+@pytest.mark.parametrize("transport", ["auto", "otel"])
+def test_demo_prints_trees_and_a_summary(transport):
+    result = run("demo", "--transport", transport)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Fix the flaky cache test" in out  # the trace's name
+    assert re.search(r"GENERATION assistant message  \+0\.20s  6\.80s  claude-sonnet-4-5  in 4210 / out 388 .*\$0\.0243", out)
+    assert re.search(r"TOOL Run pytest -q  \+9\.00s  3\.50s", out)  # a tool span with offset and duration
+    assert "TOOL Edit shop_api/cache.py  +8.00s  0.30s  ✗ ERROR: EACCES" in out  # the failed tool call
+    assert "EVENT plan" in out and "ended: error" in out
+    assert re.search(r"^ok: events=27 items=\d+ delivered=\d+ batches=\d+ failures=0", out.splitlines()[-1])
+
+
+def test_mirror_reports_a_malformed_line_and_absorbs_a_503_burst(tmp_path, receiver):
+    receiver.faults.add(Fault.status(503, times=3))  # within the three HTTP-level retries
+    lines = EXAMPLE.read_text().splitlines()
+    lines.insert(5, "{this is not json")
+    source = tmp_path / "events.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    config = write_config(tmp_path / "streams.toml", receiver.url, transport="ingestion", flush_interval=0.1)
+    result = run("mirror", "--config", str(config), str(source))
+    assert result.returncode == 1, result.stderr  # a malformed line is a failure of the run...
+    assert "line 6" in result.stderr
+    assert "1 malformed lines" in result.stderr
+    summary = re.search(r"items=(\d+) delivered=(\d+).*dropped=(\S+)", result.stderr)
+    assert summary and summary.group(1) == summary.group(2) and summary.group(3) == "none"  # ...nothing else was lost
+    assert receiver.store.counters()["faults_applied"] == 3
+    assert len(receiver.store.traces()) == 2
+
+
+def test_mirror_from_stdin_clean_run_exits_0(tmp_path, receiver):
+    config = write_config(tmp_path / "streams.toml", receiver.url, transport="ingestion")
+    result = run("mirror", "--config", str(config), "-", stdin=EXAMPLE.read_text())
+    assert result.returncode == 0, result.stderr
+    assert "mirror: ok: 27 events, 0 malformed lines" in result.stderr
+
+
+def test_mirror_dry_run_prints_items(tmp_path):
+    config = write_config(tmp_path / "streams.toml", "http://127.0.0.1:9")
+    result = run("mirror", "--config", str(config), "--dry-run", str(EXAMPLE))
+    assert result.returncode == 0, result.stderr
+    items = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {i["type"] for i in items} >= {"trace-create", "generation-create", "generation-update"}
+
+
+def test_mirror_bad_config_exits_2(tmp_path):
+    bad = tmp_path / "streams.toml"
+    bad.write_text('[[streams]]\nname = "x"\ntype = "langfuse"\n[streams.params]\nhost = "http://x"\npublic_key = "p"\nsecret_key = "s"\nbatch_size = "many"\n')
+    result = run("mirror", "--config", str(bad), str(EXAMPLE))
+    assert result.returncode == 2 and "batch_size" in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_receive_then_show(tmp_path):
+    db = tmp_path / "lf.db"
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "dirigent_langfuse", "receive", "--listen", f"127.0.0.1:{port}",
+                             "--db", str(db), "--fault", "503*1"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        banner = proc.stderr.readline()  # printed once it listens
+        assert f"http://127.0.0.1:{port}" in banner and "1 fault(s)" in banner
+        config = write_config(tmp_path / "streams.toml", f"http://127.0.0.1:{port}", transport="ingestion")
+        mirrored = run("mirror", "--config", str(config), str(EXAMPLE))
+        assert mirrored.returncode == 0, mirrored.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    shown = run("show", "--db", str(db))
+    assert shown.returncode == 0 and "Fix the flaky cache test" in shown.stdout
+    one = run("show", "--db", str(db), "sess-none")
+    assert one.returncode == 1
+    assert run("show", "--db", str(tmp_path / "missing.db")).returncode == 2
+
+
+def test_check_good_keys_bad_keys_unreachable(tmp_path, receiver):
+    good = run("check", "--config", str(write_config(tmp_path / "good.toml", receiver.url)))
+    assert good.returncode == 0 and "keys accepted" in good.stdout, good.stdout + good.stderr
+    bad = run("check", "--config", str(write_config(tmp_path / "bad.toml", receiver.url, secret="sk-lf-wrong")))
+    assert bad.returncode == 1 and "refused the keys (HTTP 401)" in bad.stdout
+    assert "sk-lf-wrong" not in bad.stdout + bad.stderr
+    port = free_port()
+    gone = run("check", "--config", str(write_config(tmp_path / "gone.toml", f"http://127.0.0.1:{port}")))
+    assert gone.returncode == 1 and "cannot reach" in gone.stdout
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[[streams]]\nname = 3\n")
+    result = run("check", "--config", str(broken))
+    assert result.returncode == 2 and "name" in result.stderr
