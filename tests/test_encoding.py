@@ -1,0 +1,122 @@
+"""Safe encoding: every odd payload value has a documented fallback; oversized items are cut, not refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import json
+import uuid
+
+import attrs
+import pytest
+
+from dirigent_langfuse import MessageStarted, OutcomeStatus
+from dirigent_langfuse.encoding import TRUNCATION_MARKER, dumps, encode_item
+from dirigent_langfuse.mapping import bus_event_to_items
+
+from .helpers import common, started, stream
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+@attrs.frozen
+class Box:
+    size: int
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<Opaque thing>"
+
+
+class Pydanticish:
+    def model_dump(self):
+        return {"a": 1}
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (dt.datetime(2026, 11, 25, 9, 0, tzinfo=dt.timezone.utc), "2026-11-25T09:00:00+00:00"),
+        (dt.date(2026, 11, 25), "2026-11-25"),
+        (decimal.Decimal("1.5"), 1.5),
+        (decimal.Decimal("NaN"), "NaN"),
+        (float("nan"), "NaN"),
+        (float("inf"), "Infinity"),
+        (float("-inf"), "-Infinity"),
+        (uuid.UUID(int=1), "00000000-0000-0000-0000-000000000001"),
+        (b"hello", "hello"),
+        (b"\xff\x00", "base64:/wA="),
+        ({3, 1, 2}, [1, 2, 3]),
+        (frozenset({"b", "a"}), ["a", "b"]),
+        (Color.RED, "red"),
+        (Point(1, 2), {"x": 1, "y": 2}),
+        (Box(3), {"size": 3}),
+        (Pydanticish(), {"a": 1}),
+        (Opaque(), "<Opaque thing>"),
+        ({1: "int key", None: "none key"}, {"1": "int key", "null": "none key"}),
+    ],
+    ids=lambda v: type(v).__name__,
+)
+def test_fallbacks(value, expected):
+    assert json.loads(dumps({"v": value}))["v"] == expected
+
+
+def test_circular_and_deep_structures_do_not_fail():
+    loop: list = []
+    loop.append(loop)
+    assert "<circular>" in dumps(loop).decode()
+    deep: list = []
+    node = deep
+    for _ in range(5000):
+        node.append([])
+        node = node[0]
+    json.loads(dumps(deep))  # valid JSON, whatever depth it was cut at
+
+
+def test_a_repr_that_raises_still_encodes():
+    class Hostile:
+        def __repr__(self):
+            raise RuntimeError("no repr for you")
+
+    assert json.loads(dumps({"v": Hostile()}))["v"]
+
+
+def test_oversized_item_is_truncated_with_a_marker_and_stays_valid(validate_item):
+    huge = "x" * 2_000_000
+    event = MessageStarted(**common(), message_id="m1", input=[{"role": "user", "content": huge}], model="m")
+    (item,) = bus_event_to_items(event)
+    data, truncated = encode_item(item, 100_000)
+    assert truncated and len(data) <= 100_000
+    decoded = json.loads(data)
+    assert TRUNCATION_MARKER.split("{")[0] in decoded["body"]["input"]
+    validate_item(decoded)
+
+
+def test_small_items_are_untouched():
+    (item,) = bus_event_to_items(started("m1"))
+    data, truncated = encode_item(item, 1_000_000)
+    assert not truncated and json.loads(data) == json.loads(json.dumps(item))
+
+
+def test_odd_payloads_through_a_live_stream_all_arrive(receiver, validate_item):
+    s = stream(receiver.url, max_item_bytes=50_000)
+    odd = [Opaque(), {1, 2}, b"\x00\xff", decimal.Decimal("NaN"), float("nan"), Point(1, 2), "y" * 200_000]
+    for i, value in enumerate(odd):
+        outcome = s.on_event(started(f"m{i}", input={"value": value}, model_parameters={"temperature": 0.5}))
+        assert outcome.status is OutcomeStatus.ACCEPTED
+    assert s.shutdown(5).status is OutcomeStatus.DELIVERED
+    stats = s.stats()
+    assert stats.items_delivered == len(odd) and stats.items_truncated == 1
+    for item in receiver.store.items():
+        validate_item(item)
