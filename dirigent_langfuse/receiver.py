@@ -136,7 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api/public/ingestion":
             self._ingestion(data, fault)
         elif path == "/api/public/otel/v1/traces":
-            self._otel(data)
+            self._otel(data, fault)
         else:
             self._send(404, {"message": f"no route {path}"})
 
@@ -176,7 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
         receiver.store.bump("batches")
         self._send(207, {"successes": successes, "errors": errors})
 
-    def _otel(self, data: bytes) -> None:
+    def _otel(self, data: bytes, fault: Optional[Fault] = None) -> None:
         receiver = self.server.receiver
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         try:
@@ -194,9 +194,15 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, OtlpError) as exc:
             self._send(400, {"message": f"Invalid OTLP export: {exc}"})
             return
+        answer: Dict[str, Any] = {}
+        if fault is not None and fault.kind == "partial":  # OTLP's partial success: a count, no ids
+            kept = [s for i, s in enumerate(spans) if i % fault.every != fault.every - 1]
+            answer = {"partialSuccess": {"rejectedSpans": str(len(spans) - len(kept)),
+                                         "errorMessage": f"injected span fault {fault.code}"}}
+            spans = kept
         receiver.store.add_spans(spans, time.time())
         receiver.store.bump("batches")
-        self._send(200, {})
+        self._send(200, answer)
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)

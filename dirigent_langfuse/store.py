@@ -192,6 +192,18 @@ class Store:
                     seen = self._db.execute("SELECT 1 FROM observations WHERE id = ?", (obs["id"],)).fetchone()
                     if seen:
                         self._bump("resent")
+                    else:
+                        # the same observation under another span id would be a duplicate in Langfuse
+                        key = [obs.get(k) for k in ("traceId", "parentObservationId", "type", "name", "startTime")]
+                        fingerprint = "span:" + hashlib.sha1(json.dumps(key).encode()).hexdigest()
+                        if self._db.execute("SELECT 1 FROM items WHERE fingerprint = ?", (fingerprint,)).fetchone():
+                            self._bump("duplicates")
+                        else:
+                            self._db.execute(
+                                "INSERT INTO items (envelope_id, type, body_id, fingerprint, received, json) "
+                                "VALUES (?, ?, ?, ?, ?, ?)",
+                                ("span:" + obs["id"], "otel-span", obs["id"], fingerprint, received, "{}"),
+                            )
                     self._upsert_trace(trace["id"], trace, "otel")
                     self._upsert_observation(obs, "otel")
                 self._db.execute("COMMIT")
@@ -225,9 +237,9 @@ class Store:
 
     def items(self) -> List[Dict[str, Any]]:
         with self._lock:
-            rows = self._db.execute("SELECT json FROM items ORDER BY received").fetchall()
+            rows = self._db.execute("SELECT json FROM items WHERE type != 'otel-span' ORDER BY received").fetchall()
         return [json.loads(r[0]) for r in rows]
 
     def envelope_count(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+            return self._db.execute("SELECT COUNT(*) FROM items WHERE type != 'otel-span'").fetchone()[0]

@@ -24,8 +24,8 @@ def test_eight_threads_thousand_events_each_exactly_once(receiver, transport, no
         scroll = f"scroll-{n}"
         go.wait()
         for m in range(EVENTS // 2):
-            outcomes[n].append(s.on_event(started(f"m{m}", scroll, native=f"native-{n}")).status)
-            outcomes[n].append(s.on_event(completed(f"m{m}", scroll, native=f"native-{n}")).status)
+            outcomes[n].append(s.on_event(started(f"m{m}", scroll, native=f"native-{n}", t=m)).status)
+            outcomes[n].append(s.on_event(completed(f"m{m}", scroll, native=f"native-{n}", t=m + 0.5)).status)
 
     threads = [threading.Thread(target=produce, args=(n,)) for n in range(THREADS)]
     for t in threads:
