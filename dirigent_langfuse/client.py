@@ -215,17 +215,25 @@ class LangfuseClient:
         try:
             return self.session.post(url, data=body, headers=headers, timeout=self.config.timeout)
         except requests.exceptions.RetryError as exc:  # only when urllib3 raises on exhaustion
-            raise LangfuseTransportError(f"POST {path}: retries exhausted ({type(exc).__name__})") from None
+            error = LangfuseTransportError(f"POST {path}: retries exhausted ({type(exc).__name__})")
+            error.retries = self.config.max_retries
+            raise error from None
         except requests.exceptions.RequestException as exc:
-            raise LangfuseTransportError(f"POST {path}: {_describe(exc)}") from None
+            error = LangfuseTransportError(f"POST {path}: {_describe(exc)}")
+            reason = exc.args[0] if exc.args else None
+            if type(reason).__name__ == "MaxRetryError":  # urllib3 tried max_retries more times
+                error.retries = self.config.max_retries
+            raise error from None
 
     def _check(self, response: requests.Response, path: str) -> None:
         if response.status_code >= 400:
-            raise LangfuseStatusError(
+            error = LangfuseStatusError(
                 response.status_code,
                 error_message(response),
                 _retry_after(response, self.config.max_retry_after),
             )
+            error.retries = _retries(response)
+            raise error
 
     def send(self, items: List[Dict[str, Any]]) -> IngestionResult:
         """POST `{"batch": items}` to the ingestion API; parse Langfuse's 207."""

@@ -54,7 +54,9 @@ class RegistryError(DirigentLangfuseError, LookupError):
 
 
 class LangfuseError(DirigentLangfuseError):
-    """A request to Langfuse did not succeed."""
+    """A request to Langfuse did not succeed. `retries`: how many HTTP-level retries it took first."""
+
+    retries: int = 0
 
 
 class LangfuseStatusError(LangfuseError):

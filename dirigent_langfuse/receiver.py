@@ -88,6 +88,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self) -> Optional[bytes]:
         length = int(self.headers.get("Content-Length") or 0)
         data = self.rfile.read(length) if length else b""
+        receiver = self.server.receiver
+        if length > receiver.max_body:
+            receiver.max_body = length
         if self.headers.get("Content-Encoding", "").lower() == "gzip":
             try:
                 data = gzip.decompress(data)
@@ -248,6 +251,10 @@ class _Server(ThreadingHTTPServer):
         self.connections: "set[socket.socket]" = set()
         self.connections_lock = threading.Lock()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (read timeout, reset) is normal under faults: no traceback on stderr.
+        log.debug("receiver: connection from %s ended with an error", client_address, exc_info=True)
+
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.connections_lock:
             self.connections.add(request)
@@ -290,6 +297,7 @@ class Receiver:
         self.public_key = public_key
         token = base64.b64encode(f"{public_key}:{secret_key}".encode()).decode()
         self.auth_header = f"Basic {token}"
+        self.max_body = 0  # the largest request body seen, in bytes as sent
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
 

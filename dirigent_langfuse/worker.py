@@ -382,7 +382,7 @@ class Worker:
         try:
             report = self.transport.send(batch)
         except LangfuseError as exc:
-            report = Report(error=exc)
+            report = Report(error=exc, retries=exc.retries)
         if report.error is not None:
             reason, retryable, retry_after = request_error(report.error)
             if getattr(report.error, "status", None) == 413 and len(batch) > 1:

@@ -6,7 +6,7 @@ import copy
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
@@ -80,3 +80,23 @@ def no_secrets_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
         text = record.getMessage() + (record.exc_text or "")
         for secret in SECRETS:
             assert secret not in text, f"secret-like text {secret[:6]}... logged by {record.name}"
+
+
+# -- the fault suite's table -----------------------------------------------------------------------
+
+FAULT_TABLE: List[Dict[str, Any]] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One table for the fault suite: scenario, accepted, delivered, dropped, duplicates, max block."""
+    if not FAULT_TABLE:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("fault suite")
+    head = f"{'scenario':<28} {'transport':<10} {'accepted':>8} {'delivered':>9} {'duplicates':>10} {'resent':>6} {'max block ms':>12}  dropped (by reason)"
+    write(head)
+    write("-" * len(head))
+    for row in FAULT_TABLE:
+        dropped = ", ".join(f"{k}={v}" for k, v in sorted(row["dropped"].items())) or "-"
+        write(f"{row['scenario']:<28} {row['transport']:<10} {row['accepted']:>8} {row['delivered']:>9} "
+              f"{row['duplicates']:>10} {row['resent']:>6} {row['max_block_ms']:>12.2f}  {dropped}")

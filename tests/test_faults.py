@@ -1,0 +1,336 @@
+"""The fault suite: a real LangfuseStream against the receiver's fault injection, per transport.
+
+Every scenario checks that each accepted item was delivered or counted as dropped with a reason,
+that nothing arrived twice under different ids, that no secret was logged (`no_secrets_logged`),
+and that the calling thread was never blocked beyond BOUND. Outages are shortened with small
+timeouts and backoffs, never skipped. The suite prints one table at the end of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Dict, Iterable, List
+
+import pytest
+
+from dirigent_langfuse import Health, LangfuseStream, OutcomeStatus
+from dirigent_langfuse.faults import Fault
+from dirigent_langfuse.receiver import Receiver
+
+from .conftest import FAULT_TABLE, ROOT
+from .helpers import completed, config, created, ended, started, tool_call, tool_update
+
+TRANSPORTS = ["ingestion", "otel"]
+BOUND = 0.5  # seconds: far below any network wait the faults cause; on_event must never get near it
+KNOWN_REASONS = {"queue_full", "buffer_full", "shutdown", "status_400", "otel_rejected", "status_413"}
+
+FAST = dict(
+    flush_interval=0.02, backoff_base=0.001, backoff_max=0.002, retry_backoff_max=0.05,
+    connect_timeout=0.5, read_timeout=2.0,
+)
+
+
+def session(scroll: str, messages: int = 5, tools: int = 2, big: int = 0) -> List[Any]:
+    """An agent session: created, messages with tool calls (every fifth failing), ended."""
+    t = 0.0
+    out: List[Any] = [created(scroll, native=scroll, t=t)]
+    for m in range(messages):
+        t += 1
+        payload = {"input": [{"role": "user", "content": "x" * big}]} if big else {}
+        out.append(started(f"m{m}", scroll, native=scroll, t=t, **payload))
+        for k in range(tools):
+            call = f"{scroll}-m{m}-t{k}"
+            out.append(tool_call(call, scroll, native=scroll, t=t + 0.1 + k * 0.2, title=f"tool {call}"))
+            status = "failed" if (m * tools + k) % 5 == 4 else "completed"
+            out.append(tool_update(call, status, scroll, native=scroll, t=t + 0.2 + k * 0.2))
+        out.append(completed(f"m{m}", scroll, native=scroll, t=t + 0.9))
+    out.append(ended(scroll, native=scroll, t=t + 1))
+    return out
+
+
+class Caller:
+    """Feeds events from the calling thread and remembers the longest `on_event`."""
+
+    def __init__(self, stream: LangfuseStream) -> None:
+        self.stream = stream
+        self.max_block = 0.0
+        self.overflows = 0
+
+    def feed(self, events: Iterable[Any]) -> None:
+        for event in events:
+            started_at = time.perf_counter()
+            outcome = self.stream.on_event(event)
+            self.max_block = max(self.max_block, time.perf_counter() - started_at)
+            if outcome.status is OutcomeStatus.FAILED:
+                self.overflows += 1
+
+
+def wait_worker(stream: LangfuseStream, predicate: Any, timeout: float = 20.0) -> None:
+    """Wait on the worker's own condition (notified after every request) until `predicate(worker)`."""
+    worker = stream._worker
+    with worker._lock:
+        assert worker._done.wait_for(lambda: predicate(worker), timeout), "the worker never got there"
+
+
+def check(name: str, transport: str, receiver: Receiver, stream: LangfuseStream, max_block: float,
+          expect_all: bool = True, elsewhere: int = 0) -> Dict[str, Any]:
+    """`elsewhere`: items another process (a forked child) delivered to the same receiver."""
+    stats = stream.stats()
+    counters = receiver.store.counters()
+    duplicates = counters.get("duplicates", 0)
+    row = {
+        "scenario": name, "transport": transport, "accepted": stats.items_accepted,
+        "delivered": stats.items_delivered, "dropped": dict(stats.dropped), "duplicates": duplicates,
+        "resent": counters.get("resent", 0), "max_block_ms": round(max_block * 1000, 2),
+    }
+    FAULT_TABLE.append(row)
+    assert stats.items_pending == 0, row
+    assert stats.items_accepted == stats.items_delivered + sum(stats.dropped.values()), row
+    assert set(stats.dropped) <= KNOWN_REASONS, row
+    assert duplicates == 0, row
+    assert max_block < BOUND, row
+    if expect_all:
+        assert not stats.dropped, row
+    if transport == "ingestion":
+        assert receiver.store.envelope_count() == stats.items_delivered + elsewhere, row
+    return row
+
+
+@pytest.fixture
+def fast_receiver():
+    with Receiver() as r:
+        yield r
+
+
+# -- outage ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_outage_503s_then_refused_then_resets(fast_receiver, transport, no_secrets_logged):
+    receiver = fast_receiver
+    stream = LangfuseStream(config(receiver.url, transport=transport, **FAST), name="outage")
+    caller = Caller(stream)
+    receiver.faults.add(Fault.status(503, seconds=0.3))  # phase 1: the server answers 503
+    caller.feed(session("s1"))
+    wait_worker(stream, lambda w: w.failed_requests >= 2)
+    receiver.pause()  # phase 2: connections refused
+    caller.feed(session("s2"))
+    wait_worker(stream, lambda w: w.failed_requests >= 6)
+    assert stream.health() is Health.UNAVAILABLE
+    assert stream.stats().items_pending > 0  # kept, not thrown away
+    receiver.faults.add(Fault.reset(times=6))  # phase 3: connections reset
+    receiver.resume()
+    caller.feed(session("s3"))
+    assert stream.shutdown(15).status is OutcomeStatus.DELIVERED
+    assert stream.health() is Health.HEALTHY
+    check("outage 503/refused/reset", transport, receiver, stream, caller.max_block)
+    assert len(receiver.store.traces()) == 3
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_flapping(fast_receiver, transport, no_secrets_logged):
+    receiver = fast_receiver
+    for _ in range(8):  # a whole failed request (1 try + 3 retries), then one good answer
+        receiver.faults.add(Fault.status(503, times=4), Fault.slow(0.0, times=1))
+    stream = LangfuseStream(config(receiver.url, transport=transport, batch_size=8, **FAST), name="flap")
+    caller = Caller(stream)
+    for n in range(4):
+        caller.feed(session(f"f{n}"))
+    assert stream.shutdown(15).status is OutcomeStatus.DELIVERED
+    assert stream.stats().retries > 0
+    check("flapping", transport, receiver, stream, caller.max_block)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_answers_slower_than_the_read_timeout(fast_receiver, transport, no_secrets_logged):
+    receiver = fast_receiver
+    receiver.faults.add(Fault.slow(0.8, times=3))
+    stream = LangfuseStream(config(receiver.url, transport=transport, **dict(FAST, read_timeout=0.3)), name="slow")
+    caller = Caller(stream)
+    caller.feed(session("slow-1"))
+    assert stream.flush(15).ok
+    caller.feed(session("slow-2"))
+    assert stream.shutdown(15).status is OutcomeStatus.DELIVERED
+    row = check("slower than read timeout", transport, receiver, stream, caller.max_block)
+    assert row["resent"] > 0  # the timed-out attempts did land; the re-sends carried the same ids
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_207_with_some_items_failed(fast_receiver, transport, no_secrets_logged, caplog):
+    receiver = fast_receiver
+    receiver.faults.add(Fault.partial(500, every=3, times=2), Fault.partial(400, every=4, times=2))
+    stream = LangfuseStream(config(receiver.url, transport=transport, batch_size=16, **FAST), name="partial")
+    caller = Caller(stream)
+    for n in range(3):
+        caller.feed(session(f"p{n}"))
+    outcome = stream.shutdown(15)
+    stats = stream.stats()
+    if transport == "ingestion":
+        # 5xx items were re-sent with the same ids; 4xx items were dropped and counted by status
+        assert set(stats.dropped) == {"status_400"}
+        refused = [r for r in caplog.records if "Langfuse refused items" in r.getMessage()]
+        assert len(refused) == 1  # once per distinct message, not once per item
+    else:
+        # OTLP's partial success names no spans: rejected spans are counted, not retried
+        assert set(stats.dropped) == {"otel_rejected"}
+    assert not outcome.ok
+    check("207 partial", transport, receiver, stream, caller.max_block, expect_all=False)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_429_storm_honours_retry_after_and_grows_batches(fast_receiver, transport, no_secrets_logged):
+    receiver = fast_receiver
+    receiver.faults.add(Fault.status(429, retry_after=0.05, times=12))
+    stream = LangfuseStream(config(receiver.url, transport=transport, batch_size=4, **FAST), name="429")
+    caller = Caller(stream)
+    caller.feed(session("r1"))
+    wait_worker(stream, lambda w: w.failed_requests >= 2)
+    assert stream._worker._batch_limit > 4  # fewer, fuller requests while rate-limited
+    for n in range(2, 5):
+        caller.feed(session(f"r{n}"))
+    assert stream.shutdown(15).status is OutcomeStatus.DELIVERED
+    check("429 storm", transport, receiver, stream, caller.max_block)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_oversized_items_are_truncated_and_requests_split(fast_receiver, transport, no_secrets_logged):
+    receiver = fast_receiver
+    receiver.faults.add(Fault.status(413, times=1))
+    limits = dict(max_item_bytes=64_000, max_request_bytes=200_000)
+    stream = LangfuseStream(config(receiver.url, transport=transport, **limits, **FAST), name="big")
+    caller = Caller(stream)
+    caller.feed(session("big-1", messages=6, tools=1, big=300_000))
+    caller.feed(session("small-1", messages=3))
+    assert stream.shutdown(15).status is OutcomeStatus.DELIVERED
+    stats = stream.stats()
+    assert stats.items_truncated >= 6
+    assert receiver.max_body <= 200_000 + 64_000  # one item may ride alone; bodies are split
+    check("oversized + 413", transport, receiver, stream, caller.max_block)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_eight_producers_at_full_speed_with_a_small_queue(fast_receiver, transport, no_secrets_logged):
+    receiver = fast_receiver
+    stream = LangfuseStream(config(receiver.url, transport=transport, max_queue_items=400, **FAST), name="eight")
+    callers = [Caller(stream) for _ in range(8)]
+    gate = threading.Barrier(8)
+
+    def run(n: int) -> None:
+        gate.wait()
+        for k in range(6):
+            callers[n].feed(session(f"p{n}-{k}"))
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert stream.shutdown(20).ok or stream.stats().dropped.keys() <= {"queue_full"}
+    stats = stream.stats()
+    overflows = sum(c.overflows for c in callers)
+    assert (overflows > 0) == ("queue_full" in stats.dropped)  # each refusal was told to its caller
+    check("8 producers", transport, receiver, stream, max(c.max_block for c in callers), expect_all=False)
+
+
+# -- processes ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Python 3.12+ warns about fork() with threads
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork() on this platform")
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_child_forked_mid_stream(fast_receiver, transport, no_secrets_logged):
+    receiver = fast_receiver
+    stream = LangfuseStream(config(receiver.url, transport=transport, **dict(FAST, flush_interval=30)), name="fork")
+    caller = Caller(stream)
+    caller.feed(session("parent-1"))
+    read_end, write_end = os.pipe()
+    worker = stream._worker
+    with worker._lock, stream._lock:  # fork while the parent's locks are held: the child must not deadlock
+        pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            os.close(read_end)
+            child = Caller(stream)
+            child.feed(session("child-1"))
+            outcome = stream.shutdown(10)
+            stats = stream.stats()
+            report = {"ok": outcome.ok, "accepted": stats.items_accepted, "delivered": stats.items_delivered,
+                      "dropped": stats.dropped, "max_block": child.max_block}
+            os.write(write_end, json.dumps(report).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    ready, _, _ = select.select([read_end], [], [], 30)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the forked child hung")
+    child = json.loads(os.read(read_end, 65536).decode())
+    os.close(read_end)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert child["ok"] and child["accepted"] == child["delivered"] > 0, child
+    caller.feed(session("parent-2"))
+    assert stream.shutdown(10).status is OutcomeStatus.DELIVERED
+    # the child started clean: it sent only its own items; the parent's arrived once, from the parent
+    assert sorted(t["name"] for t in receiver.store.traces()) == ["a session"] * 3
+    check("fork mid-stream", transport, receiver, stream, max(caller.max_block, child["max_block"]),
+          elsewhere=child["delivered"])
+
+
+CHILD = r"""
+import sys, json
+sys.path.insert(0, sys.argv[1])
+from tests.helpers import config
+from tests.test_faults import session
+from dirigent_langfuse import LangfuseStream
+url, spool, transport = sys.argv[2], sys.argv[3], sys.argv[4]
+stream = LangfuseStream(config(url, transport=transport, spool_path=spool, flush_interval=0.02,
+                               backoff_base=0.001, backoff_max=0.002, retry_backoff_max=0.05), name="spooled")
+import time
+block = 0.0
+for n in range(3):
+    for event in session(f"k{n}"):
+        t = time.perf_counter()
+        stream.on_event(event)
+        block = max(block, time.perf_counter() - t)
+w = stream._worker
+with w._lock:  # everything encoded, in the outbox, and so in the spool
+    w._done.wait_for(lambda: w.processed >= w.accepted and not w._busy and w.failed_requests > 0, 30)
+print(json.dumps({"accepted": w.accepted, "spooled": w.spool.count(), "max_block": block}), flush=True)
+while True:
+    time.sleep(1)  # until kill -9
+"""
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_kill_9_with_a_spool_then_restart(fast_receiver, transport, tmp_path, no_secrets_logged):
+    receiver = fast_receiver
+    spool = str(tmp_path / "spool.db")
+    receiver.faults.add(Fault.status(503, seconds=120))  # nothing gets through before the kill
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(ROOT), receiver.url, spool, transport],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "the spooling process never reported"
+        first = json.loads(proc.stdout.readline())
+    finally:
+        proc.kill()  # SIGKILL: no atexit, no flush
+        proc.wait(10)
+    assert first["accepted"] > 0 and first["spooled"] > 0
+    assert receiver.store.counters().get("items_received", 0) + receiver.store.counters().get("spans_received", 0) == 0
+    receiver.faults.clear()
+    restarted = LangfuseStream(config(receiver.url, transport=transport, spool_path=spool, **FAST), name="spooled")
+    assert restarted.shutdown(15).status is OutcomeStatus.DELIVERED
+    stats = restarted.stats()
+    assert stats.items_accepted == stats.items_delivered == first["accepted"]  # everything the dead process took
+    assert restarted._worker.spool.count() == 0
+    check("kill -9 + spool restart", transport, receiver, restarted, first["max_block"])
+    assert len(receiver.store.traces()) == 3
