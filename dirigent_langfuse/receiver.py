@@ -91,6 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
         receiver = self.server.receiver
         if length > receiver.max_body:
             receiver.max_body = length
+        receiver.store.bump("bytes_received", length)
         if self.headers.get("Content-Encoding", "").lower() == "gzip":
             try:
                 data = gzip.decompress(data)

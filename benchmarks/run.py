@@ -1,0 +1,261 @@
+"""Benchmark dirigent_langfuse against Langfuse's own Python SDKs, in one run, on this machine.
+
+    python benchmarks/run.py                  # 20 sessions x 10 messages x 5 tool calls
+    python benchmarks/run.py --smoke          # a tiny run that only proves the script works (CI)
+    python benchmarks/run.py --help
+
+Each system runs in its own process against a fresh receiver (`dirigent-langfuse receive`) in
+another process, both on loopback:
+
+  dirigent-ingestion  our stream, POST /api/public/ingestion        vs  sdk2 (langfuse<3, same endpoint)
+  dirigent-otel       our stream, OTLP/JSON /api/public/otel/...    vs  sdk  (current Langfuse SDK, OTel)
+  floor               the same ingestion items, JSON-encoded and POSTed by a bare http.client loop
+
+Langfuse's SDKs are installed into their own venvs under `benchmarks/.venvs/` on first use (from
+PyPI); `--no-sdks` skips them. The receiver needs `opentelemetry-proto` to decode the current SDK's
+protobuf exports (`pip install '.[test]'` brings it). Nothing here asserts a speed: it prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+SDKS = {"sdk2": "langfuse<3", "sdk": "langfuse>=3"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env() -> Dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "OTEL_"))}
+    out["PYTHONPATH"] = str(ROOT)
+    return out
+
+
+def sdk_python(system: str, venvs: Path, log: Any) -> Optional[str]:
+    """The venv's python for one of Langfuse's SDKs, created and installed on first use."""
+    venv = venvs / system
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    if marker.exists():
+        return str(python)
+    log(f"installing {SDKS[system]!r} into {venv} (first use) ...")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", SDKS[system]], check=True, capture_output=True,
+                       text=True, timeout=600)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        log(f"  {system}: cannot install {SDKS[system]}: {detail.strip().splitlines()[-1] if detail.strip() else exc}")
+        return None
+    marker.write_text(SDKS[system])
+    return str(python)
+
+
+class ReceiverProcess:
+    """`dirigent-langfuse receive` in its own process, with a fresh database."""
+
+    def __init__(self, tmp: Path, name: str, version: str) -> None:
+        self.db = tmp / f"{name}.db"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dirigent_langfuse", "receive", "--listen", f"127.0.0.1:{self.port}",
+             "--db", str(self.db), "--server-version", version],
+            stderr=subprocess.PIPE, text=True, env=env(), cwd=str(ROOT))
+        banner = self.proc.stderr.readline() if self.proc.stderr else ""
+        if "receiver on" not in banner:
+            raise SystemExit(f"the receiver did not start: {banner}")
+
+    def stop(self) -> Dict[str, Any]:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+        from dirigent_langfuse.store import Store
+
+        store = Store(str(self.db))
+        try:
+            counters = store.counters()
+            counters["envelopes"] = store.envelope_count()
+            counters["observations"] = len(store.observations())
+        finally:
+            store.close()
+        return counters
+
+
+def run_system(system: str, python: str, args: argparse.Namespace, tmp: Path) -> Dict[str, Any]:
+    version = "4.0.0" if system in ("sdk", "dirigent-otel") else "3.120.0"
+    receiver = ReceiverProcess(tmp, system, version)
+    try:
+        result = subprocess.run(
+            [python, str(HERE / "drive.py"), system, "--url", receiver.url, "--sessions", str(args.sessions),
+             "--messages", str(args.messages), "--tools", str(args.tools), "--run-id", f"{system}-{os.getpid()}"],
+            capture_output=True, text=True, env=env(), cwd=str(ROOT), timeout=1800)
+    finally:
+        counters = receiver.stop()
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
+        return {"system": system, "error": f"exit {result.returncode}: {tail}"}
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    data["receiver"] = counters
+    return data
+
+
+def expected(system: str, s: int, m: int, k: int) -> int:
+    if system in ("sdk", "dirigent-otel"):
+        return s * (1 + m + m * k)  # spans: a session, its messages, their tool calls
+    return s * (2 + 2 * m + 2 * m * k)  # ingestion items: one per event
+
+
+def pct(values: List[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def summarize(data: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
+    system = data["system"]
+    rec = data.get("receiver", {})
+    otel = system in ("sdk", "dirigent-otel")
+    received = rec.get("observations", 0) if otel else rec.get("envelopes", 0)
+    calls = data.get("calls_us") or []
+    items = expected(system, args.sessions, args.messages, args.tools)
+    return {
+        "system": system,
+        "p50_us": pct(calls, 0.50), "p99_us": pct(calls, 0.99), "max_us": max(calls) if calls else float("nan"),
+        "events_s": data["events"] / data["elapsed"],
+        "cpu_ms_event": data["cpu"] * 1000 / data["events"],
+        "cpu_s_1k_items": data["cpu"] * 1000 / max(1, items),
+        "rss_mb": data["rss_kb"] / 1024,
+        "bytes": rec.get("bytes_received", 0),
+        "requests": rec.get("requests", 0),
+        "received": received, "expected": items,
+        "version": data.get("version", ""),
+        "retained": data.get("retained"),
+    }
+
+
+def table(rows: List[Dict[str, Any]]) -> str:
+    head = (f"{'system':<20} {'p50 µs':>8} {'p99 µs':>8} {'max µs':>9} {'events/s':>10} {'CPU ms/ev':>9} "
+            f"{'CPU s/1k':>8} {'RSS MB':>7} {'bytes':>10} {'reqs':>6} {'received/expected':>18}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        name = r["system"] + (f" {r['version']}" if r["version"] else "")
+        lines.append(
+            f"{name:<20} {r['p50_us']:>8.1f} {r['p99_us']:>8.1f} {r['max_us']:>9.0f} {r['events_s']:>10.0f} "
+            f"{r['cpu_ms_event']:>9.3f} {r['cpu_s_1k_items']:>8.3f} {r['rss_mb']:>7.1f} {r['bytes']:>10} "
+            f"{r['requests']:>6} {str(r['received']) + '/' + str(r['expected']):>18}")
+    return "\n".join(lines)
+
+
+def ratios(by: Dict[str, Dict[str, Any]]) -> List[str]:
+    out = []
+    pairs = [("dirigent-ingestion", "sdk2"), ("dirigent-otel", "sdk"), ("dirigent-ingestion", "floor"),
+             ("dirigent-otel", "floor")]
+    for ours, theirs in pairs:
+        if ours not in by or theirs not in by:
+            continue
+        a, b = by[ours], by[theirs]
+        parts = [f"events/s {a['events_s'] / b['events_s']:.2f}x"]
+        if theirs != "floor":
+            parts.append(f"CPU/event {a['cpu_ms_event'] / b['cpu_ms_event']:.3f}x")
+            parts.append(f"caller p99 {a['p99_us'] / b['p99_us']:.3f}x")
+        else:
+            parts.append(f"CPU/item {a['cpu_s_1k_items'] / b['cpu_s_1k_items']:.2f}x")
+        out.append(f"{ours} vs {theirs}: " + ", ".join(parts))
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", "-S", type=int, default=20, help="sessions (default 20)")
+    parser.add_argument("--messages", "-M", type=int, default=10, help="messages per session (default 10)")
+    parser.add_argument("--tools", "-K", type=int, default=5, help="tool calls per message (default 5)")
+    parser.add_argument("--systems", default="dirigent-ingestion,sdk2,dirigent-otel,sdk,floor",
+                        help="comma-separated subset of: dirigent-ingestion, sdk2, dirigent-otel, sdk, floor")
+    parser.add_argument("--no-sdks", action="store_true", help="skip Langfuse's SDKs (no install)")
+    parser.add_argument("--venvs", default=str(HERE / ".venvs"), help="where the SDKs' venvs live")
+    parser.add_argument("--memory", action="store_true",
+                        help="also run dirigent-ingestion with 5x the sessions, to show memory stays flat")
+    parser.add_argument("--smoke", action="store_true", help="2 x 2 x 2, our systems and the floor only (CI)")
+    parser.add_argument("--json", help="also write the raw results to this file")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.sessions, args.messages, args.tools, args.no_sdks = 2, 2, 2, True
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if args.no_sdks:
+        systems = [s for s in systems if s not in SDKS]
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    log(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.platform()}")
+    log(f"workload: {args.sessions} sessions x {args.messages} messages x {args.tools} tool calls "
+        f"({args.sessions * (2 + 2 * args.messages + 2 * args.messages * args.tools)} events)")
+    rows: List[Dict[str, Any]] = []
+    raw: List[Dict[str, Any]] = []
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="dirigent-langfuse-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        for system in systems:
+            python = sys.executable
+            if system in SDKS:
+                found = sdk_python(system, Path(args.venvs), log)
+                if found is None:
+                    continue
+                python = found
+            log(f"running {system} ...")
+            data = run_system(system, python, args, tmp)
+            raw.append(data)
+            if "error" in data:
+                log(f"  {system} failed: {data['error']}")
+                failed = True
+                continue
+            row = summarize(data, args)
+            if row["received"] != row["expected"]:
+                log(f"  {system}: received {row['received']} of {row['expected']}")
+                failed = failed or system.startswith("dirigent")
+            rows.append(row)
+        print()
+        print(table(rows))
+        print()
+        for line in ratios({r["system"]: r for r in rows}):
+            print(line)
+        for r in rows:
+            if r.get("retained"):
+                print(f"{r['system']}: retained after every session ended: {r['retained']}")
+        if args.memory:
+            big = argparse.Namespace(**vars(args))
+            big.sessions = args.sessions * 5
+            data = run_system("dirigent-ingestion", sys.executable, big, tmp)
+            if "error" not in data:
+                small = next((r for r in rows if r["system"] == "dirigent-ingestion"), None)
+                row = summarize(data, big)
+                print(f"memory: dirigent-ingestion peak RSS {small['rss_mb'] if small else float('nan'):.1f} MB at "
+                      f"{args.sessions} sessions, {row['rss_mb']:.1f} MB at {big.sessions}; retained {row['retained']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(raw, indent=1))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
