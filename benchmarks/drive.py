@@ -274,15 +274,17 @@ def main() -> None:
     work = list(steps(args.sessions, args.messages, args.tools))
     calls: List[float] = []
     clock = time.perf_counter
-    cpu0, t0 = time.process_time(), clock()
+    cpu0, t0, tcpu0 = time.process_time(), clock(), time.thread_time()
     for step in work:
         c0 = clock()
         call(step)
         calls.append(clock() - c0)
     t_calls = clock() - t0
+    caller_cpu = time.thread_time() - tcpu0
     result = finish()
     elapsed, cpu = clock() - t0, time.process_time() - cpu0
     result.update({"system": args.system, "elapsed": elapsed, "calls_elapsed": t_calls, "cpu": cpu,
+                   "caller_cpu": caller_cpu,
                    "events": len(work), "calls_us": sorted(c * 1e6 for c in calls),
                    "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
     print(json.dumps(result))

@@ -1,17 +1,22 @@
 """The receiver's SQLite store: what a Langfuse project would hold after our requests.
 
-Ingestion items are kept once per envelope id (Langfuse de-duplicates on it) and merged into
-traces and observations by body id the way Langfuse merges creates and updates: a later
-non-null field wins, `metadata` is merged key by key. OTLP spans are merged into the same
-tables (observation id = span id, trace id = OTel trace id).
+Writes are cheap and append-only, so that the receiver is never what a benchmark measures:
+each request's ingestion items (or OTLP spans) go into one `log` table in one transaction,
+keyed by envelope id (an item) or trace and span id (a span); a key seen before is ignored and
+counted as `resent`, since Langfuse de-duplicates on it.
 
-It also counts what a delivery test needs: requests, items received, envelope ids received more
-than once (`resent`, harmless), and logical duplicates — the same content under a different
-envelope id (`duplicates`, a bug in a client).
+Reads merge the log, in arrival order, the way Langfuse merges creates and updates for the same
+body id: a later non-null field wins and `metadata` is merged key by key; an observation whose
+trace was never created creates it. OTLP spans merge into the same traces and observations
+(observation id = span id, trace id = OTel trace id).
+
+Counters a delivery test needs: requests, items and spans received, `resent` (harmless), and
+`duplicates`: the same content under another id (a bug in a client; computed on read).
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import sqlite3
@@ -21,33 +26,20 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 __all__ = ["Store"]
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    envelope_id TEXT PRIMARY KEY,
-    type TEXT NOT NULL,
-    body_id TEXT,
-    fingerprint TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS log (
+    seq INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
     received REAL NOT NULL,
     json TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS items_fingerprint ON items (fingerprint);
-CREATE TABLE IF NOT EXISTS traces (
-    id TEXT PRIMARY KEY,
-    source TEXT NOT NULL,
-    json TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS observations (
-    id TEXT PRIMARY KEY,
-    trace_id TEXT NOT NULL,
-    source TEXT NOT NULL,
-    json TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS observations_trace ON observations (trace_id);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
 """
 
+_SPAN = "otel-span"
 _OBSERVATION_TYPES = {
     "span-create": "SPAN",
     "span-update": "SPAN",
@@ -71,6 +63,67 @@ def _merge(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+class _View:
+    """Traces and observations merged from the log, as Langfuse would show them."""
+
+    def __init__(self) -> None:
+        self.traces: Dict[str, Dict[str, Any]] = {}
+        self.observations: Dict[str, Dict[str, Any]] = {}
+        self.duplicates = 0
+        self._fingerprints: set = set()
+
+    def _fingerprint(self, value: Any) -> bool:
+        """True when this content was seen before under another id."""
+        digest = hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).digest()
+        if digest in self._fingerprints:
+            self.duplicates += 1
+            return True
+        self._fingerprints.add(digest)
+        return False
+
+    def trace(self, trace_id: str, trace: Dict[str, Any]) -> None:
+        old = self.traces.get(trace_id)
+        if old is None:
+            fresh = {k: v for k, v in trace.items() if v is not None}
+            fresh["id"] = trace_id
+            self.traces[trace_id] = fresh
+            return
+        merged = _merge(old, trace)
+        if old.get("timestamp") and trace.get("timestamp"):
+            merged["timestamp"] = min(old["timestamp"], trace["timestamp"])
+        self.traces[trace_id] = merged
+
+    def observation(self, obs: Dict[str, Any]) -> None:
+        obs_id = obs["id"]
+        old = self.observations.get(obs_id)
+        self.observations[obs_id] = obs if old is None else _merge(old, obs)
+        trace_id = obs.get("traceId")
+        if trace_id and trace_id not in self.traces:
+            # Langfuse creates the trace of an observation that arrives first.
+            self.trace(trace_id, {"timestamp": obs.get("startTime")})
+
+    def item(self, item: Dict[str, Any]) -> None:
+        body = item.get("body") or {}
+        kind = item.get("type")
+        self._fingerprint([kind, body])
+        if kind == "trace-create":
+            trace = dict(body)
+            trace.setdefault("timestamp", item.get("timestamp"))
+            self.trace(body["id"], trace)
+        elif kind in _OBSERVATION_TYPES or kind in ("observation-create", "observation-update"):
+            obs = dict(body)
+            obs.setdefault("type", _OBSERVATION_TYPES.get(kind))
+            if kind.endswith("-create") and not obs.get("id"):
+                obs["id"] = item["id"]
+            self.observation(obs)
+
+    def span(self, trace: Dict[str, Any], obs: Dict[str, Any]) -> None:
+        # the same observation under another span id would be a duplicate in Langfuse
+        self._fingerprint([obs.get(k) for k in ("traceId", "parentObservationId", "type", "name", "startTime")])
+        self.trace(trace["id"], trace)
+        self.observation(obs)
+
+
 class Store:
     """Thread-safe: one connection, one lock (the receiver's threads take turns)."""
 
@@ -82,164 +135,115 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._counts: Dict[str, int] = collections.Counter(dict(self._db.execute("SELECT name, value FROM counters")))
+        self._dirty: Dict[str, int] = collections.Counter()
+        self._view: Optional[_View] = None
+        self._closed = False
 
     def close(self) -> None:
         with self._lock:
+            if self._closed:
+                return
+            self._save_counters()
             self._db.close()
+            self._closed = True
 
     # -- counters -------------------------------------------------------------------------------
 
-    def _bump(self, name: str, by: int = 1) -> None:
-        self._db.execute(
-            "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
-            (name, by, by),
-        )
-
     def bump(self, name: str, by: int = 1) -> None:
         with self._lock:
-            self._bump(name, by)
+            self._counts[name] += by
+            self._dirty[name] += by
+
+    def _save_counters(self) -> None:
+        if self._dirty:
+            self._db.executemany(
+                "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+                [(name, by, by) for name, by in self._dirty.items()],
+            )
+            self._dirty.clear()
 
     def counters(self) -> Dict[str, int]:
+        view = self._merged()
         with self._lock:
-            return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+            out = dict(self._counts)
+        out["duplicates"] = view.duplicates
+        return out
 
-    # -- ingestion ------------------------------------------------------------------------------
+    # -- writing --------------------------------------------------------------------------------
 
-    def add_items(self, items: Iterable[Dict[str, Any]], received: float) -> None:
-        """Store valid ingestion items; items seen before (same envelope id) change nothing."""
+    def _append(self, rows: List[Tuple[str, str, float, str]], received_counter: str) -> None:
         with self._lock:
+            before = self._db.total_changes
             self._db.execute("BEGIN")
             try:
-                for item in items:
-                    self._add_item(item, received)
+                self._db.executemany("INSERT OR IGNORE INTO log (key, kind, received, json) VALUES (?, ?, ?, ?)", rows)
+                inserted = self._db.total_changes - before
+                self._counts[received_counter] += len(rows)
+                self._dirty[received_counter] += len(rows)
+                if len(rows) > inserted:
+                    self._counts["resent"] += len(rows) - inserted
+                    self._dirty["resent"] += len(rows) - inserted
+                self._save_counters()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            if inserted:
+                self._view = None
 
-    def _add_item(self, item: Dict[str, Any], received: float) -> None:
-        body = item.get("body") or {}
-        text = json.dumps(item, sort_keys=True)
-        fingerprint = hashlib.sha1(
-            json.dumps([item.get("type"), body], sort_keys=True, default=str).encode()
-        ).hexdigest()
-        self._bump("items_received")
-        exists = self._db.execute("SELECT 1 FROM items WHERE envelope_id = ?", (item["id"],)).fetchone()
-        if exists:
-            self._bump("resent")
-            return
-        if self._db.execute("SELECT 1 FROM items WHERE fingerprint = ?", (fingerprint,)).fetchone():
-            self._bump("duplicates")
-        self._db.execute(
-            "INSERT INTO items (envelope_id, type, body_id, fingerprint, received, json) VALUES (?, ?, ?, ?, ?, ?)",
-            (item["id"], item["type"], body.get("id"), fingerprint, received, text),
-        )
-        kind = item["type"]
-        if kind == "trace-create":
-            trace = dict(body)
-            trace.setdefault("timestamp", item.get("timestamp"))
-            self._upsert_trace(body["id"], trace, "ingestion")
-        elif kind in _OBSERVATION_TYPES or kind in ("observation-create", "observation-update"):
-            obs = dict(body)
-            obs.setdefault("type", _OBSERVATION_TYPES.get(kind))
-            if kind.endswith("-create") and not obs.get("id"):
-                obs["id"] = item["id"]
-            self._upsert_observation(obs, "ingestion")
-
-    def _upsert_trace(self, trace_id: str, trace: Dict[str, Any], source: str) -> None:
-        row = self._db.execute("SELECT json FROM traces WHERE id = ?", (trace_id,)).fetchone()
-        if row:
-            old = json.loads(row[0])
-            merged = _merge(old, trace)
-            if old.get("timestamp") and trace.get("timestamp"):
-                merged["timestamp"] = min(old["timestamp"], trace["timestamp"])
-            self._db.execute("UPDATE traces SET json = ? WHERE id = ?", (json.dumps(merged), trace_id))
-        else:
-            trace = {k: v for k, v in trace.items() if v is not None}
-            trace["id"] = trace_id
-            self._db.execute(
-                "INSERT INTO traces (id, source, json) VALUES (?, ?, ?)", (trace_id, source, json.dumps(trace))
-            )
-
-    def _upsert_observation(self, obs: Dict[str, Any], source: str) -> None:
-        obs_id = obs["id"]
-        trace_id = obs.get("traceId")
-        row = self._db.execute("SELECT json FROM observations WHERE id = ?", (obs_id,)).fetchone()
-        if row:
-            merged = _merge(json.loads(row[0]), obs)
-            self._db.execute(
-                "UPDATE observations SET json = ?, trace_id = ? WHERE id = ?",
-                (json.dumps(merged), merged.get("traceId") or "", obs_id),
-            )
-        else:
-            self._db.execute(
-                "INSERT INTO observations (id, trace_id, source, json) VALUES (?, ?, ?, ?)",
-                (obs_id, trace_id or "", source, json.dumps(obs)),
-            )
-        if trace_id and not self._db.execute("SELECT 1 FROM traces WHERE id = ?", (trace_id,)).fetchone():
-            # Langfuse creates the trace of an observation that arrives first.
-            self._upsert_trace(trace_id, {"timestamp": obs.get("startTime")}, source)
-
-    # -- otel -----------------------------------------------------------------------------------
+    def add_items(self, items: Iterable[Dict[str, Any]], received: float) -> None:
+        """Store valid ingestion items; an envelope id seen before changes nothing."""
+        dumps = json.dumps
+        rows = [(item["id"], item["type"], received, dumps(item, separators=(",", ":"))) for item in items]
+        if rows:
+            self._append(rows, "items_received")
 
     def add_spans(self, spans: Iterable[Tuple[Dict[str, Any], Dict[str, Any]]], received: float) -> None:
         """Store decoded OTLP spans: pairs of (trace fields, observation fields)."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                for trace, obs in spans:
-                    self._bump("spans_received")
-                    seen = self._db.execute("SELECT 1 FROM observations WHERE id = ?", (obs["id"],)).fetchone()
-                    if seen:
-                        self._bump("resent")
-                    else:
-                        # the same observation under another span id would be a duplicate in Langfuse
-                        key = [obs.get(k) for k in ("traceId", "parentObservationId", "type", "name", "startTime")]
-                        fingerprint = "span:" + hashlib.sha1(json.dumps(key).encode()).hexdigest()
-                        if self._db.execute("SELECT 1 FROM items WHERE fingerprint = ?", (fingerprint,)).fetchone():
-                            self._bump("duplicates")
-                        else:
-                            self._db.execute(
-                                "INSERT INTO items (envelope_id, type, body_id, fingerprint, received, json) "
-                                "VALUES (?, ?, ?, ?, ?, ?)",
-                                ("span:" + obs["id"], "otel-span", obs["id"], fingerprint, received, "{}"),
-                            )
-                    self._upsert_trace(trace["id"], trace, "otel")
-                    self._upsert_observation(obs, "otel")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        rows = [
+            (f"span:{trace['id']}:{obs['id']}", _SPAN, received, json.dumps([trace, obs], separators=(",", ":")))
+            for trace, obs in spans
+        ]
+        if rows:
+            self._append(rows, "spans_received")
 
     # -- reading --------------------------------------------------------------------------------
 
-    def traces(self) -> List[Dict[str, Any]]:
+    def _merged(self) -> _View:
         with self._lock:
-            rows = self._db.execute("SELECT json FROM traces").fetchall()
-        out = [json.loads(r[0]) for r in rows]
+            view = self._view
+            if view is not None:
+                return view
+            rows = self._db.execute("SELECT kind, json FROM log ORDER BY seq").fetchall()
+            view = _View()
+            for kind, text in rows:
+                if kind == _SPAN:
+                    trace, obs = json.loads(text)
+                    view.span(trace, obs)
+                else:
+                    view.item(json.loads(text))
+            self._view = view
+            return view
+
+    def traces(self) -> List[Dict[str, Any]]:
+        out = list(self._merged().traces.values())
         out.sort(key=lambda t: t.get("timestamp") or "")
         return out
 
     def trace(self, trace_id: str) -> Optional[Dict[str, Any]]:
-        with self._lock:
-            row = self._db.execute("SELECT json FROM traces WHERE id = ?", (trace_id,)).fetchone()
-        return json.loads(row[0]) if row else None
+        return self._merged().traces.get(trace_id)
 
     def observations(self, trace_id: Optional[str] = None) -> List[Dict[str, Any]]:
-        with self._lock:
-            if trace_id is None:
-                rows = self._db.execute("SELECT json FROM observations").fetchall()
-            else:
-                rows = self._db.execute("SELECT json FROM observations WHERE trace_id = ?", (trace_id,)).fetchall()
-        out = [json.loads(r[0]) for r in rows]
+        out = [o for o in self._merged().observations.values() if trace_id is None or o.get("traceId") == trace_id]
         out.sort(key=lambda o: o.get("startTime") or "")
         return out
 
     def items(self) -> List[Dict[str, Any]]:
         with self._lock:
-            rows = self._db.execute("SELECT json FROM items WHERE type != 'otel-span' ORDER BY received").fetchall()
+            rows = self._db.execute("SELECT json FROM log WHERE kind != ? ORDER BY seq", (_SPAN,)).fetchall()
         return [json.loads(r[0]) for r in rows]
 
     def envelope_count(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM items WHERE type != 'otel-span'").fetchone()[0]
+            return int(self._db.execute("SELECT COUNT(*) FROM log WHERE kind != ?", (_SPAN,)).fetchone()[0])
