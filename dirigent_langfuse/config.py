@@ -50,6 +50,16 @@ def _key(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
         raise ConfigError(f"is required and must be a non-empty string{hint}", key=attribute.name)
 
 
+def _bool(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"must be true or false, got {value!r}", key=attribute.name)
+
+
+def _opt_text(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(f"must be a non-empty string when set, got {value!r}", key=attribute.name)
+
+
 def _one_of(*choices: str) -> Any:
     def check(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
         if value not in choices:
@@ -87,7 +97,7 @@ class LangfuseConfig:
     shutdown_timeout: float = attrs.field(default=10.0, validator=_positive)
     degraded_after: int = attrs.field(default=1, validator=_whole)
     unavailable_after: int = attrs.field(default=5, validator=_whole)
-    late_bind_buffer: bool = True
+    late_bind_buffer: bool = attrs.field(default=True, validator=_bool)
     pending_max_keys: int = attrs.field(default=1000, validator=_whole)
     pending_max_events_per_key: int = attrs.field(default=1000, validator=_whole)
     pending_ttl: float = attrs.field(default=600.0, validator=_positive)
@@ -97,10 +107,10 @@ class LangfuseConfig:
     max_request_bytes: int = attrs.field(default=3_500_000, validator=_whole)
     max_item_bytes: int = attrs.field(default=1_000_000, validator=_whole)
     retry_backoff_max: float = attrs.field(default=30.0, validator=_positive)
-    spool_path: Optional[str] = None
-    environment: Optional[str] = None
-    release: Optional[str] = None
-    atexit_flush: bool = True
+    spool_path: Optional[str] = attrs.field(default=None, validator=_opt_text)
+    environment: Optional[str] = attrs.field(default=None, validator=_opt_text)
+    release: Optional[str] = attrs.field(default=None, validator=_opt_text)
+    atexit_flush: bool = attrs.field(default=True, validator=_bool)
 
     def __attrs_post_init__(self) -> None:
         if self.unavailable_after < self.degraded_after:

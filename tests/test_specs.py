@@ -76,6 +76,11 @@ def test_invalid_toml_and_missing_file(tmp_path):
         ({"host": "https://x", "public_key": "pk", "secret_key": "sk-secret-value", "transport": "grpc"}, "transport"),
         ({"host": "https://x", "public_key": "pk", "secret_key": "sk-secret-value", "flush_interval": -1}, "flush_interval"),
         ({"host": "https://x", "public_key": "pk", "secret_key": "sk-secret-value", "bogus": 1}, "bogus"),
+        ({"host": "https://x", "public_key": "pk", "secret_key": "sk-secret-value", "late_bind_buffer": "no"},
+         "late_bind_buffer"),
+        ({"host": "https://x", "public_key": "pk", "secret_key": "sk-secret-value", "spool_path": ""}, "spool_path"),
+        ({"host": "https://x", "public_key": "pk", "secret_key": "sk-secret-value", "max_item_bytes": 10**9},
+         "max_item_bytes"),
     ],
 )
 def test_bad_params_fail_clearly_without_the_secret(params, key):
