@@ -29,7 +29,7 @@ from .helpers import completed, config, created, ended, started, tool_call, tool
 
 TRANSPORTS = ["ingestion", "otel"]
 BOUND = 0.5  # seconds: far below any network wait the faults cause; on_event must never get near it
-KNOWN_REASONS = {"queue_full", "buffer_full", "shutdown", "status_400", "otel_rejected", "status_413"}
+KNOWN_REASONS = {"queue_full", "buffer_full", "shutdown", "status_400", "otel_rejected"}
 
 FAST = dict(
     flush_interval=0.02, backoff_base=0.001, backoff_max=0.002, retry_backoff_max=0.05,
@@ -80,8 +80,9 @@ def wait_worker(stream: LangfuseStream, predicate: Any, timeout: float = 20.0) -
 
 
 def check(name: str, transport: str, receiver: Receiver, stream: LangfuseStream, max_block: float,
-          expect_all: bool = True, elsewhere: int = 0) -> Dict[str, Any]:
-    """`elsewhere`: items another process (a forked child) delivered to the same receiver."""
+          expect_all: bool = True, elsewhere: int = 0, uncertain: bool = False) -> Dict[str, Any]:
+    """`elsewhere`: items another process (a forked child) delivered to the same receiver.
+    `uncertain`: requests timed out at shutdown may have landed although counted as dropped."""
     stats = stream.stats()
     counters = receiver.store.counters()
     duplicates = counters.get("duplicates", 0)
@@ -99,7 +100,11 @@ def check(name: str, transport: str, receiver: Receiver, stream: LangfuseStream,
     if expect_all:
         assert not stats.dropped, row
     if transport == "ingestion":
-        assert receiver.store.envelope_count() == stats.items_delivered + elsewhere, row
+        landed = receiver.store.envelope_count()
+        if uncertain:
+            assert stats.items_delivered <= landed <= stats.items_delivered + sum(stats.dropped.values()), row
+        else:
+            assert landed == stats.items_delivered + elsewhere, row
     return row
 
 
@@ -334,3 +339,21 @@ def test_kill_9_with_a_spool_then_restart(fast_receiver, transport, tmp_path, no
     assert restarted._worker.spool.count() == 0
     check("kill -9 + spool restart", transport, receiver, restarted, first["max_block"])
     assert len(receiver.store.traces()) == 3
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_shutdown_is_bounded_when_langfuse_hangs(fast_receiver, transport, no_secrets_logged):
+    receiver = fast_receiver
+    receiver.faults.add(Fault.slow(2.0, times=8))  # every answer takes longer than the read timeout
+    stream = LangfuseStream(config(receiver.url, transport=transport, **dict(FAST, read_timeout=1.0)), name="hang")
+    caller = Caller(stream)
+    caller.feed(session("hang-1"))
+    started_at = time.monotonic()
+    outcome = stream.shutdown(0.3)
+    elapsed = time.monotonic() - started_at
+    assert elapsed < 0.3 + 0.5 + 1.0  # the timeout plus one request's timeouts, at most
+    assert outcome.status is OutcomeStatus.FAILED
+    stream._worker._thread.join(10)  # the request in flight ends on the daemon thread and is counted
+    stats = stream.stats()
+    assert stats.items_pending == 0 and stats.dropped.get("shutdown", 0) > 0
+    check("hung Langfuse at shutdown", transport, receiver, stream, caller.max_block, expect_all=False, uncertain=True)
