@@ -72,7 +72,13 @@ class StreamFactoryRegistry:
             points = metadata.entry_points(group=group)
         else:  # pragma: no cover - Python 3.9
             points = metadata.entry_points().get(group, [])
+        seen = set()
         for point in points:
+            # one distribution found twice on sys.path (an install plus the source tree's
+            # egg-info, say) lists its entry points twice: the same target is registered once
+            if (point.name, point.value) in seen:
+                continue
+            seen.add((point.name, point.value))
             factory = point.load()
             registry.register(factory() if isinstance(factory, type) else factory)
         return registry
