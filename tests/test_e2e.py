@@ -49,3 +49,67 @@ def test_eight_threads_thousand_events_each_exactly_once(receiver, transport, no
         assert counters["spans_received"] == THREADS * EVENTS // 2
     assert {o["traceId"] for o in observations} == {t["id"] for t in receiver.store.traces()}
     assert len(receiver.store.traces()) == THREADS
+
+
+def first_ten_unbound():
+    from .helpers import bound, created, ended, tool_call, tool_update, update
+
+    scroll = None
+    early = [
+        created(scroll, t=0),
+        started("m1", scroll, t=1),
+        tool_call("t1", scroll, t=2),
+        tool_update("t1", "completed", scroll, t=3, rawOutput="ok"),
+        tool_call("t2", scroll, t=4, title="Edit"),
+        tool_update("t2", "failed", scroll, t=5, rawOutput={"error": "denied"}),
+        update({"sessionUpdate": "plan", "entries": [{"content": "retry", "priority": "high", "status": "pending"}]},
+               scroll, t=5.5),
+        completed("m1", scroll, t=6),
+        started("m2", scroll, t=7),
+        tool_call("t3", scroll, t=8, title="Retry"),
+    ]
+    late = [bound("scroll-late", t=8.5), tool_update("t3", "completed", "scroll-late", t=9),
+            completed("m2", "scroll-late", t=10), ended("scroll-late", t=11)]
+    return early, late
+
+
+@pytest.mark.parametrize("transport", ["ingestion", "otel"])
+def test_a_session_whose_first_ten_events_arrive_unbound(receiver, transport, validate_item):
+    from dirigent_langfuse.mapping import observation_id
+
+    early, late = first_ten_unbound()
+    s = stream(receiver.url, transport=transport, flush_interval=0.05)
+    for event in early:
+        outcome = s.on_event(event)
+        assert outcome.status is OutcomeStatus.ACCEPTED and "held" in outcome.detail
+    assert s.stats().events_held == 10
+    for event in late:
+        assert s.on_event(event).status is OutcomeStatus.ACCEPTED
+    assert s.shutdown(10).status is OutcomeStatus.DELIVERED
+    stats = s.stats()
+    assert stats.items_accepted == stats.items_delivered == 13 and not stats.events_dropped
+    m1, m2 = (observation_id("scroll-late", "msg", m) for m in ("m1", "m2"))
+    t1, t2, t3 = (observation_id("scroll-late", "tool", t) for t in ("t1", "t2", "t3"))
+    if transport == "ingestion":
+        items = receiver.store.items()
+        for item in items:
+            validate_item(item)
+        order = [(i["type"], i["body"]["id"]) for i in items]
+        assert order == [
+            ("trace-create", "scroll-late"), ("generation-create", m1), ("observation-create", t1),
+            ("observation-update", t1), ("observation-create", t2), ("observation-update", t2),
+            ("event-create", order[6][1]), ("generation-update", m1), ("generation-create", m2),
+            ("observation-create", t3), ("observation-update", t3), ("generation-update", m2),
+            ("trace-create", "scroll-late"),
+        ]
+        parents = {o["id"]: o.get("parentObservationId") for o in receiver.store.observations()}
+        assert parents[t1] == parents[t2] == m1 and parents[t3] == m2 and parents[order[6][1]] == m1
+        trace = receiver.store.trace("scroll-late")
+        assert trace["metadata"]["end_reason"] == "completed"
+    else:
+        from dirigent_langfuse.otel import span_id
+
+        parents = {o["id"]: o.get("parentObservationId") for o in receiver.store.observations()}
+        assert parents[span_id(t1)] == parents[span_id(t2)] == span_id(m1)
+        assert parents[span_id(t3)] == span_id(m2)
+        assert len(parents) == 7  # session, two messages, three tools, the plan
