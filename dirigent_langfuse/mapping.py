@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import OrderedDict
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .bus import (
     BusEvent,
@@ -32,7 +32,7 @@ from .bus import (
     SessionUpdate,
 )
 
-__all__ = ["bus_event_to_items", "maps", "MappingState", "observation_id", "envelope_id", "iso_time", "Item"]
+__all__ = ["bus_event_to_items", "maps", "merge_body", "MappingState", "observation_id", "envelope_id", "iso_time", "Item"]
 
 Item = Dict[str, Any]
 NAMESPACE = uuid.UUID("6f1d3a52-5c1e-4d8b-9a77-0c4e1b6a2f10")
@@ -72,6 +72,22 @@ def _map_value(value: Any) -> Any:
     import json
 
     return json.dumps(value, default=str, sort_keys=True)
+
+
+def merge_body(old: Dict[str, Any], new: Dict[str, Any], keep_first: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """How Langfuse merges a create and its updates for one body id: a later non-null field wins,
+    `metadata` merges key by key, and fields in `keep_first` keep their first value."""
+    out = dict(old)
+    for key, value in new.items():
+        if value is None or (key in keep_first and out.get(key)):
+            continue
+        if key == "metadata" and isinstance(value, dict) and isinstance(out.get("metadata"), dict):
+            merged = dict(out["metadata"])
+            merged.update(value)
+            out["metadata"] = merged
+        else:
+            out[key] = value
+    return out
 
 
 def _prune(body: Dict[str, Any]) -> Dict[str, Any]:

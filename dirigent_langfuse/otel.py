@@ -33,6 +33,7 @@ from . import __version__
 from .client import LangfuseClient
 from .config import LangfuseConfig
 from .encoding import dumps, shrink_fields
+from .mapping import merge_body
 from .transport import IngestionTransport, Record, Report
 
 __all__ = ["OtelTransport", "AutoTransport", "otel_trace_id", "span_id", "choose_transport"]
@@ -62,6 +63,7 @@ OBS_COMPLETION_START = "langfuse.observation.completion_start_time"
 ENVIRONMENT = "langfuse.environment"
 RELEASE = "langfuse.release"
 
+_KEEP_FIRST = ("startTime", "parentObservationId")  # the create's start and parent win
 _TYPES = {"generation-create": "generation", "generation-update": "generation", "span-create": "span", "span-update": "span"}
 
 
@@ -202,7 +204,7 @@ class OtelTransport:
             self._open[key] = obs
         else:
             obs.weight += 1
-            _merge(obs.body, body)
+            obs.body = merge_body(obs.body, body, keep_first=_KEEP_FIRST)
         if obs.body.get("endTime"):
             del self._open[key]
             out.append(self._emit(key, obs))
@@ -338,20 +340,6 @@ class OtelTransport:
         self.client.reset()
         self._open.clear()
         self._traces.clear()
-
-
-def _merge(target: Dict[str, Any], update: Dict[str, Any]) -> None:
-    for key, value in update.items():
-        if value is None:
-            continue
-        if key == "metadata" and isinstance(value, dict) and isinstance(target.get("metadata"), dict):
-            merged = dict(target["metadata"])
-            merged.update(value)
-            target["metadata"] = merged
-        elif key in ("startTime", "parentObservationId") and target.get(key):
-            continue  # the create's start and parent win
-        else:
-            target[key] = value
 
 
 def major_version(version: Optional[str]) -> Optional[int]:

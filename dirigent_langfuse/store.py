@@ -23,6 +23,8 @@ import sqlite3
 import threading
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from .mapping import merge_body
+
 __all__ = ["Store"]
 
 _SCHEMA = """
@@ -47,20 +49,6 @@ _OBSERVATION_TYPES = {
     "generation-update": "GENERATION",
     "event-create": "EVENT",
 }
-
-
-def _merge(old: Dict[str, Any], new: Dict[str, Any]) -> Dict[str, Any]:
-    out = dict(old)
-    for key, value in new.items():
-        if value is None:
-            continue
-        if key == "metadata" and isinstance(value, dict) and isinstance(out.get("metadata"), dict):
-            merged = dict(out["metadata"])
-            merged.update(value)
-            out["metadata"] = merged
-        else:
-            out[key] = value
-    return out
 
 
 class _View:
@@ -88,7 +76,7 @@ class _View:
             fresh["id"] = trace_id
             self.traces[trace_id] = fresh
             return
-        merged = _merge(old, trace)
+        merged = merge_body(old, trace)
         if old.get("timestamp") and trace.get("timestamp"):
             merged["timestamp"] = min(old["timestamp"], trace["timestamp"])
         self.traces[trace_id] = merged
@@ -96,7 +84,7 @@ class _View:
     def observation(self, obs: Dict[str, Any]) -> None:
         obs_id = obs["id"]
         old = self.observations.get(obs_id)
-        self.observations[obs_id] = obs if old is None else _merge(old, obs)
+        self.observations[obs_id] = obs if old is None else merge_body(old, obs)
         trace_id = obs.get("traceId")
         if trace_id and trace_id not in self.traces:
             # Langfuse creates the trace of an observation that arrives first.

@@ -141,16 +141,18 @@ def test_transport_error_reported_as_transport(server):
     assert not final.ok and stream.stats().dropped == {"shutdown": 1}
 
 
-def test_overflow_never_blocks_and_is_counted(server):
+def test_overflow_never_blocks_and_is_counted(server, caplog):
     stream = make(max_queue_items=5, flush_interval=30)
     start = stream._worker._start
     stream._worker._start = lambda: None  # keep the worker away so that the queue fills up
     outcomes = [stream.on_event(started(f"m{i}")) for i in range(8)]
+    outcomes += [stream.on_event(started(f"x{i}")) for i in range(1000)]
     stream._worker._start = start
+    assert caplog.text.count("queue full") == 1  # throttled: no log flood
     assert [o.status for o in outcomes].count(OutcomeStatus.ACCEPTED) == 5
     assert outcomes[-1].error is StreamError.OVERFLOW
     stats = stream.stats()
-    assert stats.dropped == {"queue_full": 3} and stats.events_failed == 3
+    assert stats.dropped == {"queue_full": 1003} and stats.events_failed == 1003
     stream.shutdown(5)
     assert stream.stats().items_delivered == 5
 
