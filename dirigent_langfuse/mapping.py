@@ -16,6 +16,7 @@ scroll at `SessionEnded`. Without a state the function still works: tool calls h
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import uuid
@@ -38,23 +39,58 @@ Item = Dict[str, Any]
 NAMESPACE = uuid.UUID("6f1d3a52-5c1e-4d8b-9a77-0c4e1b6a2f10")
 
 
+_NS_BYTES = NAMESPACE.bytes
+
+
 def _uuid5(name: str) -> str:
-    return str(uuid.uuid5(NAMESPACE, name))
+    """`str(uuid.uuid5(NAMESPACE, name))`, without building UUID objects (this is the hot path)."""
+    raw = bytearray(hashlib.sha1(_NS_BYTES + name.encode("utf-8")).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_ids: "OrderedDict[str, str]" = OrderedDict()
+_ids_lock = threading.Lock()
 
 
 def observation_id(scroll_id: str, kind: str, key: str) -> str:
-    """The deterministic id of a message (`kind="msg"`) or tool call (`kind="tool"`)."""
-    return _uuid5(f"{scroll_id}\x1f{kind}\x1f{key}")
+    """The deterministic id of a message (`kind="msg"`) or tool call (`kind="tool"`).
+
+    Each is asked for twice (its create and its end), so the last 4,096 are remembered."""
+    name = f"{scroll_id}\x1f{kind}\x1f{key}"
+    found = _ids.get(name)
+    if found is not None:
+        return found
+    value = _uuid5(name)
+    with _ids_lock:
+        _ids[name] = value
+        if len(_ids) > 4096:
+            _ids.popitem(last=False)
+    return value
 
 
 def envelope_id(event_id: str, index: int) -> str:
     return _uuid5(f"{event_id}\x1f{index}")
 
 
+_last_time: Tuple[Optional[datetime], str] = (None, "")
+
+
 def iso_time(at: datetime) -> str:
-    """UTC ISO-8601 with milliseconds and `Z`, as Langfuse's SDKs send it."""
-    at = at.astimezone(timezone.utc)
-    return f"{at.year:04d}-{at.month:02d}-{at.day:02d}T{at.hour:02d}:{at.minute:02d}:{at.second:02d}.{at.microsecond // 1000:03d}Z"
+    """UTC ISO-8601 with milliseconds and `Z`, as Langfuse's SDKs send it.
+
+    An event's time is formatted for its envelope and again for its body: the last one is kept."""
+    global _last_time
+    last = _last_time
+    if last[0] is at:
+        return last[1]
+    utc = at if at.tzinfo is timezone.utc else at.astimezone(timezone.utc)
+    text = "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (
+        utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond // 1000)
+    _last_time = (at, text)
+    return text
 
 
 def _map_value(value: Any) -> Any:

@@ -237,6 +237,7 @@ class Worker:
         with self._lock:
             drops = self._drops()
             self._closing = True
+            self._force = True
             if self._deadline is None or deadline < self._deadline:
                 self._deadline = deadline
             self._work.notify()
@@ -308,7 +309,7 @@ class Worker:
                     )
                     since = self._outbox_since if self._outbox_since is not None else now
                     wake = max(self._due, now if ready else since + self.config.flush_interval)
-                    if closing or self._force:
+                    if self._force:  # flush() or shutdown(): one attempt at once, then the backoff again
                         wake = now
                     if wake <= now:
                         self._force = False
@@ -459,7 +460,7 @@ class Worker:
             )
 
     def _backoff(self, retry_after: Optional[float]) -> float:
-        failures = max(1, self._failures_in_row)
+        failures = min(max(1, self._failures_in_row), 32)
         base = min(self.config.retry_backoff_max, self.config.flush_interval * (2 ** (failures - 1)))
         delay = base * (0.5 + 0.5 * self._random())
         if retry_after is not None:

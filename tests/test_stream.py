@@ -253,3 +253,15 @@ def test_end_of_session_maps_to_trace_update(server):
     stream.flush(5)
     assert [i["type"] for i in server.batches[0]] == ["trace-create", "trace-create"]
     stream.shutdown(1)
+
+
+def test_shutdown_against_a_dead_host_backs_off_instead_of_hammering(server):
+    stream = LangfuseStream(LangfuseConfig(host="http://127.0.0.1:9", public_key="p", secret_key="sk-secret-value",
+                                           transport="ingestion", atexit_flush=False, backoff_base=0.0,
+                                           flush_interval=0.05, retry_backoff_max=0.2), name="t")
+    stream.on_event(started("m1"))
+    assert stream.flush(5).error is StreamError.TRANSPORT
+    outcome = stream.shutdown(0.6)
+    stats = stream.stats()
+    assert not outcome.ok and stats.dropped == {"shutdown": 1}  # no internal error, nothing lost silently
+    assert stats.requests <= 8  # one at once, then with backoff: 0.05, 0.1, 0.2, 0.2, ...
