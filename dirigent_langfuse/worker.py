@@ -111,6 +111,7 @@ class Worker:
         self._work = threading.Condition(self._lock)
         self._done = threading.Condition(self._lock)
         self._queue: Deque[Dict[str, Any]] = collections.deque()
+        self._queue_since: Optional[float] = None  # when the oldest queued item arrived
         self._outbox: Deque[Record] = collections.deque()
         self._outbox_bytes = 0
         self._outbox_since: Optional[float] = None
@@ -171,6 +172,8 @@ class Worker:
                 full = True
             else:
                 before = len(self._queue) + len(self._outbox)
+                if not self._queue:
+                    self._queue_since = self._clock()
                 self._queue.extend(items)
                 full = False
                 if before < self._batch_limit <= before + n:  # a batch just became ready
@@ -288,16 +291,30 @@ class Worker:
                 closing = self._closing
                 if closing and self._deadline is not None and now >= self._deadline:
                     return None
-                if self._queue:
-                    take = min(len(self._queue), max(self._batch_limit, 256))
-                    items = [self._queue.popleft() for _ in range(take)]
-                    self._busy = True
-                    return "prepare", items
+                queued = len(self._queue)
+                if queued:
+                    # Encode in chunks, not item by item as they trickle in: only once a batch is
+                    # ready, the oldest item has waited flush_interval, or someone waits for it.
+                    since = self._queue_since if self._queue_since is not None else now
+                    if (
+                        closing
+                        or self._force
+                        or self._flush_requests > 0
+                        or queued + len(self._outbox) >= self._batch_limit
+                        or now >= since + self.config.flush_interval
+                    ):
+                        take = min(queued, max(self._batch_limit, 256))
+                        popleft = self._queue.popleft
+                        items = [popleft() for _ in range(take)]
+                        if not self._queue:
+                            self._queue_since = None
+                        self._busy = True
+                        return "prepare", items
                 if closing and not self._outbox and self.transport.open_count():
                     self._busy = True
                     return "prepare", None
                 if not self._outbox:
-                    if closing:
+                    if closing and not self._queue:
                         return None
                     wake = now + self.config.flush_interval
                 else:
@@ -315,6 +332,8 @@ class Worker:
                         self._force = False
                         self._busy = True
                         return "send", self._take_batch()
+                if self._queue_since is not None:
+                    wake = min(wake, self._queue_since + self.config.flush_interval)
                 if self._deadline is not None:
                     wake = min(wake, self._deadline)
                 self._work.wait(max(wake - now, 0.001))
