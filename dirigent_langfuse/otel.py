@@ -21,7 +21,9 @@ Span and trace ids derive from the observation ids, so a replay re-sends the sam
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
+import json.encoder
 import logging
 import re
 import time
@@ -41,6 +43,7 @@ __all__ = ["OtelTransport", "AutoTransport", "otel_trace_id", "span_id", "choose
 log = logging.getLogger(__name__)
 
 _NS = uuid.UUID("0b8f1f67-8e0e-4f4f-a3c5-6f3c1d2e9a41")
+_NS_BYTES = _NS.bytes
 _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
 
 # Attribute keys (../shared/reference/langfuse-otel-attributes.json)
@@ -63,8 +66,37 @@ OBS_COMPLETION_START = "langfuse.observation.completion_start_time"
 ENVIRONMENT = "langfuse.environment"
 RELEASE = "langfuse.release"
 
+_OBS_FIELDS = (
+    ("input", "langfuse.observation.input"),
+    ("output", "langfuse.observation.output"),
+    ("model", "langfuse.observation.model.name"),
+    ("level", "langfuse.observation.level"),
+    ("statusMessage", "langfuse.observation.status_message"),
+    ("modelParameters", "langfuse.observation.model.parameters"),
+    ("usageDetails", "langfuse.observation.usage_details"),
+    ("costDetails", "langfuse.observation.cost_details"),
+)
+_OBS_MAPS = frozenset({"modelParameters", "usageDetails", "costDetails"})
+_quote: Any = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from badly decoded input
+        return text.encode("utf-8", "replace")
+
+
 _KEEP_FIRST = ("startTime", "parentObservationId")  # the create's start and parent win
 _TYPES = {"generation-create": "generation", "generation-update": "generation", "span-create": "span", "span-update": "span"}
+
+
+def _uuid5_hex(name: str) -> str:
+    """`uuid.uuid5(_NS, name).hex`, without building UUID objects."""
+    raw = bytearray(hashlib.sha1(_NS_BYTES + name.encode("utf-8")).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()
 
 
 def otel_trace_id(scroll_id: str) -> str:
@@ -72,7 +104,7 @@ def otel_trace_id(scroll_id: str) -> str:
     text = scroll_id.replace("-", "")
     if _HEX32.match(text) and text.strip("0"):
         return text.lower()
-    return uuid.uuid5(_NS, scroll_id).hex
+    return _uuid5_hex(scroll_id)
 
 
 def span_id(observation_id: str) -> str:
@@ -80,22 +112,37 @@ def span_id(observation_id: str) -> str:
     text = observation_id.replace("-", "")
     if _HEX32.match(text):
         return text[:16].lower()
-    return uuid.uuid5(_NS, observation_id).hex[:16]
+    return _uuid5_hex(observation_id)[:16]
 
 
 def session_span_id(scroll_id: str) -> str:
-    return uuid.uuid5(_NS, scroll_id + "\x1fsession").hex[:16]
+    return _uuid5_hex(scroll_id + "\x1fsession")[:16]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _nanos(iso: Optional[str]) -> Optional[str]:
+    """Unix nanoseconds, as OTLP/JSON writes them (a string), from an ISO-8601 time."""
     if not iso:
         return None
     text = iso[:-1] + "+00:00" if iso.endswith("Z") else iso
-    at = datetime.fromisoformat(text)
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:  # Python 3.9 reads only 3 or 6 fraction digits
+        at = datetime.fromisoformat(_six_digits(text))
     if at.tzinfo is None:
         at = at.replace(tzinfo=timezone.utc)
-    seconds = int(at.timestamp())
-    return str(seconds * 1_000_000_000 + at.microsecond * 1000)
+    delta = at - _EPOCH
+    return str((delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000)
+
+
+def _six_digits(text: str) -> str:
+    match = re.match(r"^(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(.*)$", text)
+    if not match:
+        raise ValueError(f"not an ISO-8601 time: {text!r}")
+    head, frac, tail = match.groups()
+    return f"{head}.{((frac or '') + '000000')[:6]}{tail}"
 
 
 def _now_iso(now: Optional[float] = None) -> str:
@@ -108,15 +155,21 @@ def _text(value: Any) -> str:
 
 
 def _kv(key: str, value: Any) -> Dict[str, Any]:
-    """An OTLP `KeyValue`. Strings, booleans and floats are typed; everything else is JSON text
-    (no `intValue`: OTLP/JSON wants int64 as a string, Langfuse's schema an integer)."""
-    if isinstance(value, bool):
-        return {"key": key, "value": {"boolValue": value}}
-    if isinstance(value, float):
-        return {"key": key, "value": {"doubleValue": value}}
+    """An OTLP `KeyValue` (for the resource). Strings and lists of strings are typed; the rest is
+    JSON text (no `intValue`: OTLP/JSON wants int64 as a string, Langfuse's schema an integer)."""
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return {"key": key, "value": {"arrayValue": {"values": [{"stringValue": v} for v in value]}}}
     return {"key": key, "value": {"stringValue": _text(value)}}
+
+
+def _str_kv(key: str, value: Any) -> str:
+    """A `KeyValue` with a `stringValue`, as JSON text (spans are built as text: the hot path)."""
+    return '{"key":' + _quote(key) + ',"value":{"stringValue":' + _quote(_text(value)) + "}}"
+
+
+def _list_kv(key: str, values: Sequence[str]) -> str:
+    inner = ",".join('{"stringValue":' + _quote(v) + "}" for v in values)
+    return '{"key":' + _quote(key) + ',"value":{"arrayValue":{"values":[' + inner + "]}}}"
 
 
 class _Open:
@@ -154,6 +207,12 @@ class OtelTransport:
             "resource": {"attributes": resource},
             "scopeSpans": [{"scope": {"name": "dirigent_langfuse", "version": __version__}, "spans": ["\x00"]}],
         }
+        static = []
+        if config.environment:
+            static.append(_str_kv(ENVIRONMENT, config.environment))
+        if config.release:
+            static.append(_str_kv(RELEASE, config.release))
+        self._static = ",".join(static)
         prefix, suffix = json.dumps({"resourceSpans": [head]}, separators=(",", ":")).split('"\\u0000"')
         self._prefix, self._suffix = prefix.encode(), suffix.encode()
 
@@ -214,6 +273,7 @@ class OtelTransport:
         if not scroll:
             return
         info = self._trace_info(scroll)
+        info.pop("\x00text", None)
         meta = body.get("metadata") or {}
         for field in ("name", "userId", "sessionId", "tags"):
             if body.get(field) is not None:
@@ -258,68 +318,72 @@ class OtelTransport:
             meta = dict(body.get("metadata") or {})
             meta["incomplete"] = "true"
             body["metadata"] = meta
-        span = self.span(key, obs)
-        data = dumps(span)
+        data = _utf8(self.span(key, obs))
         truncated = False
         if len(data) > self.max_item_bytes:
             fields = {"input": body.get("input"), "output": body.get("output"), "metadata": body.get("metadata")}
             shrink_fields(fields, ("input", "output", "metadata"), len(data) - self.max_item_bytes)
             body.update({k: v for k, v in fields.items() if v is not None})
-            data = dumps(self.span(key, obs))
+            data = _utf8(self.span(key, obs))
             truncated = True
-        return Record(obs.trace + "/" + span["spanId"], data, obs.weight, truncated)
+        sid = session_span_id(obs.trace) if key.startswith("session\x1f") else span_id(key)
+        return Record(obs.trace + "/" + sid, data, obs.weight, truncated)
 
-    def span(self, key: str, obs: _Open) -> Dict[str, Any]:
+    def _trace_attrs(self, scroll: str) -> str:
+        """The trace's attributes as JSON text, built once per change of the trace."""
+        info = self._traces.get(scroll)
+        if not info:
+            return self._static
+        cached = info.get("\x00text")
+        if cached is not None:
+            return cached
+        parts = []
+        if info.get("name"):
+            parts.append(_str_kv(TRACE_NAME, info["name"]))
+        if info.get("sessionId"):
+            parts.append(_str_kv(TRACE_SESSION_ID, info["sessionId"]))
+        if info.get("userId"):
+            parts.append(_str_kv(TRACE_USER_ID, info["userId"]))
+        if info.get("tags"):
+            parts.append(_list_kv(TRACE_TAGS, [str(t) for t in info["tags"]]))
+        for mkey, mvalue in (info.get("metadata") or {}).items():
+            parts.append(_str_kv(f"{TRACE_METADATA}.{mkey}", mvalue))
+        if self._static:
+            parts.append(self._static)
+        text = ",".join(parts)
+        info["\x00text"] = text
+        return text
+
+    def span(self, key: str, obs: _Open) -> str:
+        """One OTLP/JSON `Span`, as text."""
         body = obs.body
         scroll = obs.trace
         is_root = key.startswith("session\x1f")
         sid = session_span_id(scroll) if is_root else span_id(key)
-        parent = None
+        attrs = [_str_kv(OBS_TYPE, obs.kind)]
+        trace_attrs = self._trace_attrs(scroll)
+        if trace_attrs:
+            attrs.append(trace_attrs)
+        get = body.get
+        for field, attr in _OBS_FIELDS:
+            value = get(field)
+            if value is not None and value != "" and (field not in _OBS_MAPS or value):
+                attrs.append(_str_kv(attr, value))
+        for mkey, mvalue in (get("metadata") or {}).items():
+            attrs.append(_str_kv(f"{OBS_METADATA}.{mkey}", mvalue))
+        start = _nanos(get("startTime")) or _nanos(get("endTime")) or _nanos(_now_iso(self._clock()))
+        end = _nanos(get("endTime")) or start
+        text = '{"traceId":"' + otel_trace_id(scroll) + '","spanId":"' + sid + '"'
         if not is_root:
-            parent_id = body.get("parentObservationId")
-            parent = span_id(parent_id) if parent_id else session_span_id(scroll)
-        attrs: List[Dict[str, Any]] = [_kv(OBS_TYPE, obs.kind)]
-        info = self._traces.get(scroll) or {}
-        if info.get("name"):
-            attrs.append(_kv(TRACE_NAME, info["name"]))
-        if info.get("sessionId"):
-            attrs.append(_kv(TRACE_SESSION_ID, info["sessionId"]))
-        if info.get("userId"):
-            attrs.append(_kv(TRACE_USER_ID, info["userId"]))
-        if info.get("tags"):
-            attrs.append(_kv(TRACE_TAGS, [str(t) for t in info["tags"]]))
-        for mkey, mvalue in (info.get("metadata") or {}).items():
-            attrs.append(_kv(f"{TRACE_METADATA}.{mkey}", mvalue if isinstance(mvalue, str) else _text(mvalue)))
-        for field, attr in (("input", OBS_INPUT), ("output", OBS_OUTPUT), ("model", OBS_MODEL), ("level", OBS_LEVEL)):
-            if body.get(field) is not None:
-                attrs.append(_kv(attr, body[field] if isinstance(body[field], str) else _text(body[field])))
-        if body.get("statusMessage"):
-            attrs.append(_kv(OBS_STATUS, str(body["statusMessage"])))
-        for field, attr in (("modelParameters", OBS_MODEL_PARAMS), ("usageDetails", OBS_USAGE), ("costDetails", OBS_COST)):
-            if body.get(field):
-                attrs.append(_kv(attr, _text(body[field])))
-        for mkey, mvalue in (body.get("metadata") or {}).items():
-            attrs.append(_kv(f"{OBS_METADATA}.{mkey}", mvalue if isinstance(mvalue, str) else _text(mvalue)))
-        if self.config.environment:
-            attrs.append(_kv(ENVIRONMENT, self.config.environment))
-        if self.config.release:
-            attrs.append(_kv(RELEASE, self.config.release))
-        start = _nanos(body.get("startTime")) or _nanos(body.get("endTime")) or _nanos(_now_iso(self._clock()))
-        end = _nanos(body.get("endTime")) or start
-        span: Dict[str, Any] = {
-            "traceId": otel_trace_id(scroll),
-            "spanId": sid,
-            "name": str(body.get("name") or obs.kind),
-            "kind": 1,
-            "startTimeUnixNano": start,
-            "endTimeUnixNano": end,
-            "attributes": attrs,
-        }
-        if parent:
-            span["parentSpanId"] = parent
-        if body.get("level") == "ERROR":
-            span["status"] = {"code": 2, "message": str(body.get("statusMessage") or "error")}
-        return span
+            parent_id = get("parentObservationId")
+            text += ',"parentSpanId":"' + (span_id(parent_id) if parent_id else session_span_id(scroll)) + '"'
+        text += (
+            ',"name":' + _quote(str(get("name") or obs.kind)) + ',"kind":1,"startTimeUnixNano":"' + start
+            + '","endTimeUnixNano":"' + end + '","attributes":[' + ",".join(attrs) + "]"
+        )
+        if get("level") == "ERROR":
+            text += ',"status":{"code":2,"message":' + _quote(str(get("statusMessage") or "error")) + "}"
+        return text + "}"
 
     # -- the wire ---------------------------------------------------------------------------------
 

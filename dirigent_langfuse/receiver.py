@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .faults import Fault, FaultPlan
 from .store import Store
-from .wire import OtlpError, check_item, decode_otlp
+from .wire import OtlpError, check_item, otlp_spans
 
 __all__ = ["Receiver", "DEFAULT_PUBLIC_KEY", "DEFAULT_SECRET_KEY"]
 
@@ -191,7 +191,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(415, {"message": f"unsupported content type {ctype!r}"})
                 return
-            spans = decode_otlp(payload)
+            spans = otlp_spans(payload)
         except LookupError as exc:
             self._send(415, {"message": str(exc)})
             return

@@ -24,6 +24,7 @@ import threading
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .mapping import merge_body
+from .wire import decode_span
 
 __all__ = ["Store"]
 
@@ -187,11 +188,12 @@ class Store:
         if rows:
             self._append(rows, "items_received")
 
-    def add_spans(self, spans: Iterable[Tuple[Dict[str, Any], Dict[str, Any]]], received: float) -> None:
-        """Store decoded OTLP spans: pairs of (trace fields, observation fields)."""
+    def add_spans(self, spans: Iterable[Dict[str, Any]], received: float) -> None:
+        """Store checked OTLP/JSON spans (see `wire.otlp_spans`); they are decoded when read."""
+        dumps = json.dumps
         rows = [
-            (f"span:{trace['id']}:{obs['id']}", _SPAN, received, json.dumps([trace, obs], separators=(",", ":")))
-            for trace, obs in spans
+            (f"span:{span['traceId'].lower()}:{span['spanId'].lower()}", _SPAN, received, dumps(span, separators=(",", ":")))
+            for span in spans
         ]
         if rows:
             self._append(rows, "spans_received")
@@ -207,7 +209,7 @@ class Store:
             view = _View()
             for kind, text in rows:
                 if kind == _SPAN:
-                    trace, obs = json.loads(text)
+                    trace, obs = decode_span(json.loads(text))
                     view.span(trace, obs)
                 else:
                     view.item(json.loads(text))

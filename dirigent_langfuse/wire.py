@@ -16,7 +16,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["check_item", "decode_otlp", "OtlpError", "INGESTION_TYPES"]
+__all__ = ["check_item", "decode_otlp", "decode_span", "otlp_spans", "OtlpError", "INGESTION_TYPES"]
 
 INGESTION_TYPES = frozenset(
     {
@@ -35,27 +35,25 @@ _OBS_STRINGS = (
 )
 
 
+_OBS_STRINGS_ID = _OBS_STRINGS + ("id",)
+
+
 def _is_str(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
+_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:?\d{2})?$")
+
+
 def _is_time(value: Any) -> bool:
     """An ISO-8601 date-time, as Langfuse's schema (`format: date-time`) wants it."""
-    if not isinstance(value, str) or len(value) < 19 or value[10] not in "Tt ":
+    if not isinstance(value, str):
         return False
-    text = value[:-1] + "+00:00" if value[-1] in "Zz" else value
-    if "." in text[19:]:  # Python 3.9's fromisoformat wants 3 or 6 fraction digits
-        head, _, rest = text.partition(".")
-        digits = re.match(r"\d+", rest)
-        if not digits:
-            return False
-        frac = digits.group(0)
-        text = f"{head}.{(frac + '000000')[:6]}{rest[len(frac):]}"
-    try:
-        datetime.fromisoformat(text)
-    except ValueError:
+    match = _TIME.match(value)
+    if match is None:
         return False
-    return True
+    month, day, hour, minute, second = (int(match.group(i)) for i in range(2, 7))
+    return 1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61
 
 
 def _map_value_ok(value: Any) -> bool:
@@ -65,8 +63,10 @@ def _map_value_ok(value: Any) -> bool:
 
 
 def _check_observation(kind: str, body: Dict[str, Any]) -> Optional[str]:
-    for key in _OBS_STRINGS + ("id",):
-        if not _is_str(body.get(key)):
+    get = body.get
+    for key in _OBS_STRINGS_ID:
+        value = get(key)
+        if value is not None and type(value) is not str and not isinstance(value, str):
             return f"body.{key} must be a string"
     for key in ("startTime", "endTime", "completionStartTime"):
         if body.get(key) is not None and not _is_time(body[key]):
@@ -211,8 +211,9 @@ def _prefixed(attrs: Dict[str, Any], prefix: str) -> Dict[str, Any]:
     return out
 
 
-def decode_otlp(payload: Any) -> List[Tuple[Dict[str, Any], Dict[str, Any]]]:
-    """(trace fields, observation fields) per span; OtlpError for a malformed export."""
+def otlp_spans(payload: Any) -> List[Dict[str, Any]]:
+    """The spans of an OTLP/JSON export, checked (ids, times, attribute shapes) but not decoded:
+    OtlpError for a malformed export. Cheap enough for the receiver's hot path."""
     if not isinstance(payload, dict) or not isinstance(payload.get("resourceSpans", []), list):
         raise OtlpError("body must be an ExportTraceServiceRequest with a resourceSpans list")
     out = []
@@ -224,11 +225,32 @@ def decode_otlp(payload: Any) -> List[Tuple[Dict[str, Any], Dict[str, Any]]]:
             for span in (scope_spans or {}).get("spans") or []:
                 if not isinstance(span, dict):
                     raise OtlpError("spans must be objects")
-                out.append(_span(span))
+                _id(span.get("traceId"), 32, "traceId")
+                _id(span.get("spanId"), 16, "spanId")
+                if span.get("parentSpanId"):
+                    _id(span["parentSpanId"], 16, "parentSpanId")
+                _iso(span.get("startTimeUnixNano"))
+                _iso(span.get("endTimeUnixNano"))
+                entries = span.get("attributes")
+                if entries is not None:
+                    if not isinstance(entries, list):
+                        raise OtlpError("attributes must be a list of KeyValue")
+                    for kv in entries:
+                        if not isinstance(kv, dict) or not isinstance(kv.get("key"), str) or not isinstance(
+                            kv.get("value"), dict
+                        ):
+                            raise OtlpError("an attribute needs a string key and an AnyValue object")
+                out.append(span)
     return out
 
 
-def _span(span: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def decode_otlp(payload: Any) -> List[Tuple[Dict[str, Any], Dict[str, Any]]]:
+    """(trace fields, observation fields) per span; OtlpError for a malformed export."""
+    return [decode_span(span) for span in otlp_spans(payload)]
+
+
+def decode_span(span: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(trace fields, observation fields) of one checked span, as Langfuse reads its attributes."""
     trace_id = _id(span.get("traceId"), 32, "traceId")
     span_id = _id(span.get("spanId"), 16, "spanId")
     parent = span.get("parentSpanId") or None
