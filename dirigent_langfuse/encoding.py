@@ -119,9 +119,27 @@ def to_jsonable(value: Any, _seen: Optional[set] = None, _depth: int = 0) -> Any
     return to_jsonable(replaced, _seen, _depth + 1)
 
 
-_fast: Callable[[Any], str] = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_fallback
-).encode
+def _make_fast() -> Callable[[Any], str]:
+    """The C encoder made once (`JSONEncoder.encode` builds a new one per call). Without a
+    circular-reference check: a cycle raises RecursionError, and `dumps` takes the slow path."""
+    try:
+        from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - a Python without the C accelerator
+        c_make_encoder = None
+    if c_make_encoder is None:  # pragma: no cover
+        return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_fallback).encode
+    encoder = c_make_encoder(None, _fallback, encode_basestring, None, ":", ",", False, False, False)
+    join = "".join
+
+    def encode(value: Any) -> str:
+        if isinstance(value, str):
+            return encode_basestring(value)
+        return join(encoder(value, 0))
+
+    return encode
+
+
+_fast: Callable[[Any], str] = _make_fast()
 
 
 def dumps(value: Any) -> bytes:
