@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import http.client
 import json
 import os
@@ -283,6 +284,8 @@ def main() -> None:
     caller_cpu = time.thread_time() - tcpu0
     result = finish()
     elapsed, cpu = clock() - t0, time.process_time() - cpu0
+    gc.collect()
+    result["objects_after"] = len(gc.get_objects())  # what the process still holds once all ended
     result.update({"system": args.system, "elapsed": elapsed, "calls_elapsed": t_calls, "cpu": cpu,
                    "caller_cpu": caller_cpu,
                    "events": len(work), "calls_us": sorted(c * 1e6 for c in calls),

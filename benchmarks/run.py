@@ -153,6 +153,7 @@ def summarize(data: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
         "received": received, "expected": items,
         "version": data.get("version", ""),
         "retained": data.get("retained"),
+        "objects_after": data.get("objects_after", 0),
     }
 
 
@@ -261,8 +262,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         for line in ratios({r["system"]: r for r in rows}):
             print(line)
         for r in rows:
+            if not r["objects_after"]:
+                continue
+            line = f"{r['system']}: {r['objects_after']:.0f} live Python objects after shutdown"
             if r.get("retained"):
-                print(f"{r['system']}: retained after every session ended: {r['retained']}")
+                line += f"; state retained after every session ended: {r['retained']}"
+            print(line)
         if args.memory:
             big = argparse.Namespace(**vars(args))
             big.sessions = args.sessions * 5
@@ -270,8 +275,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             if "error" not in data:
                 small = next((r for r in rows if r["system"] == "dirigent-ingestion"), None)
                 row = summarize(data, big)
-                print(f"memory: dirigent-ingestion peak RSS {small['rss_mb'] if small else float('nan'):.1f} MB at "
-                      f"{args.sessions} sessions, {row['rss_mb']:.1f} MB at {big.sessions}; retained {row['retained']}")
+                print(f"memory: dirigent-ingestion at {args.sessions} sessions: peak RSS "
+                      f"{small['rss_mb'] if small else float('nan'):.1f} MB, {small['objects_after'] if small else 0} "
+                      f"live objects after shutdown; at {big.sessions} sessions: peak RSS {row['rss_mb']:.1f} MB "
+                      f"(the queue's backlog while the caller outruns the sender), {row['objects_after']} live "
+                      f"objects after shutdown; retained {row['retained']}")
     if args.json:
         Path(args.json).write_text(json.dumps(raw, indent=1))
     return 1 if failed else 0
