@@ -21,7 +21,7 @@ import threading
 import tempfile
 import time
 from importlib import resources
-from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 from . import __version__
 from .bus import BusEvent, event_from_json
@@ -281,7 +281,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 # -- check -----------------------------------------------------------------------------------------
 
 
-def _check_one(name: str, params: Dict[str, Any]) -> Tuple[bool, str]:
+def _check_one(name: str, params: Mapping[str, Any]) -> Tuple[bool, str]:
     try:
         config = LangfuseConfig.from_params(params, stream=name)
     except ConfigError as exc:

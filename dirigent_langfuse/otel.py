@@ -239,7 +239,7 @@ class OtelTransport:
         return info
 
     def _fold(self, item: Dict[str, Any], out: List[Record]) -> None:
-        kind = item.get("type")
+        kind = str(item.get("type") or "")
         body = item.get("body") or {}
         if kind == "trace-create":
             self._fold_trace(body, out)

@@ -42,8 +42,8 @@ class StreamScope:
         return self.kind == "all" or event.connector_id == self.connector_uid
 
 
-def _redacted(params: Mapping[str, Any]) -> Dict[str, Any]:
-    return {k: ("***" if k in SECRET_KEYS else v) for k, v in params.items()}
+def _redacted(params: Mapping[str, Any]) -> str:
+    return repr({k: ("***" if k in SECRET_KEYS else v) for k, v in params.items()})
 
 
 @attrs.frozen(kw_only=True)
