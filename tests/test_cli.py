@@ -135,3 +135,35 @@ def test_check_good_keys_bad_keys_unreachable(tmp_path, receiver):
     broken.write_text("[[streams]]\nname = 3\n")
     result = run("check", "--config", str(broken))
     assert result.returncode == 2 and "name" in result.stderr
+
+
+ATEXIT = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from tests.helpers import config, created, started, completed, ended
+from dirigent_langfuse import LangfuseStream
+stream = LangfuseStream(config(sys.argv[2], atexit_flush=True, flush_interval=30, shutdown_timeout=float(sys.argv[3]),
+                               connect_timeout=0.5, read_timeout=0.5), name="exit")
+for event in (created(), started("m1", t=1), completed("m1", t=2), ended(t=3)):
+    stream.on_event(event)
+# no flush(), no shutdown(): the interpreter exits and the atexit hook delivers, bounded
+"""
+
+
+def test_atexit_delivers_what_was_queued(receiver):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", ATEXIT, str(ROOT), receiver.url, "5"], capture_output=True,
+                            text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert receiver.store.envelope_count() == 4
+
+
+def test_exit_is_bounded_when_langfuse_hangs(receiver):
+    from dirigent_langfuse.faults import Fault
+
+    receiver.faults.add(Fault.slow(30.0, times=50))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # the hook's shutdown_timeout (1 s) plus one request's timeouts bound the exit; 60 s would mean a hang
+    result = subprocess.run([sys.executable, "-c", ATEXIT, str(ROOT), receiver.url, "1"], capture_output=True,
+                            text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
