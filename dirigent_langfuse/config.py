@@ -85,6 +85,7 @@ class LangfuseConfig:
     secret_key: str = attrs.field(validator=_key, repr=False)
     transport: str = attrs.field(default="auto", validator=_one_of(*TRANSPORTS))
     batch_size: int = attrs.field(default=32, validator=_whole)
+    max_inflight: int = attrs.field(default=2, validator=_whole)
     flush_interval: float = attrs.field(default=1.0, validator=_positive)
     max_queue_items: int = attrs.field(default=100_000, validator=_whole)
     max_retries: int = attrs.field(default=3, validator=_non_negative)

@@ -5,8 +5,8 @@ each request's ingestion items (or OTLP spans) go into one `log` table in one tr
 keyed by envelope id (an item) or trace and span id (a span); a key seen before is ignored and
 counted as `resent`, since Langfuse de-duplicates on it.
 
-Reads merge the log, in arrival order, the way Langfuse merges creates and updates for the same
-body id: a later non-null field wins and `metadata` is merged key by key; an observation whose
+Reads merge the log the way Langfuse merges creates and updates for the same body id: in the
+items' timestamp order (creates first on a tie), a later non-null field wins and `metadata` is merged key by key; an observation whose
 trace was never created creates it. OTLP spans merge into the same traces and observations
 (observation id = span id, trace id = OTel trace id).
 
@@ -207,12 +207,20 @@ class Store:
                 return view
             rows = self._db.execute("SELECT kind, json FROM log ORDER BY seq").fetchall()
             view = _View()
-            for kind, text in rows:
+            items = []
+            for seq, (kind, text) in enumerate(rows):
                 if kind == _SPAN:
                     trace, obs = decode_span(json.loads(text))
                     view.span(trace, obs)
                 else:
-                    view.item(json.loads(text))
+                    item = json.loads(text)
+                    create = 0 if str(kind).endswith("-create") else 1
+                    items.append((str(item.get("timestamp") or ""), create, seq, item))
+            # Langfuse merges a body's events in timestamp order, creates first on a tie, whatever
+            # order they arrived in (two requests in flight may arrive out of order).
+            items.sort(key=lambda entry: entry[:3])
+            for _, _, _, item in items:
+                view.item(item)
             self._view = view
             return view
 

@@ -122,7 +122,10 @@ class Worker:
         self._outbox_bytes = 0
         self._outbox_since: Optional[float] = None
         self._pid = os.getpid()
-        self._thread: Optional[threading.Thread] = None
+        self._main: Optional[threading.Thread] = None
+        self._threads: List[threading.Thread] = []
+        self._alive = 0  # threads still running their loop
+        self._inflight = 0  # requests being sent right now
         self._closing = False
         self._deadline: Optional[float] = None
         self._stopped = False
@@ -183,25 +186,41 @@ class Worker:
                 self._queue.extend(items)
                 full = False
                 if before < self._batch_limit <= before + n:  # a batch just became ready
-                    self._work.notify()
+                    self._work.notify_all()
         if full:
             self._throttled(
                 "queue_full", logging.WARNING,
                 "stream %r: queue full (%d items); dropping new items", self.name, self.config.max_queue_items,
             )
             return False
-        if self._thread is None or not self._thread.is_alive():
+        main = self._main
+        if main is None or not main.is_alive():
             self._start()
         return True
 
     def _start(self) -> None:
+        """The worker thread, and `max_inflight - 1` sender threads that only send (all daemons)."""
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
+            if self._main is not None and self._main.is_alive():
                 return
             if self._stopped:
                 return
-            self._thread = threading.Thread(target=self._run, name=f"dirigent-langfuse[{self.name}]", daemon=True)
-            self._thread.start()
+            self._threads = [
+                threading.Thread(target=self._run, args=(role,), name=f"dirigent-langfuse[{self.name}]:{role}",
+                                 daemon=True)
+                for role in ["main"] + ["sender"] * (self.config.max_inflight - 1)
+            ]
+            self._main = self._threads[0]
+            self._alive += len(self._threads)
+            for thread in self._threads:
+                thread.start()
+
+    def join(self, timeout: float) -> bool:
+        """Wait (at most `timeout`) for the threads to end after `shutdown`; True if they did."""
+        deadline = self._clock() + timeout
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - self._clock()))
+        return not any(t.is_alive() for t in self._threads)
 
     @property
     def pending(self) -> int:
@@ -213,7 +232,7 @@ class Worker:
         A batch waiting out a backoff is tried once more at once. Returns within `timeout`.
         """
         deadline = self._clock() + timeout
-        if self._thread is None or not self._thread.is_alive():
+        if self._main is None or not self._main.is_alive():
             self._start()
         with self._lock:
             target = self.accepted - self.dropped.get("queue_full", 0)
@@ -221,11 +240,12 @@ class Worker:
             drops = self._drops()
             self._flush_requests += 1
             self._force = True
-            self._work.notify()
+            self._work.notify_all()
             try:
                 while True:
                     attempted = self.failed_requests > failures
-                    if self.processed >= target and not self._busy and (not self._outbox or attempted):
+                    idle = not self._busy and self._inflight == 0
+                    if self.processed >= target and idle and (not self._outbox or attempted):
                         break
                     left = deadline - self._clock()
                     if left <= 0 or self._stopped:
@@ -249,27 +269,29 @@ class Worker:
             self._force = True
             if self._deadline is None or deadline < self._deadline:
                 self._deadline = deadline
-            self._work.notify()
-            thread = self._thread
-        if thread is None or not thread.is_alive():
-            self._run()  # no thread (never started, or forked away): finish inline, bounded by the deadline
+            self._work.notify_all()
+            running = self._main is not None and self._main.is_alive()
+            if not running:
+                self._alive += 1
+        if not running:
+            self._run("main")  # no thread (never started, or forked away): finish inline, bounded by the deadline
         else:
-            thread.join(max(0.0, deadline - self._clock()) + 0.05)
+            self.join(max(0.0, deadline - self._clock()) + 0.05)
         with self._lock:
             self._stopped = True
-            timed_out = thread is not None and thread.is_alive()
+            timed_out = any(t.is_alive() for t in self._threads)
             ok = self.pending == 0 and self._drops() == drops and not timed_out
             return FlushResult(ok, timed_out, self.pending, None if ok else self.last_error)
 
     # -- worker side ------------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, role: str = "main") -> None:
         try:
-            if self.spool is not None and not self._spool_loaded:
+            if role == "main" and self.spool is not None and not self._spool_loaded:
                 self._spool_loaded = True
                 self._load_spool()
             while True:
-                step = self._next_step()
+                step = self._next_step(role)
                 if step is None:
                     break
                 kind, payload = step
@@ -282,23 +304,39 @@ class Worker:
                 except Exception:  # never let a bug kill delivery: count and go on
                     log.exception("stream %r: unexpected error in the worker", self.name)
                     with self._lock:
-                        self._busy = False
-                        lost = sum(r.weight for r in payload) if kind == "send" else len(payload)
-                        self.dropped["internal_error"] += lost
-                        if kind == "prepare":
-                            self.processed += len(payload)
+                        if kind == "send":
+                            self._inflight -= 1
+                            self.dropped["internal_error"] += sum(r.weight for r in payload)
+                        else:
+                            self._busy = False
+                            self.dropped["internal_error"] += len(payload or ())
+                            self.processed += len(payload or ())
+                        self._work.notify_all()
                         self._done.notify_all()
         finally:
-            self._finish()
+            with self._lock:
+                self._alive -= 1
+                last = self._alive <= 0
+            if last:  # the last thread out counts what is left
+                self._finish()
 
-    def _next_step(self) -> Optional[Tuple[str, Any]]:
+    def _allowed(self) -> int:
+        """Requests in flight at once: `max_inflight` while healthy, one (a probe) otherwise."""
+        if self._failures_in_row or self.health.state() is not Health.HEALTHY:
+            return 1
+        return self.config.max_inflight
+
+    def _next_step(self, role: str = "main") -> Optional[Tuple[str, Any]]:
+        """The next thing to do: ("prepare", items), ("send", records) or None to stop. Only the
+        main thread prepares (OTel folding needs the items in order); any thread may send."""
+        main = role == "main"
         with self._lock:
             while True:
                 now = self._clock()
                 closing = self._closing
                 if closing and self._deadline is not None and now >= self._deadline:
                     return None
-                queued = len(self._queue)
+                queued = len(self._queue) if main else 0
                 if queued:
                     # Encode in chunks, not item by item as they trickle in: only once a batch is
                     # ready, the oldest item has waited flush_interval, or someone waits for it.
@@ -317,11 +355,11 @@ class Worker:
                             self._queue_since = None
                         self._busy = True
                         return "prepare", items
-                if closing and not self._outbox and self.transport.open_count():
+                if main and closing and not self._outbox and self.transport.open_count():
                     self._busy = True
                     return "prepare", None
                 if not self._outbox:
-                    if closing and not self._queue:
+                    if closing and (not self._queue or not main) and (main or not self._busy):
                         return None
                     wake = now + self.config.flush_interval
                 else:
@@ -336,10 +374,12 @@ class Worker:
                     if self._force:  # flush() or shutdown(): one attempt at once, then the backoff again
                         wake = now
                     if wake <= now:
-                        self._force = False
-                        self._busy = True
-                        return "send", self._take_batch()
-                if self._queue_since is not None:
+                        if self._inflight < self._allowed():
+                            self._force = False
+                            self._inflight += 1
+                            return "send", self._take_batch()
+                        wake = now + self.config.flush_interval  # woken when a request ends
+                if main and self._queue_since is not None:
                     wake = min(wake, self._queue_since + self.config.flush_interval)
                 if self._deadline is not None:
                     wake = min(wake, self._deadline)
@@ -377,6 +417,8 @@ class Worker:
             self.truncated += sum(1 for r in records if r.truncated)
             self._add_to_outbox(records)
             self._busy = False
+            if records:
+                self._work.notify_all()
             self._done.notify_all()
 
     def _add_to_outbox(self, records: Sequence[Record], front: bool = False) -> None:
@@ -417,7 +459,8 @@ class Worker:
                 with self._lock:
                     self._add_to_outbox(batch, front=True)
                     self._batch_limit = max(1, half)
-                    self._busy = False
+                    self._inflight -= 1
+                    self._work.notify_all()
                     self._done.notify_all()
                 log.info("stream %r: 413 for %d items; splitting", self.name, len(batch))
                 return
@@ -456,6 +499,8 @@ class Worker:
             else:
                 self._failures_in_row = 0
                 self.health.success()
+                if self.last_error_kind != "status_429":
+                    self._due = now  # Langfuse is back: what waited out a backoff goes now
                 if self._batch_limit < self.config.batch_size:  # after a 413 split
                     self._batch_limit = min(self.config.batch_size, self._batch_limit * 2)
                 if self.last_error_kind == "status_429" and now >= self._due:
@@ -470,7 +515,8 @@ class Worker:
                 self._calm_at = now + max(60.0, retry_after or 0.0)
             elif report.error is None and self._batch_limit > self.config.batch_size and now >= self._calm_at:
                 self._batch_limit = max(self.config.batch_size, self._batch_limit // 2)
-            self._busy = False
+            self._inflight -= 1
+            self._work.notify_all()
             self._done.notify_all()
         if self.spool is not None:
             finished = [r.key for r in report.delivered] + [r.key for r, _, _ in report.dropped]

@@ -353,7 +353,7 @@ def test_shutdown_is_bounded_when_langfuse_hangs(fast_receiver, transport, no_se
     elapsed = time.monotonic() - started_at
     assert elapsed < 0.3 + 0.5 + 1.0  # the timeout plus one request's timeouts, at most
     assert outcome.status is OutcomeStatus.FAILED
-    stream._worker._thread.join(10)  # the request in flight ends on the daemon thread and is counted
+    stream._worker.join(10)  # the request in flight ends on the daemon thread and is counted
     stats = stream.stats()
     assert stats.items_pending == 0 and stats.dropped.get("shutdown", 0) > 0
     check("hung Langfuse at shutdown", transport, receiver, stream, caller.max_block, expect_all=False, uncertain=True)

@@ -157,3 +157,12 @@ def test_pause_refuses_then_resume_serves_on_the_same_port(receiver):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     receiver.resume()
     assert receiver.port == port and post(receiver, []).status_code == 207
+
+
+def test_events_merge_in_timestamp_order_whatever_order_they_arrive(receiver):
+    items = session_items()  # trace-create, generation-create, generation-update
+    post(receiver, [items[2]])  # the update first (two requests in flight can do this)
+    post(receiver, items[:2])
+    (generation,) = receiver.store.observations()
+    assert generation["endTime"] and generation["startTime"] and generation["usageDetails"]["input"] == 10
+    assert generation["metadata"]["message_id"] == "m1"

@@ -265,3 +265,35 @@ def test_shutdown_against_a_dead_host_backs_off_instead_of_hammering(server):
     stats = stream.stats()
     assert not outcome.ok and stats.dropped == {"shutdown": 1}  # no internal error, nothing lost silently
     assert stats.requests <= 8  # one at once, then with backoff: 0.05, 0.1, 0.2, 0.2, ...
+
+
+def test_two_requests_in_flight_while_healthy_one_when_not():
+    """`max_inflight` requests at once while healthy (a second sender thread); one after a failure."""
+    both = threading.Barrier(2, timeout=5)
+    seen = []
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
+        def answer(request):
+            batch = json.loads(request.body)["batch"]
+            seen.append(len(batch))
+            if len(seen) <= 2:
+                both.wait()  # passes only if the first two requests are in flight together
+            return 207, {}, json.dumps({"successes": [{"id": i["id"], "status": 201} for i in batch], "errors": []})
+
+        rs.add_callback("POST", URL, callback=answer)
+        stream = make(flush_interval=30, batch_size=4)
+        for i in range(8):
+            stream.on_event(started(f"m{i}"))
+        assert stream.flush(10).status is OutcomeStatus.DELIVERED
+        assert seen[:2] == [4, 4] and not both.broken
+        stream.shutdown(1)
+
+
+def test_one_request_at_a_time_after_a_failure(server):
+    stream = make(flush_interval=30, batch_size=2, retry_backoff_max=60)
+    server.answers = [503] * 4  # one failed send (1 try + 3 retries)
+    for i in range(6):
+        stream.on_event(started(f"m{i}"))
+    assert not stream.flush(5).ok
+    assert stream._worker._allowed() == 1  # degraded: one request (a probe) at a time
+    assert stream.flush(5).ok and stream._worker._allowed() == 2
+    stream.shutdown(1)
