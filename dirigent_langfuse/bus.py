@@ -10,8 +10,7 @@ while a known type with a missing or mistyped field raises `BusEventError` namin
 
 from __future__ import annotations
 
-import os
-import uuid
+import random
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
@@ -40,12 +39,14 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+_bits = random.getrandbits  # no system call: os.urandom would hand the GIL over on every event
+_V4 = ~((0xF << 76) | (0x3 << 62))
+
+
 def _new_id() -> str:
-    """A random (version 4) UUID as 32 hex digits; what `uuid.uuid4().hex` gives, at a third of the cost."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return raw.hex()
+    """A random (version 4) UUID as 32 hex digits, like `uuid.uuid4().hex`. From `random`'s
+    generator, which is seeded from the OS and re-seeded in a forked child."""
+    return "%032x" % ((_bits(128) & _V4) | (0x4 << 76) | (0x2 << 62))
 
 
 def parse_time(value: Any) -> datetime:

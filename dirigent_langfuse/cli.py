@@ -21,7 +21,7 @@ import threading
 import tempfile
 import time
 from importlib import resources
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple
+from typing import Any, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 from . import __version__
 from .bus import BusEvent, event_from_json

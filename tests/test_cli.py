@@ -10,12 +10,10 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
 
 import pytest
 
 from dirigent_langfuse.faults import Fault
-from dirigent_langfuse.receiver import Receiver
 
 from .conftest import ROOT, SECRETS
 

@@ -1,7 +1,6 @@
 """The HTTP client and its retry policy, with `responses` (no sockets)."""
 
 import json
-import logging
 
 import pytest
 import requests
