@@ -288,20 +288,24 @@ def _check_one(name: str, params: Mapping[str, Any]) -> Tuple[bool, str]:
         return False, f"configuration: {exc}"
     client = LangfuseClient(config)
     try:
-        client.check_auth()
+        version = None
+        transport = config.transport
+        if transport == "auto":  # the same unauthenticated health check that `auto` makes
+            version = client.server_version()
+            transport = choose_transport(version)
+        client.check_auth(transport)
     except LangfuseTransportError as exc:
         return False, f"cannot reach {config.host}: {exc}"
     except LangfuseStatusError as exc:
         if exc.status in (401, 403):
             return False, f"{config.host} refused the keys (HTTP {exc.status}): check public_key and secret_key"
         if exc.status == 404:
-            return False, f"{config.host} does not look like Langfuse (HTTP 404 on its API)"
+            return False, f"{config.host} does not look like Langfuse, or has no {transport} endpoint (HTTP 404)"
         return False, f"{config.host} answered HTTP {exc.status}: {exc.message}"
     finally:
         client.close()
-    version = LangfuseClient(config).server_version()
-    transport = config.transport if config.transport != "auto" else choose_transport(version)
-    return True, f"ok: {config.host}, Langfuse {version or '(version unknown)'}, keys accepted, transport {transport}"
+    told = f"Langfuse {version}, " if version else ""
+    return True, f"ok: {config.host}, {told}keys accepted, transport {transport}"
 
 
 def cmd_check(args: argparse.Namespace) -> int:

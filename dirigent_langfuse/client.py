@@ -351,18 +351,15 @@ class LangfuseClient:
         version = data.get("version") if isinstance(data, dict) else None
         return version if isinstance(version, str) and version else None
 
-    def check_auth(self) -> None:
+    def check_auth(self, transport: str = "ingestion") -> None:
         """One authenticated request that tells whether host and keys work; raises otherwise.
 
-        An empty ingestion batch is accepted by Langfuse v3 and needs no data; v4 has no such
-        endpoint, so a 404 there falls back to an empty OTLP export.
+        It sends nothing: an empty ingestion batch, or an empty OTLP export for `otel`.
         """
-        try:
-            self.send_ingestion_body(b'{"batch":[]}', 0)
-        except LangfuseStatusError as exc:
-            if exc.status not in (404, 405):
-                raise
+        if transport == "otel":
             self.send_otlp(b'{"resourceSpans":[]}', compress=False)
+        else:
+            self.send_ingestion_body(b'{"batch":[]}', 0)
 
 
 def _describe(exc: BaseException) -> str:
