@@ -165,3 +165,10 @@ def test_exit_is_bounded_when_langfuse_hangs(receiver):
     result = subprocess.run([sys.executable, "-c", ATEXIT, str(ROOT), receiver.url, "1"], capture_output=True,
                             text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
+
+
+def test_check_against_v4_uses_the_otel_endpoint(tmp_path, receiver_v4):
+    good = run("check", "--config", str(write_config(tmp_path / "good.toml", receiver_v4.url)))
+    assert good.returncode == 0 and "Langfuse 4.2.0" in good.stdout and "transport otel" in good.stdout
+    bad = run("check", "--config", str(write_config(tmp_path / "bad.toml", receiver_v4.url, secret="sk-lf-nope")))
+    assert bad.returncode == 1 and "HTTP 401" in bad.stdout
