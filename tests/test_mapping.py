@@ -134,6 +134,19 @@ def test_tool_update_completed_carries_end_and_output(validate_item):
     assert only_content["body"]["output"] == content
 
 
+def test_in_progress_update_carries_new_title_input_and_content(validate_item):
+    content = [{"type": "content", "content": {"type": "text", "text": "collected 42 items"}}]
+    items = items_of(tool_call("t1"), tool_update("t1", "in_progress", title="Run all tests", t=1,
+                                                  rawInput={"command": "pytest -q"}, content=content))
+    update_ = items[1]
+    validate_item(update_)
+    assert update_["type"] == "observation-update"
+    assert update_["body"]["name"] == "Run all tests"
+    assert update_["body"]["input"] == {"command": "pytest -q"}
+    assert update_["body"]["output"] == content
+    assert "endTime" not in update_["body"] and "level" not in update_["body"]
+
+
 def test_failed_tool_call_is_level_error(validate_item):
     state = MappingState()
     items = items_of(tool_call("t1"), tool_update("t1", "failed", rawOutput="permission denied"), state=state)
