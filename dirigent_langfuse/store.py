@@ -23,6 +23,7 @@ import sqlite3
 import threading
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from .encoding import dumps
 from .mapping import merge_body
 from .wire import decode_span
 
@@ -183,18 +184,13 @@ class Store:
 
     def add_items(self, items: Iterable[Dict[str, Any]], received: float) -> None:
         """Store valid ingestion items; an envelope id seen before changes nothing."""
-        dumps = json.dumps
-        rows = [(item["id"], item["type"], received, dumps(item, separators=(",", ":"))) for item in items]
+        rows = [(item["id"], item["type"], received, dumps(item)) for item in items]
         if rows:
             self._append(rows, "items_received")
 
     def add_spans(self, spans: Iterable[Dict[str, Any]], received: float) -> None:
         """Store checked OTLP/JSON spans (see `wire.otlp_spans`); they are decoded when read."""
-        dumps = json.dumps
-        rows = [
-            (f"span:{span['traceId'].lower()}:{span['spanId'].lower()}", _SPAN, received, dumps(span, separators=(",", ":")))
-            for span in spans
-        ]
+        rows = [(f"span:{span['traceId'].lower()}:{span['spanId'].lower()}", _SPAN, received, dumps(span)) for span in spans]
         if rows:
             self._append(rows, "spans_received")
 

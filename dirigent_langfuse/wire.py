@@ -42,18 +42,15 @@ def _is_str(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
-_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:?\d{2})?$")
+_TIME = re.compile(
+    r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])[Tt ](?:[01]\d|2[0-3]):[0-5]\d:(?:[0-5]\d|60)"
+    r"(?:\.\d+)?(?:[Zz]|[+-]\d{2}:?\d{2})?$"
+)
 
 
 def _is_time(value: Any) -> bool:
     """An ISO-8601 date-time, as Langfuse's schema (`format: date-time`) wants it."""
-    if not isinstance(value, str):
-        return False
-    match = _TIME.match(value)
-    if match is None:
-        return False
-    month, day, hour, minute, second = (int(match.group(i)) for i in range(2, 7))
-    return 1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61
+    return isinstance(value, str) and _TIME.match(value) is not None
 
 
 def _map_value_ok(value: Any) -> bool:
