@@ -103,7 +103,8 @@ def dirigent(args: argparse.Namespace, transport: str) -> Tuple[Callable[[Step],
         outcome = stream.shutdown(120)
         stats = stream.stats()
         retained = {"mapping_scrolls": len(stream._state), "pending_keys": len(stream._pending),
-                    "open_observations": stream.transport.open_count()}
+                    "open_observations": stream.transport.open_count(),
+                    "traces": getattr(stream.transport, "trace_count", lambda: 0)()}
         return {"ok": outcome.ok, "detail": outcome.detail, "accepted": stats.items_accepted,
                 "delivered": stats.items_delivered, "dropped": stats.dropped, "transport": stats.transport,
                 "retained": retained}

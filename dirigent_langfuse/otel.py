@@ -221,6 +221,10 @@ class OtelTransport:
     def open_count(self) -> int:
         return len(self._open)
 
+    def trace_count(self) -> int:
+        """Traces whose attributes are remembered (sessions not yet ended, at most `max_open`)."""
+        return len(self._traces)
+
     def prepare(self, items: Sequence[Dict[str, Any]]) -> List[Record]:
         out: List[Record] = []
         for item in items:
@@ -298,6 +302,8 @@ class OtelTransport:
             root.body["statusMessage"] = meta.get("end_reason")
             del self._open[root_key]
             out.append(self._emit(root_key, root))
+            # The session is over: its spans so far carried the trace's attributes; forget them.
+            self._traces.pop(scroll, None)
 
     def close_open(self, now: Optional[float] = None) -> List[Record]:
         """Emit every observation still open, ended now and marked incomplete (at shutdown)."""

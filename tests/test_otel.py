@@ -335,3 +335,13 @@ def test_loopback_replay_does_not_duplicate(receiver_v4):
     assert len(receiver_v4.store.traces()) == 1
     assert len(receiver_v4.store.observations()) == 5
     assert receiver_v4.store.counters().get("resent") == 5
+
+
+def test_ended_sessions_leave_nothing_behind():
+    cfg = LangfuseConfig(host=HOST, public_key="pk", secret_key="sk")
+    transport = OtelTransport(LangfuseClient(cfg), cfg)
+    state = MappingState()
+    for n in range(50):
+        items = [i for e in session_events(f"s{n}") for i in bus_event_to_items(e, state)]
+        transport.prepare(items)
+    assert transport.open_count() == 0 and transport.trace_count() == 0 and len(state) == 0
