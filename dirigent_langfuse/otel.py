@@ -162,9 +162,17 @@ def _kv(key: str, value: Any) -> Dict[str, Any]:
     return {"key": key, "value": {"stringValue": _text(value)}}
 
 
+_heads: Dict[str, str] = {}
+
+
 def _str_kv(key: str, value: Any) -> str:
     """A `KeyValue` with a `stringValue`, as JSON text (spans are built as text: the hot path)."""
-    return '{"key":' + _quote(key) + ',"value":{"stringValue":' + _quote(_text(value)) + "}}"
+    head = _heads.get(key)
+    if head is None:
+        head = '{"key":' + _quote(key) + ',"value":{"stringValue":'
+        if len(_heads) < 4096:  # attribute names repeat; metadata keys are the host's, so bounded
+            _heads[key] = head
+    return head + _quote(value if type(value) is str else _text(value)) + "}}"
 
 
 def _list_kv(key: str, values: Sequence[str]) -> str:
