@@ -162,7 +162,7 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def _append(self, rows: List[Tuple[str, str, float, str]], received_counter: str) -> None:
+    def _append(self, rows: List[Tuple[str, str, float, bytes]], received_counter: str) -> None:
         with self._lock:
             before = self._db.total_changes
             self._db.execute("BEGIN")
