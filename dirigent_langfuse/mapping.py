@@ -42,12 +42,17 @@ NAMESPACE = uuid.UUID("6f1d3a52-5c1e-4d8b-9a77-0c4e1b6a2f10")
 _NS_BYTES = NAMESPACE.bytes
 
 
-def _uuid5(name: str) -> str:
-    """`str(uuid.uuid5(NAMESPACE, name))`, without building UUID objects (this is the hot path)."""
-    raw = bytearray(hashlib.sha1(_NS_BYTES + name.encode("utf-8")).digest()[:16])
+def uuid5_hex(namespace: bytes, name: str) -> str:
+    """`uuid.uuid5(UUID(bytes=namespace), name).hex`, without building UUID objects (a hot path)."""
+    raw = bytearray(hashlib.sha1(namespace + name.encode("utf-8")).digest()[:16])
     raw[6] = (raw[6] & 0x0F) | 0x50
     raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
+    return raw.hex()
+
+
+def _uuid5(name: str) -> str:
+    """`str(uuid.uuid5(NAMESPACE, name))`."""
+    h = uuid5_hex(_NS_BYTES, name)
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

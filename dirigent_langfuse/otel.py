@@ -21,7 +21,6 @@ Span and trace ids derive from the observation ids, so a replay re-sends the sam
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import json.encoder
 import logging
@@ -35,7 +34,7 @@ from . import __version__
 from .client import LangfuseClient
 from .config import LangfuseConfig
 from .encoding import dumps, shrink_fields
-from .mapping import merge_body
+from .mapping import merge_body, uuid5_hex
 from .transport import IngestionTransport, Record, Report
 
 __all__ = ["OtelTransport", "AutoTransport", "otel_trace_id", "span_id", "choose_transport"]
@@ -92,11 +91,7 @@ _TYPES = {"generation-create": "generation", "generation-update": "generation", 
 
 
 def _uuid5_hex(name: str) -> str:
-    """`uuid.uuid5(_NS, name).hex`, without building UUID objects."""
-    raw = bytearray(hashlib.sha1(_NS_BYTES + name.encode("utf-8")).digest()[:16])
-    raw[6] = (raw[6] & 0x0F) | 0x50
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return raw.hex()
+    return uuid5_hex(_NS_BYTES, name)
 
 
 def otel_trace_id(scroll_id: str) -> str:
@@ -154,19 +149,13 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else dumps(value).decode("utf-8")
 
 
-def _kv(key: str, value: Any) -> Dict[str, Any]:
-    """An OTLP `KeyValue` (for the resource). Strings and lists of strings are typed; the rest is
-    JSON text (no `intValue`: OTLP/JSON wants int64 as a string, Langfuse's schema an integer)."""
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return {"key": key, "value": {"arrayValue": {"values": [{"stringValue": v} for v in value]}}}
-    return {"key": key, "value": {"stringValue": _text(value)}}
-
-
 _heads: Dict[str, str] = {}
 
 
 def _str_kv(key: str, value: Any) -> str:
-    """A `KeyValue` with a `stringValue`, as JSON text (spans are built as text: the hot path)."""
+    """An OTLP `KeyValue` with a `stringValue`, as JSON text (spans are built as text: the hot
+    path). Values that are not strings go as JSON text (no `intValue`: OTLP/JSON wants int64 as
+    a string, Langfuse's schema an integer)."""
     head = _heads.get(key)
     if head is None:
         head = '{"key":' + _quote(key) + ',"value":{"stringValue":'
@@ -205,24 +194,23 @@ class OtelTransport:
         self._clock = clock
         self._open: "collections.OrderedDict[str, _Open]" = collections.OrderedDict()
         self._traces: "collections.OrderedDict[str, Dict[str, Any]]" = collections.OrderedDict()
-        resource = [
-            _kv("service.name", "dirigent"),
-            _kv("telemetry.sdk.name", "dirigent-langfuse"),
-            _kv("telemetry.sdk.language", "python"),
-            _kv("telemetry.sdk.version", __version__),
-        ]
-        head = {
-            "resource": {"attributes": resource},
-            "scopeSpans": [{"scope": {"name": "dirigent_langfuse", "version": __version__}, "spans": ["\x00"]}],
-        }
+        resource = ",".join([
+            _str_kv("service.name", "dirigent"),
+            _str_kv("telemetry.sdk.name", "dirigent-langfuse"),
+            _str_kv("telemetry.sdk.language", "python"),
+            _str_kv("telemetry.sdk.version", __version__),
+        ])
+        self._prefix = (
+            '{"resourceSpans":[{"resource":{"attributes":[' + resource + ']},"scopeSpans":[{"scope":'
+            '{"name":"dirigent_langfuse","version":' + _quote(__version__) + '},"spans":['
+        ).encode()
+        self._suffix = b"]}]}]}"
         static = []
         if config.environment:
             static.append(_str_kv(ENVIRONMENT, config.environment))
         if config.release:
             static.append(_str_kv(RELEASE, config.release))
         self._static = ",".join(static)
-        prefix, suffix = json.dumps({"resourceSpans": [head]}, separators=(",", ":")).split('"\\u0000"')
-        self._prefix, self._suffix = prefix.encode(), suffix.encode()
 
     # -- folding items into observations -------------------------------------------------------
 
@@ -332,15 +320,16 @@ class OtelTransport:
             meta = dict(body.get("metadata") or {})
             meta["incomplete"] = "true"
             body["metadata"] = meta
-        data = _utf8(self.span(key, obs))
+        is_root = key.startswith("session\x1f")
+        sid = session_span_id(obs.trace) if is_root else span_id(key)
+        data = _utf8(self.span(obs, sid, is_root))
         truncated = False
         if len(data) > self.max_item_bytes:
             fields = {"input": body.get("input"), "output": body.get("output"), "metadata": body.get("metadata")}
             shrink_fields(fields, ("input", "output", "metadata"), len(data) - self.max_item_bytes)
             body.update({k: v for k, v in fields.items() if v is not None})
-            data = _utf8(self.span(key, obs))
+            data = _utf8(self.span(obs, sid, is_root))
             truncated = True
-        sid = session_span_id(obs.trace) if key.startswith("session\x1f") else span_id(key)
         return Record(obs.trace + "/" + sid, data, obs.weight, truncated)
 
     def _trace_attrs(self, scroll: str) -> str:
@@ -368,12 +357,10 @@ class OtelTransport:
         info["\x00text"] = text
         return text
 
-    def span(self, key: str, obs: _Open) -> str:
-        """One OTLP/JSON `Span`, as text."""
+    def span(self, obs: _Open, sid: str, is_root: bool) -> str:
+        """One OTLP/JSON `Span` with span id `sid`, as text; a root (the session) has no parent."""
         body = obs.body
         scroll = obs.trace
-        is_root = key.startswith("session\x1f")
-        sid = session_span_id(scroll) if is_root else span_id(key)
         attrs = [_str_kv(OBS_TYPE, obs.kind)]
         trace_attrs = self._trace_attrs(scroll)
         if trace_attrs:

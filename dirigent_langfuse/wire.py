@@ -62,8 +62,7 @@ def _map_value_ok(value: Any) -> bool:
 def _check_observation(kind: str, body: Dict[str, Any]) -> Optional[str]:
     get = body.get
     for key in _OBS_STRINGS_ID:
-        value = get(key)
-        if value is not None and type(value) is not str and not isinstance(value, str):
+        if not _is_str(get(key)):
             return f"body.{key} must be a string"
     for key in ("startTime", "endTime", "completionStartTime"):
         if body.get(key) is not None and not _is_time(body[key]):

@@ -122,8 +122,7 @@ class Worker:
         self._outbox_bytes = 0
         self._outbox_since: Optional[float] = None
         self._pid = os.getpid()
-        self._main: Optional[threading.Thread] = None
-        self._threads: List[threading.Thread] = []
+        self._threads: List[threading.Thread] = []  # the worker thread first, then the senders
         self._alive = 0  # threads still running their loop
         self._inflight = 0  # requests being sent right now
         self._closing = False
@@ -193,15 +192,14 @@ class Worker:
                 "stream %r: queue full (%d items); dropping new items", self.name, self.config.max_queue_items,
             )
             return False
-        main = self._main
-        if main is None or not main.is_alive():
+        if not self._running():
             self._start()
         return True
 
     def _start(self) -> None:
         """The worker thread, and `max_inflight - 1` sender threads that only send (all daemons)."""
         with self._lock:
-            if self._main is not None and self._main.is_alive():
+            if self._running():
                 return
             if self._stopped:
                 return
@@ -210,10 +208,14 @@ class Worker:
                                  daemon=True)
                 for role in ["main"] + ["sender"] * (self.config.max_inflight - 1)
             ]
-            self._main = self._threads[0]
             self._alive += len(self._threads)
             for thread in self._threads:
                 thread.start()
+
+    def _running(self) -> bool:
+        """True while the worker thread (the one that prepares) is alive in this process."""
+        threads = self._threads
+        return bool(threads) and threads[0].is_alive()
 
     def join(self, timeout: float) -> bool:
         """Wait (at most `timeout`) for the threads to end after `shutdown`; True if they did."""
@@ -232,7 +234,7 @@ class Worker:
         A batch waiting out a backoff is tried once more at once. Returns within `timeout`.
         """
         deadline = self._clock() + timeout
-        if self._main is None or not self._main.is_alive():
+        if not self._running():
             self._start()
         with self._lock:
             target = self.accepted - self.dropped.get("queue_full", 0)
@@ -270,7 +272,7 @@ class Worker:
             if self._deadline is None or deadline < self._deadline:
                 self._deadline = deadline
             self._work.notify_all()
-            running = self._main is not None and self._main.is_alive()
+            running = self._running()
             if not running:
                 self._alive += 1
         if not running:
@@ -359,7 +361,7 @@ class Worker:
                     self._busy = True
                     return "prepare", None
                 if not self._outbox:
-                    if closing and (not self._queue or not main) and (main or not self._busy):
+                    if closing and (main or not self._busy):  # (closing: the main thread took the queue above)
                         return None
                     wake = now + self.config.flush_interval
                 else:
