@@ -210,13 +210,11 @@ class LangfuseClient:
             self._verify = settings.get("verify", True)
         else:
             self._proxies, self._verify = dict(session.proxies), session.verify
-        self._headers = {
-            "User-Agent": USER_AGENT,
-            "Accept": "*/*",
-            "Accept-Encoding": "gzip, deflate",
-            "Connection": "keep-alive",
-            "Authorization": requests.auth._basic_auth_str(self.config.public_key, self.config.secret_key),
+        # The session's own headers (User-Agent and requests' defaults) plus basic auth, built once.
+        self._headers: Dict[str, str] = {
+            k: v if isinstance(v, str) else v.decode("latin-1") for k, v in session.headers.items()
         }
+        self._headers["Authorization"] = requests.auth._basic_auth_str(self.config.public_key, self.config.secret_key)
         return session
 
     def reset(self) -> None:
