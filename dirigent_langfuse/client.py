@@ -306,7 +306,7 @@ class LangfuseClient:
         """POST one OTLP/JSON `ExportTraceServiceRequest`; a partial success counts rejected spans."""
         headers = {"Content-Type": "application/json", "x-langfuse-ingestion-version": "4"}
         if compress:
-            body = gzip.compress(body, compresslevel=5)
+            body = gzip.compress(body, compresslevel=1)  # fastest: the host's CPU over 15 % fewer bytes
             headers["Content-Encoding"] = "gzip"
         response = self._post(OTEL_PATH, body, headers)
         self._check(response, OTEL_PATH)

@@ -28,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
+from .encoding import dumps
 from .faults import Fault, FaultPlan
 from .store import Store
 from .wire import OtlpError, check_item, otlp_spans
@@ -164,7 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         successes: List[Dict[str, Any]] = []
         errors: List[Dict[str, Any]] = []
-        good = []
+        good: List[Tuple[int, Dict[str, Any]]] = []
         for index, item in enumerate(payload["batch"]):
             item_id = item.get("id") if isinstance(item, dict) and isinstance(item.get("id"), str) else f"#{index}"
             if fault is not None and fault.kind == "partial" and index % fault.every == fault.every - 1:
@@ -174,9 +175,9 @@ class _Handler(BaseHTTPRequestHandler):
             if problem:
                 errors.append({"id": item_id, "status": 400, "message": "Invalid request data", "error": problem})
             else:
-                good.append(item)
+                good.append((index, item))
                 successes.append({"id": item_id, "status": 201})
-        receiver.store.add_items(good, time.time())
+        receiver.store.add_items(data, good, time.time())
         receiver.store.bump("batches")
         self._send(207, {"successes": successes, "errors": errors})
 
@@ -199,12 +200,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {"message": f"Invalid OTLP export: {exc}"})
             return
         answer: Dict[str, Any] = {}
+        kept = list(enumerate(spans))
         if fault is not None and fault.kind == "partial":  # OTLP's partial success: a count, no ids
-            kept = [s for i, s in enumerate(spans) if i % fault.every != fault.every - 1]
+            kept = [(i, s) for i, s in kept if i % fault.every != fault.every - 1]
             answer = {"partialSuccess": {"rejectedSpans": str(len(spans) - len(kept)),
                                          "errorMessage": f"injected span fault {fault.code}"}}
-            spans = kept
-        receiver.store.add_spans(spans, time.time())
+        receiver.store.add_export(data if ctype == "application/json" else dumps(payload), kept, time.time())
         receiver.store.bump("batches")
         self._send(200, answer)
 

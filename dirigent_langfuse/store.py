@@ -1,9 +1,9 @@
 """The receiver's SQLite store: what a Langfuse project would hold after our requests.
 
 Writes are cheap and append-only, so that the receiver is never what a benchmark measures:
-each request's ingestion items (or OTLP spans) go into one `log` table in one transaction,
-keyed by envelope id (an item) or trace and span id (a span); a key seen before is ignored and
-counted as `resent`, since Langfuse de-duplicates on it.
+each request's body is kept whole in `bodies`, with one `log` row per accepted item (keyed by
+envelope id) or OTLP span (keyed by trace and span id) pointing into it, in one transaction. A key seen before is ignored and counted as `resent`, since Langfuse
+de-duplicates on it.
 
 Reads merge the log the way Langfuse merges creates and updates for the same body id: in the
 items' timestamp order (creates first on a tie), a later non-null field wins and `metadata` is merged key by key; an observation whose
@@ -21,11 +21,10 @@ import hashlib
 import json
 import sqlite3
 import threading
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from .encoding import dumps
 from .mapping import merge_body
-from .wire import decode_span
+from .wire import decode_span, otlp_spans
 
 __all__ = ["Store"]
 
@@ -37,13 +36,19 @@ CREATE TABLE IF NOT EXISTS log (
     received REAL NOT NULL,
     json TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS bodies (
+    seq INTEGER PRIMARY KEY,
+    json TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
 """
 
-_SPAN = "otel-span"
+_SPAN = "otel-span"  # a span's own JSON (written by earlier versions; still read)
+_SPAN_REF = "otel-ref"  # a span, "@<bodies.seq>:<index>": the index-th span of a stored export
+_SPAN_KINDS = (_SPAN, _SPAN_REF)
 _OBSERVATION_TYPES = {
     "span-create": "SPAN",
     "span-update": "SPAN",
@@ -162,39 +167,74 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------------
 
+    def _insert(self, rows: List[Tuple[str, str, float, Any]], received_counter: str) -> None:
+        """Append `rows` to the log inside the caller's transaction (lock held); count resends."""
+        before = self._db.total_changes
+        self._db.executemany("INSERT OR IGNORE INTO log (key, kind, received, json) VALUES (?, ?, ?, ?)", rows)
+        inserted = self._db.total_changes - before
+        self._counts[received_counter] += len(rows)
+        self._dirty[received_counter] += len(rows)
+        if len(rows) > inserted:
+            self._counts["resent"] += len(rows) - inserted
+            self._dirty["resent"] += len(rows) - inserted
+        self._save_counters()
+        if inserted:
+            self._view = None
+
     def _append(self, rows: List[Tuple[str, str, float, bytes]], received_counter: str) -> None:
         with self._lock:
-            before = self._db.total_changes
             self._db.execute("BEGIN")
             try:
-                self._db.executemany("INSERT OR IGNORE INTO log (key, kind, received, json) VALUES (?, ?, ?, ?)", rows)
-                inserted = self._db.total_changes - before
-                self._counts[received_counter] += len(rows)
-                self._dirty[received_counter] += len(rows)
-                if len(rows) > inserted:
-                    self._counts["resent"] += len(rows) - inserted
-                    self._dirty["resent"] += len(rows) - inserted
-                self._save_counters()
+                self._insert(rows, received_counter)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            if inserted:
-                self._view = None
 
-    def add_items(self, items: Iterable[Dict[str, Any]], received: float) -> None:
-        """Store valid ingestion items; an envelope id seen before changes nothing."""
-        rows = [(item["id"], item["type"], received, dumps(item)) for item in items]
-        if rows:
-            self._append(rows, "items_received")
+    def add_items(self, body: bytes, items: Iterable[Tuple[int, Dict[str, Any]]], received: float) -> None:
+        """Store an ingestion request's body as it came and, per valid item (its index in the
+        batch, the item), a log row pointing into it; an envelope id seen before changes nothing."""
+        rows = [(item["id"], item["type"], index) for index, item in items]
+        self._add_body(body, rows, received, "items_received")
 
-    def add_spans(self, spans: Iterable[Dict[str, Any]], received: float) -> None:
-        """Store checked OTLP/JSON spans (see `wire.otlp_spans`); they are decoded when read."""
-        rows = [(f"span:{span['traceId'].lower()}:{span['spanId'].lower()}", _SPAN, received, dumps(span)) for span in spans]
-        if rows:
-            self._append(rows, "spans_received")
+    def add_export(self, export: bytes, spans: Iterable[Tuple[int, Dict[str, Any]]], received: float) -> None:
+        """Store an OTLP/JSON export as it came (decompressed) and, per checked span (its index in
+        `wire.otlp_spans(export)`, the span), a log row pointing into it."""
+        rows = [(f"span:{span['traceId'].lower()}:{span['spanId'].lower()}", _SPAN_REF, index) for index, span in spans]
+        self._add_body(export, rows, received, "spans_received")
+
+    def _add_body(self, body: bytes, rows: List[Tuple[str, str, int]], received: float, counter: str) -> None:
+        # Nothing is re-encoded on the hot path: rows say "@<bodies.seq>:<index>", read back on demand.
+        if not rows:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                seq = self._db.execute("INSERT INTO bodies (json) VALUES (?)", (body,)).lastrowid
+                self._insert([(key, kind, received, f"@{seq}:{index}") for key, kind, index in rows], counter)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     # -- reading --------------------------------------------------------------------------------
+
+    def _reader(self) -> Callable[[str, Any], Dict[str, Any]]:
+        """(kind, log.json) → the item or OTLP span it stands for; bodies parsed once each."""
+        bodies: Dict[str, List[Dict[str, Any]]] = {}
+
+        def read(kind: str, text: Any) -> Dict[str, Any]:
+            if not (isinstance(text, str) and text.startswith("@")):
+                return json.loads(text)  # written whole by earlier versions
+            seq, index = text[1:].split(":")
+            entries = bodies.get(seq)
+            if entries is None:
+                (raw,) = self._db.execute("SELECT json FROM bodies WHERE seq = ?", (int(seq),)).fetchone()
+                payload = json.loads(raw)
+                entries = bodies[seq] = otlp_spans(payload) if kind == _SPAN_REF else payload["batch"]
+            return entries[int(index)]
+
+        return read
 
     def _merged(self) -> _View:
         with self._lock:
@@ -202,14 +242,14 @@ class Store:
             if view is not None:
                 return view
             rows = self._db.execute("SELECT kind, json FROM log ORDER BY seq").fetchall()
+            read = self._reader()
             view = _View()
             items = []
             for seq, (kind, text) in enumerate(rows):
-                if kind == _SPAN:
-                    trace, obs = decode_span(json.loads(text))
-                    view.span(trace, obs)
+                if kind in _SPAN_KINDS:
+                    view.span(*decode_span(read(kind, text)))
                 else:
-                    item = json.loads(text)
+                    item = read(kind, text)
                     create = 0 if str(kind).endswith("-create") else 1
                     items.append((str(item.get("timestamp") or ""), create, seq, item))
             # Langfuse merges a body's events in timestamp order, creates first on a tie, whatever
@@ -235,9 +275,12 @@ class Store:
 
     def items(self) -> List[Dict[str, Any]]:
         with self._lock:
-            rows = self._db.execute("SELECT json FROM log WHERE kind != ? ORDER BY seq", (_SPAN,)).fetchall()
-        return [json.loads(r[0]) for r in rows]
+            rows = self._db.execute(
+                "SELECT kind, json FROM log WHERE kind NOT IN (?, ?) ORDER BY seq", _SPAN_KINDS
+            ).fetchall()
+            read = self._reader()
+            return [read(kind, text) for kind, text in rows]
 
     def envelope_count(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM log WHERE kind != ?", (_SPAN,)).fetchone()[0])
+            return int(self._db.execute("SELECT COUNT(*) FROM log WHERE kind NOT IN (?, ?)", _SPAN_KINDS).fetchone()[0])

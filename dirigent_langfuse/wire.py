@@ -62,10 +62,12 @@ def _map_value_ok(value: Any) -> bool:
 def _check_observation(kind: str, body: Dict[str, Any]) -> Optional[str]:
     get = body.get
     for key in _OBS_STRINGS_ID:
-        if not _is_str(get(key)):
+        value = get(key)
+        if value is not None and not isinstance(value, str):
             return f"body.{key} must be a string"
     for key in ("startTime", "endTime", "completionStartTime"):
-        if body.get(key) is not None and not _is_time(body[key]):
+        value = get(key)
+        if value is not None and _TIME.match(value) is None:
             return f"body.{key} must be an ISO-8601 date-time"
     if kind.endswith("-update") and not isinstance(body.get("id"), str):
         return "body.id is required for an update"
@@ -133,6 +135,7 @@ class OtlpError(ValueError):
 
 
 _HEX = re.compile(r"^[0-9a-f]+$")
+_HEX_ANY = re.compile(r"[0-9a-fA-F]+")
 
 
 def _any_value(value: Any) -> Any:
@@ -174,6 +177,11 @@ def _id(value: Any, length: int, what: str) -> str:
     return value.lower()
 
 
+def _check_id(value: Any, length: int, what: str) -> None:
+    if type(value) is not str or len(value) != length or _HEX_ANY.fullmatch(value) is None:
+        raise OtlpError(f"{what} must be {length} hex digits")
+
+
 def _iso(nanos: Any) -> Optional[str]:
     if nanos in (None, "", 0, "0"):
         return None
@@ -207,6 +215,18 @@ def _prefixed(attrs: Dict[str, Any], prefix: str) -> Dict[str, Any]:
     return out
 
 
+def _check_nanos(value: Any, what: str) -> None:
+    """Unix nanoseconds, as OTLP/JSON writes them (a decimal string or an integer), or absent."""
+    if value is None or value == "" or value == 0:
+        return
+    try:
+        nanos = int(value)
+    except (TypeError, ValueError):
+        raise OtlpError(f"{what} must be unix nanoseconds") from None
+    if not 0 <= nanos < 1 << 63:
+        raise OtlpError(f"{what} must be unix nanoseconds")
+
+
 def otlp_spans(payload: Any) -> List[Dict[str, Any]]:
     """The spans of an OTLP/JSON export, checked (ids, times, attribute shapes) but not decoded:
     OtlpError for a malformed export. Cheap enough for the receiver's hot path."""
@@ -219,22 +239,21 @@ def otlp_spans(payload: Any) -> List[Dict[str, Any]]:
         _attributes((resource_spans.get("resource") or {}).get("attributes"))
         for scope_spans in resource_spans.get("scopeSpans") or []:
             for span in (scope_spans or {}).get("spans") or []:
-                if not isinstance(span, dict):
+                if type(span) is not dict:
                     raise OtlpError("spans must be objects")
-                _id(span.get("traceId"), 32, "traceId")
-                _id(span.get("spanId"), 16, "spanId")
-                if span.get("parentSpanId"):
-                    _id(span["parentSpanId"], 16, "parentSpanId")
-                _iso(span.get("startTimeUnixNano"))
-                _iso(span.get("endTimeUnixNano"))
-                entries = span.get("attributes")
+                get = span.get
+                _check_id(get("traceId"), 32, "traceId")
+                _check_id(get("spanId"), 16, "spanId")
+                if get("parentSpanId"):
+                    _check_id(span["parentSpanId"], 16, "parentSpanId")
+                _check_nanos(get("startTimeUnixNano"), "startTimeUnixNano")
+                _check_nanos(get("endTimeUnixNano"), "endTimeUnixNano")
+                entries = get("attributes")
                 if entries is not None:
-                    if not isinstance(entries, list):
+                    if type(entries) is not list:
                         raise OtlpError("attributes must be a list of KeyValue")
                     for kv in entries:
-                        if not isinstance(kv, dict) or not isinstance(kv.get("key"), str) or not isinstance(
-                            kv.get("value"), dict
-                        ):
+                        if type(kv) is not dict or type(kv.get("key")) is not str or type(kv.get("value")) is not dict:
                             raise OtlpError("an attribute needs a string key and an AnyValue object")
                 out.append(span)
     return out

@@ -165,3 +165,36 @@ def test_events_merge_in_timestamp_order_whatever_order_they_arrive(receiver):
     (generation,) = receiver.store.observations()
     assert generation["endTime"] and generation["startTime"] and generation["usageDetails"]["input"] == 10
     assert generation["metadata"]["message_id"] == "m1"
+
+
+def test_store_reads_rows_written_whole_by_earlier_versions(tmp_path):
+    """Earlier versions stored each item or span's JSON in its log row; such a database still reads."""
+    from dirigent_langfuse.store import Store
+
+    db = str(tmp_path / "old.db")
+    store = Store(db)
+    item = session_items()[0]
+    span = {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "s", "startTimeUnixNano": "1764061200000000000",
+            "endTimeUnixNano": "1764061201000000000",
+            "attributes": [{"key": "langfuse.observation.type", "value": {"stringValue": "tool"}}]}
+    store._db.executemany("INSERT INTO log (key, kind, received, json) VALUES (?, ?, ?, ?)", [
+        (item["id"], item["type"], 1.0, json.dumps(item).encode()),
+        ("span:" + "ab" * 16 + ":" + "cd" * 8, "otel-span", 1.0, json.dumps(span).encode()),
+    ])
+    store.close()
+    store = Store(db)
+    try:
+        assert store.items() == [item]
+        assert {t["id"] for t in store.traces()} == {item["body"]["id"], "ab" * 16}
+        assert [o["type"] for o in store.observations()] == ["TOOL"]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("nanos", ["soon", "-5", str(1 << 63), 1.5e30])
+def test_otlp_times_that_are_not_unix_nanoseconds_get_400(receiver, nanos):
+    span = {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "s", "startTimeUnixNano": nanos}
+    body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
+    answer = requests.post(receiver.url + "/api/public/otel/v1/traces", data=body,
+                           headers={"Content-Type": "application/json"}, auth=AUTH, timeout=5)
+    assert answer.status_code == 400 and "startTimeUnixNano" in answer.json()["message"]
