@@ -7,7 +7,8 @@ deterministic, so a replayed or retried event never makes a duplicate in Langfus
 - a trace's id is the scroll_id;
 - a message's observation id is uuid5(scroll_id, message_id); a tool call's, uuid5(scroll_id,
   toolCallId); a plan event's, uuid5(event_id);
-- an item's envelope id is uuid5(event_id, index of the item within the event).
+- an item's envelope id is the event_id for an event's first item (every event yields one), else
+  uuid5(event_id, index of the item within the event).
 
 `MappingState` remembers, per scroll, the message in progress (the parent of tool calls started
 during it) and which tool calls were seen. It is bounded (`max_scrolls`, `ttl`) and forgets a
@@ -77,6 +78,10 @@ def observation_id(scroll_id: str, kind: str, key: str) -> str:
 
 
 def envelope_id(event_id: str, index: int) -> str:
+    """An event's first item carries the event's own id (unique and stable: a replay re-sends
+    the same id); any further item, and an id too long for an envelope, uuid5(event_id, index)."""
+    if index == 0 and 0 < len(event_id) <= 64:
+        return event_id
     return _uuid5(f"{event_id}\x1f{index}")
 
 
@@ -164,6 +169,7 @@ class MappingState:
         self.ttl = ttl
         self._clock = clock
         self._scrolls: "OrderedDict[str, _Scroll]" = OrderedDict()
+        self._next_expiry = float("-inf")  # TTLs are checked at most once a second (or ttl)
         self.lock = threading.RLock()
 
     def __len__(self) -> int:
@@ -171,13 +177,16 @@ class MappingState:
 
     def scroll(self, scroll_id: str) -> _Scroll:
         now = self._clock()
-        entry = self._scrolls.get(scroll_id)
+        scrolls = self._scrolls
+        entry = scrolls.get(scroll_id)
         if entry is None:
-            entry = self._scrolls[scroll_id] = _Scroll(now)
+            entry = scrolls[scroll_id] = _Scroll(now)
         else:
             entry.seen = now
-            self._scrolls.move_to_end(scroll_id)
-        self._expire(now)
+            scrolls.move_to_end(scroll_id)
+        if len(scrolls) > self.max_scrolls or now >= self._next_expiry:
+            self._next_expiry = now + min(1.0, self.ttl)
+            self._expire(now)
         return entry
 
     def forget(self, scroll_id: str) -> None:
@@ -286,16 +295,15 @@ def _message_completed(event: MessageCompleted, scroll_id: str, state: Optional[
 
 
 def _tool_metadata(event: SessionUpdate, update: Dict[str, Any]) -> Dict[str, Any]:
-    return _prune(
-        {
-            "kind": update.get("kind"),
-            "locations": update.get("locations"),
-            "status": update.get("status"),
-            "toolCallId": update.get("toolCallId"),
-            "connector_id": event.connector_id,
-            "native_session_id": event.native_session_id,
-        }
-    )
+    meta: Dict[str, Any] = {}
+    get = update.get
+    for key in ("kind", "locations", "status", "toolCallId"):
+        value = get(key)
+        if value is not None:
+            meta[key] = value
+    meta["connector_id"] = event.connector_id
+    meta["native_session_id"] = event.native_session_id
+    return meta
 
 
 def _tool_output(update: Dict[str, Any]) -> Any:
@@ -324,7 +332,8 @@ def _tool_call(event: SessionUpdate, scroll_id: str, state: Optional[MappingStat
     if not (is_update and seen):
         body["name"] = update.get("title") or "tool call"
         body["startTime"] = at
-        body["parentObservationId"] = parent
+        if parent is not None:
+            body["parentObservationId"] = parent
     elif update.get("title"):
         body["name"] = update["title"]
     if update.get("rawInput") is not None:
@@ -341,7 +350,7 @@ def _tool_call(event: SessionUpdate, scroll_id: str, state: Optional[MappingStat
         body["output"] = update["content"]
     body["metadata"] = _tool_metadata(event, update)
     kind = "observation-update" if (is_update and seen) else "observation-create"
-    return [_item(event, 0, kind, _prune(body))]
+    return [_item(event, 0, kind, body)]
 
 
 def _failure_message(output: Any) -> str:

@@ -38,6 +38,8 @@ __all__ = ["LangfuseStream", "make_transport"]
 
 log = logging.getLogger(__name__)
 
+_ONE_QUEUED = StreamOutcome.accepted("1 item(s) queued")  # the usual answer; outcomes are immutable
+
 
 def make_transport(config: LangfuseConfig, client: LangfuseClient) -> Any:
     """The transport `config.transport` names; "auto" decides on the worker thread, once."""
@@ -168,6 +170,8 @@ class LangfuseStream(SessionStream):
             if self._closed:
                 return StreamOutcome.failed(StreamError.CLOSED, "stream is shut down")
             return StreamOutcome.failed(StreamError.OVERFLOW, f"queue full ({self.config.max_queue_items} items); dropped")
+        if len(items) == 1 and not released:
+            return _ONE_QUEUED
         detail = f"{len(items)} item(s) queued"
         if released:
             detail += f", {released} held event(s) released"
