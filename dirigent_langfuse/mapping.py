@@ -123,7 +123,11 @@ def _map_value(value: Any) -> Any:
 def merge_body(old: Dict[str, Any], new: Dict[str, Any], keep_first: Tuple[str, ...] = ()) -> Dict[str, Any]:
     """How Langfuse merges a create and its updates for one body id: a later non-null field wins,
     `metadata` merges key by key, and fields in `keep_first` keep their first value."""
-    out = dict(old)
+    return merge_into(dict(old), new, keep_first)
+
+
+def merge_into(out: Dict[str, Any], new: Dict[str, Any], keep_first: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """`merge_body`, changing `out` in place (its nested `metadata` is replaced, never changed)."""
     for key, value in new.items():
         if value is None or (key in keep_first and out.get(key)):
             continue

@@ -35,7 +35,7 @@ from . import __version__
 from .client import LangfuseClient
 from .config import LangfuseConfig
 from .encoding import dumps, shrink_fields
-from .mapping import merge_body, uuid5_hex
+from .mapping import merge_into, uuid5_hex
 from .transport import IngestionTransport, Record, Report
 
 __all__ = ["OtelTransport", "AutoTransport", "otel_trace_id", "span_id", "choose_transport"]
@@ -125,13 +125,12 @@ def _nanos(iso: Optional[str]) -> Optional[str]:
     """Unix nanoseconds, as OTLP/JSON writes them (a string), from an ISO-8601 time."""
     if not iso:
         return None
-    # The mapping's own format, "2026-11-30T02:04:40.123Z", read by slicing (a hot path).
-    if len(iso) == 24 and iso[23] == "Z" and iso[10] == "T" and iso[19] == ".":
-        try:
-            seconds = _day_seconds(iso[:10]) + int(iso[11:13]) * 3600 + int(iso[14:16]) * 60 + int(iso[17:19])
-            return str(seconds * 1_000_000_000 + int(iso[20:23]) * 1_000_000)
-        except ValueError:
-            pass
+    # The mapping's own format, "2026-11-30T02:04:40.123Z": the second's nanoseconds are written
+    # as its Unix seconds (cached: a burst of events shares its seconds) and then the 9 digits.
+    if len(iso) == 24 and iso[23] == "Z" and iso[19] == "." and iso[20:23].isdigit():
+        seconds = _unix_seconds(iso[:19])
+        if seconds is not None:
+            return seconds + iso[20:23] + "000000"
     text = iso[:-1] + "+00:00" if iso.endswith("Z") else iso
     try:
         at = datetime.fromisoformat(text)
@@ -143,10 +142,18 @@ def _nanos(iso: Optional[str]) -> Optional[str]:
     return str((delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000)
 
 
-@functools.lru_cache(maxsize=64)
-def _day_seconds(date: str) -> int:
-    """Unix seconds at midnight UTC of a "YYYY-MM-DD" date (raises ValueError if it is not one)."""
-    return (datetime.fromisoformat(date + "T00:00:00+00:00") - _EPOCH).days * 86_400
+@functools.lru_cache(maxsize=1024)
+def _unix_seconds(second: str) -> Optional[str]:
+    """Unix seconds of a "YYYY-MM-DDTHH:MM:SS" UTC time, as text; None before 1970-01-01T00:00:01
+    or when it is not such a time (the caller takes the general path)."""
+    try:
+        at = datetime.fromisoformat(second + "+00:00")
+    except ValueError:
+        return None
+    if second[10] != "T" or at <= _EPOCH:
+        return None
+    delta = at - _EPOCH
+    return str(delta.days * 86_400 + delta.seconds)
 
 
 def _six_digits(text: str) -> str:
@@ -179,6 +186,21 @@ def _str_kv(key: str, value: Any) -> str:
         if len(_heads) < 4096:  # attribute names repeat; metadata keys are the host's, so bounded
             _heads[key] = head
     return head + _quote(value if type(value) is str else _text(value)) + "}}"
+
+
+# (body field, its KeyValue's text up to the string value, a map that is left out when empty)
+_OBS_HEADS = tuple(
+    (field, '{"key":' + _quote(attr) + ',"value":{"stringValue":', field in _OBS_MAPS) for field, attr in _OBS_FIELDS
+)
+_meta_heads: Dict[Any, str] = {}
+
+
+def _meta_head(key: Any) -> str:
+    """The text of `langfuse.observation.metadata.<key>`'s KeyValue up to its string value."""
+    head = '{"key":' + _quote(f"{OBS_METADATA}.{key}") + ',"value":{"stringValue":'
+    if len(_meta_heads) < 4096:  # metadata keys are the host's: bounded
+        _meta_heads[key] = head
+    return head
 
 
 def _list_kv(key: str, values: Sequence[str]) -> str:
@@ -280,7 +302,7 @@ class OtelTransport:
             self._open[key] = obs
         else:
             obs.weight += 1
-            obs.body = merge_body(obs.body, body, keep_first=_KEEP_FIRST)
+            merge_into(obs.body, body, _KEEP_FIRST)  # obs.body is our own copy
         if obs.body.get("endTime"):
             del self._open[key]
             out.append(self._emit(key, obs))
@@ -377,18 +399,21 @@ class OtelTransport:
     def span(self, obs: _Open, sid: str, is_root: bool) -> str:
         """One OTLP/JSON `Span` with span id `sid`, as text; a root (the session) has no parent."""
         body = obs.body
+        get = body.get
         scroll = obs.trace
         attrs = [_str_kv(OBS_TYPE, obs.kind)]
         trace_attrs = self._trace_attrs(scroll)
         if trace_attrs:
             attrs.append(trace_attrs)
-        get = body.get
-        for field, attr in _OBS_FIELDS:
+        for field, head, is_map in _OBS_HEADS:
             value = get(field)
-            if value is not None and value != "" and (field not in _OBS_MAPS or value):
-                attrs.append(_str_kv(attr, value))
-        for mkey, mvalue in (get("metadata") or {}).items():
-            attrs.append(_str_kv(f"{OBS_METADATA}.{mkey}", mvalue))
+            if value is not None and value != "" and (value or not is_map):
+                attrs.append(head + _quote(value if type(value) is str else _text(value)) + "}}")
+        meta = get("metadata")
+        if meta:
+            for mkey, mvalue in meta.items():
+                head = _meta_heads.get(mkey) or _meta_head(mkey)
+                attrs.append(head + _quote(mvalue if type(mvalue) is str else _text(mvalue)) + "}}")
         start = _nanos(get("startTime")) or _nanos(get("endTime")) or _nanos(_now_iso(self._clock()))
         end = _nanos(get("endTime")) or start
         text = '{"traceId":"' + otel_trace_id(scroll) + '","spanId":"' + sid + '"'

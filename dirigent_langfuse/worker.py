@@ -124,6 +124,7 @@ class Worker:
         self._pid = os.getpid()
         self._threads: List[threading.Thread] = []  # the worker thread first, then the senders
         self._alive = 0  # threads still running their loop
+        self._main_looping = False  # the worker thread is in its loop (a cheap `_running()` for `submit`)
         self._inflight = 0  # requests being sent right now
         self._closing = False
         self._deadline: Optional[float] = None
@@ -192,7 +193,7 @@ class Worker:
                 "stream %r: queue full (%d items); dropping new items", self.name, self.config.max_queue_items,
             )
             return False
-        if not self._running():
+        if not self._main_looping:  # (`_running()` asks the thread itself: too slow for every event)
             self._start()
         return True
 
@@ -209,6 +210,7 @@ class Worker:
                 for role in ["main"] + ["sender"] * (self.config.max_inflight - 1)
             ]
             self._alive += len(self._threads)
+            self._main_looping = True
             for thread in self._threads:
                 thread.start()
 
@@ -318,6 +320,8 @@ class Worker:
         finally:
             with self._lock:
                 self._alive -= 1
+                if role == "main":
+                    self._main_looping = False
                 last = self._alive <= 0
             if last:  # the last thread out counts what is left
                 self._finish()
