@@ -17,6 +17,7 @@ scroll at `SessionEnded`. Without a state the function still works: tool calls h
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
@@ -91,16 +92,32 @@ _last_time: Tuple[Optional[datetime], str] = (None, "")
 def iso_time(at: datetime) -> str:
     """UTC ISO-8601 with milliseconds and `Z`, as Langfuse's SDKs send it.
 
-    An event's time is formatted for its envelope and again for its body: the last one is kept."""
+    An event's time is formatted for its envelope and again for its body: the last one is kept;
+    and the text up to the second is shared by every event within that second."""
     global _last_time
     last = _last_time
     if last[0] is at:
         return last[1]
-    utc = at if at.tzinfo is timezone.utc else at.astimezone(timezone.utc)
-    text = "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (
-        utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond // 1000)
+    seconds = at.timestamp()
+    if seconds >= 0:
+        text = _second_text(int(seconds)) + _MILLIS[at.microsecond // 1000]
+    else:
+        utc = at.astimezone(timezone.utc)
+        text = _format_second(utc) + _MILLIS[utc.microsecond // 1000]
     _last_time = (at, text)
     return text
+
+
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
+def _format_second(utc: datetime) -> str:
+    return "%04d-%02d-%02dT%02d:%02d:%02d" % (utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second)
+
+
+@functools.lru_cache(maxsize=1024)
+def _second_text(seconds: int) -> str:
+    return _format_second(datetime.fromtimestamp(seconds, timezone.utc))
 
 
 def _map_value(value: Any) -> Any:
