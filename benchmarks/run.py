@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -121,6 +122,30 @@ def run_system(system: str, python: str, args: argparse.Namespace, tmp: Path) ->
     return data
 
 
+def instructions(system: str, python: str, args: argparse.Namespace, tmp: Path) -> Optional[float]:
+    """Instructions per event under valgrind's callgrind: the whole process (every thread) at
+    `args.sessions` sessions minus the same run with none (start-up, imports, shutdown). Unlike
+    CPU time it does not drift with the machine, so the ratios it gives are repeatable."""
+    counts = []
+    for sessions in (args.sessions, 0):
+        version = "4.0.0" if system in ("sdk", "dirigent-otel") else "3.120.0"
+        receiver = ReceiverProcess(tmp, system, version)
+        try:
+            result = subprocess.run(
+                ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python, str(HERE / "drive.py"),
+                 system, "--url", receiver.url, "--sessions", str(sessions), "--messages", str(args.messages),
+                 "--tools", str(args.tools), "--run-id", f"{system}-ir-{sessions}-{os.getpid()}"],
+                capture_output=True, text=True, env=env(), cwd=str(ROOT), timeout=3600)
+        finally:
+            receiver.stop()
+        found = [line for line in result.stderr.splitlines() if "Collected :" in line]
+        if result.returncode != 0 or not found:
+            return None
+        counts.append(int(found[-1].split(":")[-1].strip()))
+    events = args.sessions * (2 + 2 * args.messages + 2 * args.messages * args.tools)
+    return (counts[0] - counts[1]) / max(1, events)
+
+
 def expected(system: str, s: int, m: int, k: int) -> int:
     if system in ("sdk", "dirigent-otel"):
         return s * (1 + m + m * k)  # spans: a session, its messages, their tool calls
@@ -197,6 +222,30 @@ def ratios(by: Dict[str, Dict[str, Any]]) -> List[str]:
     return out
 
 
+def print_instructions(systems: List[str], args: argparse.Namespace, tmp: Path, log: Any) -> None:
+    if shutil.which("valgrind") is None:
+        log("--instructions: valgrind is not installed; skipped")
+        return
+    counted: Dict[str, float] = {}
+    for system in systems:
+        python = sys.executable if system not in SDKS else sdk_python(system, Path(args.venvs), log)
+        if python is None:
+            continue
+        log(f"counting instructions of {system} under valgrind ...")
+        value = instructions(system, python, args, tmp)
+        if value is None:
+            log(f"  {system}: valgrind run failed")
+            continue
+        counted[system] = value
+    print()
+    print("instructions per event (valgrind callgrind, all threads):")
+    for system, value in counted.items():
+        print(f"  {system:<20} {value:>10,.0f}")
+    for ours, theirs in (("dirigent-ingestion", "sdk2"), ("dirigent-otel", "sdk")):
+        if ours in counted and theirs in counted:
+            print(f"  {ours} vs {theirs}: {counted[ours] / counted[theirs]:.3f}x")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", "-S", type=int, default=20, help="sessions (default 20)")
@@ -211,6 +260,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--repeat", type=int, default=5,
                         help="runs per system; the table shows each figure's median (default 5)")
     parser.add_argument("--smoke", action="store_true", help="2 x 2 x 2, one run, our systems and the floor only (CI)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count instructions per event under valgrind (slow: minutes; repeatable "
+                             "where CPU time drifts)")
     parser.add_argument("--json", help="also write the raw results to this file")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -279,6 +331,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                       f"live objects after shutdown; at {big.sessions} sessions: peak RSS {row['rss_mb']:.1f} MB "
                       f"(the queue's backlog while the caller outruns the sender), {row['objects_after']} live "
                       f"objects after shutdown; retained {row['retained']}")
+        if args.instructions:
+            print_instructions([s for s in systems if s != "floor"], args, tmp, log)
     if args.json:
         Path(args.json).write_text(json.dumps(raw, indent=1))
     return 1 if failed else 0

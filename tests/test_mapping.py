@@ -1,6 +1,7 @@
 """The pure mapping: every row of the seed's table, the deferred items, ids, and the spec."""
 
 import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -89,8 +90,27 @@ def test_ids_are_deterministic_so_replays_do_not_duplicate():
     assert observation_id("scroll-1", "msg", "m1") != observation_id("scroll-2", "msg", "m1")
 
 
+def test_envelope_id_is_the_event_id_unless_too_long_or_not_the_first_item():
+    assert envelope_id("0f" * 16, 0) == "0f" * 16
+    assert envelope_id("e1", 0) == "e1"
+    long_id = "x" * 65
+    assert envelope_id(long_id, 0) != long_id and len(envelope_id(long_id, 0)) == 36
+    assert envelope_id("e1", 1) not in ("e1", envelope_id("e1", 2))
+
+
 def test_iso_time_milliseconds_and_z():
     assert iso_time(at(0.1234)) == "2026-11-25T09:00:00.123Z"
+
+
+@pytest.mark.parametrize("value, text", [
+    (datetime(2026, 11, 25, 9, 0, 59, 999999, tzinfo=timezone.utc), "2026-11-25T09:00:59.999Z"),
+    (datetime(2026, 11, 25, 10, 30, 0, 5000, tzinfo=timezone(timedelta(hours=1, minutes=30))), "2026-11-25T09:00:00.005Z"),
+    (datetime(1970, 1, 1, tzinfo=timezone.utc), "1970-01-01T00:00:00.000Z"),
+    (datetime(1969, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc), "1969-12-31T23:59:59.999Z"),
+    (datetime(1, 1, 1, tzinfo=timezone.utc), "0001-01-01T00:00:00.000Z"),
+])
+def test_iso_time_is_utc_whatever_the_zone_and_the_year(value, text):
+    assert iso_time(value) == text
 
 
 # -- the deferred items: tool calls, plans, session end -------------------------------------------

@@ -117,6 +117,18 @@ def test_ids_are_hex_deterministic_and_times_are_nano_strings():
     assert {s["traceId"] for s in first} == {otel_trace_id("scroll-1")}
 
 
+@pytest.mark.parametrize("iso", ["2026-11-25T09:00:00.123Z", "1970-01-01T00:00:00.000Z", "1970-01-01T00:00:00.007Z",
+                                 "1969-12-31T23:59:59.500Z", "2024-02-29T23:59:59.999Z", "2026-11-25 09:00:00.123Z",
+                                 "2026-11-25T09:00:00.123456+00:00", "2026-11-25T10:00:00.500+01:00"])
+def test_span_times_are_the_exact_unix_nanoseconds(iso):
+    from datetime import datetime, timezone
+
+    from dirigent_langfuse.otel import _nanos
+
+    delta = datetime.fromisoformat(iso.replace("Z", "+00:00")) - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    assert int(_nanos(iso)) == ((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000
+
+
 def test_every_langfuse_attribute_we_set_is_one_langfuse_reads():
     if not OTEL_ATTRIBUTES.exists():
         pytest.skip(f"{OTEL_ATTRIBUTES} is absent; CI always has it")
