@@ -148,9 +148,14 @@ def dumps(value: Any) -> bytes:
         text = _fast(value)
     except (ValueError, TypeError, RecursionError):
         text = json.dumps(to_jsonable(value), separators=(",", ":"), ensure_ascii=False)
+    return utf8(text)
+
+
+def utf8(text: str) -> bytes:
+    """`text` as UTF-8; lone surrogates (from badly decoded input) become "?" instead of raising."""
     try:
         return text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates from badly decoded input
+    except UnicodeEncodeError:
         return text.encode("utf-8", "replace")
 
 
@@ -163,21 +168,22 @@ def truncate_text(text: str, limit: int) -> str:
     return keep + TRUNCATION_MARKER.format(size=size)
 
 
-def _as_text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A string as it is; anything else as its JSON text."""
     return value if isinstance(value, str) else dumps(value).decode("utf-8")
 
 
 def shrink_fields(fields: Dict[str, Any], names: Tuple[str, ...], excess: int) -> bool:
     """Cut the largest of `names` in `fields` (in place) until `excess` bytes are saved."""
     sizes = sorted(
-        ((len(_as_text(fields[n]).encode()), n) for n in names if fields.get(n) is not None), reverse=True
+        ((len(as_text(fields[n]).encode()), n) for n in names if fields.get(n) is not None), reverse=True
     )
     changed = False
     for size, name in sizes:
         if excess <= 0:
             break
         keep = max(0, size - excess - len(TRUNCATION_MARKER) - 16)
-        fields[name] = truncate_text(_as_text(fields[name]), keep)
+        fields[name] = truncate_text(as_text(fields[name]), keep)
         excess -= size - len(fields[name].encode())
         changed = True
     return changed

@@ -34,8 +34,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import __version__
 from .client import LangfuseClient
 from .config import LangfuseConfig
-from .encoding import dumps, shrink_fields
-from .mapping import merge_into, uuid5_hex
+from .encoding import as_text, shrink_fields, utf8
+from .mapping import iso_time, merge_into, uuid5_hex
 from .transport import IngestionTransport, Record, Report
 
 __all__ = ["OtelTransport", "AutoTransport", "otel_trace_id", "span_id", "choose_transport"]
@@ -78,13 +78,6 @@ _OBS_FIELDS = (
 )
 _OBS_MAPS = frozenset({"modelParameters", "usageDetails", "costDetails"})
 _quote: Any = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
-
-
-def _utf8(text: str) -> bytes:
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates from badly decoded input
-        return text.encode("utf-8", "replace")
 
 
 _KEEP_FIRST = ("startTime", "parentObservationId")  # the create's start and parent win
@@ -165,40 +158,31 @@ def _six_digits(text: str) -> str:
 
 
 def _now_iso(now: Optional[float] = None) -> str:
-    at = datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc)
-    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+    return iso_time(datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc))
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else dumps(value).decode("utf-8")
-
-
-_heads: Dict[str, str] = {}
+def _head(key: str) -> str:
+    """An OTLP `KeyValue` with a `stringValue`, as JSON text up to the value (spans are built as
+    text: the hot path)."""
+    return '{"key":' + _quote(key) + ',"value":{"stringValue":'
 
 
 def _str_kv(key: str, value: Any) -> str:
-    """An OTLP `KeyValue` with a `stringValue`, as JSON text (spans are built as text: the hot
-    path). Values that are not strings go as JSON text (no `intValue`: OTLP/JSON wants int64 as
-    a string, Langfuse's schema an integer)."""
-    head = _heads.get(key)
-    if head is None:
-        head = '{"key":' + _quote(key) + ',"value":{"stringValue":'
-        if len(_heads) < 4096:  # attribute names repeat; metadata keys are the host's, so bounded
-            _heads[key] = head
-    return head + _quote(value if type(value) is str else _text(value)) + "}}"
+    """The whole `KeyValue`. Values that are not strings go as JSON text (no `intValue`:
+    OTLP/JSON wants int64 as a string, Langfuse's schema an integer)."""
+    return _head(key) + _quote(as_text(value)) + "}}"
 
 
-# (body field, its KeyValue's text up to the string value, a map that is left out when empty)
-_OBS_HEADS = tuple(
-    (field, '{"key":' + _quote(attr) + ',"value":{"stringValue":', field in _OBS_MAPS) for field, attr in _OBS_FIELDS
-)
+# The heads a span writes each time: its type, and (body field, head, a map left out when empty).
+_TYPE_HEAD = _head(OBS_TYPE)
+_OBS_HEADS = tuple((field, _head(attr), field in _OBS_MAPS) for field, attr in _OBS_FIELDS)
 _meta_heads: Dict[Any, str] = {}
 
 
 def _meta_head(key: Any) -> str:
-    """The text of `langfuse.observation.metadata.<key>`'s KeyValue up to its string value."""
-    head = '{"key":' + _quote(f"{OBS_METADATA}.{key}") + ',"value":{"stringValue":'
-    if len(_meta_heads) < 4096:  # metadata keys are the host's: bounded
+    """The head of `langfuse.observation.metadata.<key>`, remembered (bounded: the keys are the host's)."""
+    head = _head(f"{OBS_METADATA}.{key}")
+    if len(_meta_heads) < 4096:
         _meta_heads[key] = head
     return head
 
@@ -361,13 +345,13 @@ class OtelTransport:
             body["metadata"] = meta
         is_root = key.startswith("session\x1f")
         sid = session_span_id(obs.trace) if is_root else span_id(key)
-        data = _utf8(self.span(obs, sid, is_root))
+        data = utf8(self.span(obs, sid, is_root))
         truncated = False
         if len(data) > self.max_item_bytes:
             fields = {"input": body.get("input"), "output": body.get("output"), "metadata": body.get("metadata")}
             shrink_fields(fields, ("input", "output", "metadata"), len(data) - self.max_item_bytes)
             body.update({k: v for k, v in fields.items() if v is not None})
-            data = _utf8(self.span(obs, sid, is_root))
+            data = utf8(self.span(obs, sid, is_root))
             truncated = True
         return Record(obs.trace + "/" + sid, data, obs.weight, truncated)
 
@@ -401,19 +385,19 @@ class OtelTransport:
         body = obs.body
         get = body.get
         scroll = obs.trace
-        attrs = [_str_kv(OBS_TYPE, obs.kind)]
+        attrs = [_TYPE_HEAD + _quote(obs.kind) + "}}"]
         trace_attrs = self._trace_attrs(scroll)
         if trace_attrs:
             attrs.append(trace_attrs)
         for field, head, is_map in _OBS_HEADS:
             value = get(field)
             if value is not None and value != "" and (value or not is_map):
-                attrs.append(head + _quote(value if type(value) is str else _text(value)) + "}}")
+                attrs.append(head + _quote(value if type(value) is str else as_text(value)) + "}}")
         meta = get("metadata")
         if meta:
             for mkey, mvalue in meta.items():
                 head = _meta_heads.get(mkey) or _meta_head(mkey)
-                attrs.append(head + _quote(mvalue if type(mvalue) is str else _text(mvalue)) + "}}")
+                attrs.append(head + _quote(mvalue if type(mvalue) is str else as_text(mvalue)) + "}}")
         start = _nanos(get("startTime")) or _nanos(get("endTime")) or _nanos(_now_iso(self._clock()))
         end = _nanos(get("endTime")) or start
         text = '{"traceId":"' + otel_trace_id(scroll) + '","spanId":"' + sid + '"'

@@ -2,12 +2,12 @@
 
 Writes are cheap and append-only, so that the receiver is never what a benchmark measures:
 each request's body is kept whole in `bodies`, with one `log` row per accepted item (keyed by
-envelope id) or OTLP span (keyed by trace and span id) pointing into it, in one transaction. A key seen before is ignored and counted as `resent`, since Langfuse
-de-duplicates on it.
+envelope id) or OTLP span (keyed by trace and span id) pointing into it, in one transaction. A
+key seen before is ignored and counted as `resent`, since Langfuse de-duplicates on it.
 
 Reads merge the log the way Langfuse merges creates and updates for the same body id: in the
-items' timestamp order (creates first on a tie), a later non-null field wins and `metadata` is merged key by key; an observation whose
-trace was never created creates it. OTLP spans merge into the same traces and observations
+items' timestamp order (creates first on a tie), a later non-null field wins and `metadata` is
+merged key by key; an observation whose trace was never created creates it. OTLP spans merge into the same traces and observations
 (observation id = span id, trace id = OTel trace id).
 
 Counters a delivery test needs: requests, items and spans received, `resent` (harmless), and
@@ -167,30 +167,6 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def _insert(self, rows: List[Tuple[str, str, float, Any]], received_counter: str) -> None:
-        """Append `rows` to the log inside the caller's transaction (lock held); count resends."""
-        before = self._db.total_changes
-        self._db.executemany("INSERT OR IGNORE INTO log (key, kind, received, json) VALUES (?, ?, ?, ?)", rows)
-        inserted = self._db.total_changes - before
-        self._counts[received_counter] += len(rows)
-        self._dirty[received_counter] += len(rows)
-        if len(rows) > inserted:
-            self._counts["resent"] += len(rows) - inserted
-            self._dirty["resent"] += len(rows) - inserted
-        self._save_counters()
-        if inserted:
-            self._view = None
-
-    def _append(self, rows: List[Tuple[str, str, float, bytes]], received_counter: str) -> None:
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._insert(rows, received_counter)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-
     def add_items(self, body: bytes, items: Iterable[Tuple[int, Dict[str, Any]]], received: float) -> None:
         """Store an ingestion request's body as it came and, per valid item (its index in the
         batch, the item), a log row pointing into it; an envelope id seen before changes nothing."""
@@ -204,18 +180,32 @@ class Store:
         self._add_body(export, rows, received, "spans_received")
 
     def _add_body(self, body: bytes, rows: List[Tuple[str, str, int]], received: float, counter: str) -> None:
-        # Nothing is re-encoded on the hot path: rows say "@<bodies.seq>:<index>", read back on demand.
+        """One transaction: the body, then its (key, kind, index) rows in the log, each saying
+        "@<bodies.seq>:<index>" (nothing is re-encoded); keys seen before are counted as resent."""
         if not rows:
             return
         with self._lock:
             self._db.execute("BEGIN")
             try:
                 seq = self._db.execute("INSERT INTO bodies (json) VALUES (?)", (body,)).lastrowid
-                self._insert([(key, kind, received, f"@{seq}:{index}") for key, kind, index in rows], counter)
+                before = self._db.total_changes
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO log (key, kind, received, json) VALUES (?, ?, ?, ?)",
+                    [(key, kind, received, f"@{seq}:{index}") for key, kind, index in rows],
+                )
+                inserted = self._db.total_changes - before
+                self._counts[counter] += len(rows)
+                self._dirty[counter] += len(rows)
+                if len(rows) > inserted:
+                    self._counts["resent"] += len(rows) - inserted
+                    self._dirty["resent"] += len(rows) - inserted
+                self._save_counters()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            if inserted:
+                self._view = None
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -134,8 +134,7 @@ class OtlpError(ValueError):
     """The export as a whole is malformed (Langfuse answers 400 and keeps nothing)."""
 
 
-_HEX = re.compile(r"^[0-9a-f]+$")
-_HEX_ANY = re.compile(r"[0-9a-fA-F]+")
+_HEX = re.compile(r"[0-9a-fA-F]+")
 
 
 def _any_value(value: Any) -> Any:
@@ -171,15 +170,15 @@ def _attributes(entries: Any) -> Dict[str, Any]:
     return out
 
 
-def _id(value: Any, length: int, what: str) -> str:
-    if not isinstance(value, str) or len(value) != length or not _HEX.match(value.lower()):
-        raise OtlpError(f"{what} must be {length} hex digits")
-    return value.lower()
-
-
 def _check_id(value: Any, length: int, what: str) -> None:
-    if type(value) is not str or len(value) != length or _HEX_ANY.fullmatch(value) is None:
+    if not isinstance(value, str) or len(value) != length or _HEX.fullmatch(value) is None:
         raise OtlpError(f"{what} must be {length} hex digits")
+
+
+def _id(value: Any, length: int, what: str) -> str:
+    """A checked id, lowercased (as Langfuse keys it)."""
+    _check_id(value, length, what)
+    return value.lower()
 
 
 def _iso(nanos: Any) -> Optional[str]:

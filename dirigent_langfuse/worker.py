@@ -124,7 +124,7 @@ class Worker:
         self._pid = os.getpid()
         self._threads: List[threading.Thread] = []  # the worker thread first, then the senders
         self._alive = 0  # threads still running their loop
-        self._main_looping = False  # the worker thread is in its loop (a cheap `_running()` for `submit`)
+        self._main_looping = False  # the worker thread (the one that prepares) is in its loop
         self._inflight = 0  # requests being sent right now
         self._closing = False
         self._deadline: Optional[float] = None
@@ -193,7 +193,7 @@ class Worker:
                 "stream %r: queue full (%d items); dropping new items", self.name, self.config.max_queue_items,
             )
             return False
-        if not self._main_looping:  # (`_running()` asks the thread itself: too slow for every event)
+        if not self._running():
             self._start()
         return True
 
@@ -210,14 +210,14 @@ class Worker:
                 for role in ["main"] + ["sender"] * (self.config.max_inflight - 1)
             ]
             self._alive += len(self._threads)
-            self._main_looping = True
             for thread in self._threads:
                 thread.start()
+            self._main_looping = True  # (the thread clears it on its way out, under this lock)
 
     def _running(self) -> bool:
-        """True while the worker thread (the one that prepares) is alive in this process."""
-        threads = self._threads
-        return bool(threads) and threads[0].is_alive()
+        """True while the worker thread is in its loop in this process. A flag, not the thread's
+        `is_alive()`: `submit` asks on every event."""
+        return self._main_looping
 
     def join(self, timeout: float) -> bool:
         """Wait (at most `timeout`) for the threads to end after `shutdown`; True if they did."""
