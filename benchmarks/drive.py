@@ -112,6 +112,13 @@ def dirigent(args: argparse.Namespace, transport: str) -> Tuple[Callable[[Step],
     return call, finish
 
 
+def sdk_finish(lf: Any, module: Any, unknown: str) -> Dict[str, Any]:
+    """Either SDK's end of a run: everything sent and acknowledged, then its version."""
+    lf.flush()
+    lf.shutdown()
+    return {"ok": True, "version": getattr(module, "__version__", unknown)}
+
+
 # -- Langfuse SDK v2 ---------------------------------------------------------------------------------------
 
 
@@ -149,12 +156,7 @@ def sdk2(args: argparse.Namespace) -> Tuple[Callable[[Step], None], Callable[[],
         else:
             traces.pop(s).update(metadata={"end_reason": "completed"})
 
-    def finish() -> Dict[str, Any]:
-        lf.flush()
-        lf.shutdown()
-        return {"ok": True, "version": getattr(langfuse, "__version__", "2.x")}
-
-    return call, finish
+    return call, lambda: sdk_finish(lf, langfuse, "2.x")
 
 
 # -- the current Langfuse SDK (OpenTelemetry) -----------------------------------------------------------
@@ -211,12 +213,7 @@ def sdk_current(args: argparse.Namespace) -> Tuple[Callable[[Step], None], Calla
             for cm in reversed(roots.pop(s)):
                 cm.__exit__(None, None, None)
 
-    def finish() -> Dict[str, Any]:
-        lf.flush()
-        lf.shutdown()
-        return {"ok": True, "version": getattr(langfuse, "__version__", "?")}
-
-    return call, finish
+    return call, lambda: sdk_finish(lf, langfuse, "?")
 
 
 # -- the floor: a bare http.client loop ------------------------------------------------------------------
