@@ -28,13 +28,14 @@ class Server:
     def __init__(self, rs):
         self.batches = []
         self.answers = []  # statuses to answer first, in order
+        self.down = False  # while set, every request gets 503
         self.got = threading.Condition()
         rs.add_callback("POST", URL, callback=self)
 
     def __call__(self, request):
         batch = json.loads(request.body)["batch"]
         with self.got:
-            status = self.answers.pop(0) if self.answers else 207
+            status = 503 if self.down else self.answers.pop(0) if self.answers else 207
             if status == 207:
                 self.batches.append(batch)
             self.got.notify_all()
@@ -290,10 +291,11 @@ def test_two_requests_in_flight_while_healthy_one_when_not():
 
 def test_one_request_at_a_time_after_a_failure(server):
     stream = make(flush_interval=30, batch_size=2, retry_backoff_max=60)
-    server.answers = [503] * 4  # one failed send (1 try + 3 retries)
+    server.down = True  # every send fails, so no concurrent success can end the failure early
     for i in range(6):
         stream.on_event(started(f"m{i}"))
     assert not stream.flush(5).ok
     assert stream._worker._allowed() == 1  # degraded: one request (a probe) at a time
+    server.down = False
     assert stream.flush(5).ok and stream._worker._allowed() == 2
     stream.shutdown(1)
