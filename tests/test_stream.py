@@ -8,6 +8,7 @@ import pytest
 import responses
 
 from dirigent_langfuse import Health, LangfuseConfig, LangfuseStream, OutcomeStatus, StreamError
+from dirigent_langfuse.mapping import bus_event_to_items
 
 from .helpers import bound, completed, created, ended, started, tool_call
 
@@ -282,8 +283,11 @@ def test_two_requests_in_flight_while_healthy_one_when_not():
 
         rs.add_callback("POST", URL, callback=answer)
         stream = make(flush_interval=30, batch_size=4)
-        for i in range(8):
-            stream.on_event(started(f"m{i}"))
+        # Both batches queued at once: the worker thread prepares whatever is queued before it
+        # sends, so neither thread can be waiting at the barrier while the other has nothing ready.
+        # (One event at a time, the worker may take the first batch's request itself.)
+        items = [item for i in range(8) for item in bus_event_to_items(started(f"m{i}"))]
+        assert stream._worker.submit(items)
         assert stream.flush(10).status is OutcomeStatus.DELIVERED
         assert seen[:2] == [4, 4] and not both.broken
         stream.shutdown(1)
