@@ -112,6 +112,7 @@ class LangfuseConfig:
     environment: Optional[str] = attrs.field(default=None, validator=_opt_text)
     release: Optional[str] = attrs.field(default=None, validator=_opt_text)
     atexit_flush: bool = attrs.field(default=True, validator=_bool)
+    fork_wait: float = attrs.field(default=1.0, validator=_non_negative)
 
     def __attrs_post_init__(self) -> None:
         if self.unavailable_after < self.degraded_after:

@@ -11,7 +11,11 @@ Promises:
   oldest first.
 - `flush` and `shutdown` are timed waits on a condition: they can never hang.
 - Fork safety: the thread is remembered with the pid that started it; a forked child gets fresh
-  locks (`os.register_at_fork`), an empty queue and its own thread on first use.
+  locks (`os.register_at_fork`), an empty queue and its own thread on first use. Before a fork,
+  the parent waits (at most `fork_wait`) until no thread of ours is inside a step, and keeps them
+  out until the fork returns: a thread writing a log line at the instant of a fork leaves that
+  handler's stream locked forever in the child (a CPython limitation), and the child's first log
+  line, ours or the host's, would hang on it.
 """
 
 from __future__ import annotations
@@ -105,7 +109,19 @@ class Worker:
                 if method is not None:
                     method()
 
-            os.register_at_fork(after_in_child=_child)
+            def _before() -> None:
+                method = before()
+                if method is not None:
+                    method()
+
+            def _parent() -> None:
+                method = parent()
+                if method is not None:
+                    method()
+
+            before = weakref.WeakMethod(self._before_fork)
+            parent = weakref.WeakMethod(self._after_fork_in_parent)
+            os.register_at_fork(before=_before, after_in_parent=_parent, after_in_child=_child)
         if spool is not None:
             self._spool_loaded = False
             self._start()  # re-send what an earlier process left, without waiting for an event
@@ -132,6 +148,9 @@ class Worker:
         self._flush_requests = 0
         self._force = False
         self._busy = False
+        self._stepping = 0  # threads of ours inside a step (encoding, sending, logging about it)
+        self._forking = False  # a fork is under way: no step may start
+        self._fork_held = False  # the before-fork hook holds the lock across the fork
         self._due = 0.0  # no request before this time (backoff, rate limit)
         self._failures_in_row = 0
         self._batch_limit = self.config.batch_size
@@ -150,6 +169,42 @@ class Worker:
         self.failed_requests = 0
         self.last_error: Optional[str] = None
         self.last_error_kind: Optional[str] = None
+
+    def _before_fork(self) -> None:
+        """In the forking thread: wait (at most `fork_wait`) for the steps in progress to end, then
+        hold the lock through the fork so that no step starts. Past the bound, fork anyway."""
+        wait = self.config.fork_wait
+        deadline = time.monotonic() + wait
+        if not (self._lock.acquire(True, wait) if wait > 0 else self._lock.acquire(False)):
+            return
+        self._fork_held = True
+        self._forking = True
+        while self._stepping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.debug("stream %r: forking while a step is still in progress", self.name)
+                break
+            self._done.wait(left)
+
+    def _after_fork_in_parent(self) -> None:
+        if self._fork_held:
+            self._fork_held = False
+            self._forking = False
+            self._work.notify_all()
+            self._lock.release()
+
+    def _enter(self) -> None:
+        """A step that is not handed out by `_next_step` (loading the spool, finishing) begins."""
+        with self._lock:
+            while self._forking:
+                self._work.wait()
+            self._stepping += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._stepping -= 1
+            if self._forking and not self._stepping:
+                self._done.notify_all()
 
     def _after_fork(self) -> None:
         # In the child: the parent's items are the parent's to deliver; start clean.
@@ -293,7 +348,11 @@ class Worker:
         try:
             if role == "main" and self.spool is not None and not self._spool_loaded:
                 self._spool_loaded = True
-                self._load_spool()
+                self._enter()
+                try:
+                    self._load_spool()
+                finally:
+                    self._leave()
             while True:
                 step = self._next_step(role)
                 if step is None:
@@ -317,6 +376,8 @@ class Worker:
                             self.processed += len(payload or ())
                         self._work.notify_all()
                         self._done.notify_all()
+                finally:
+                    self._leave()
         finally:
             with self._lock:
                 self._alive -= 1
@@ -324,7 +385,11 @@ class Worker:
                     self._main_looping = False
                 last = self._alive <= 0
             if last:  # the last thread out counts what is left
-                self._finish()
+                self._enter()
+                try:
+                    self._finish()
+                finally:
+                    self._leave()
 
     def _allowed(self) -> int:
         """Requests in flight at once: `max_inflight` while healthy, one (a probe) otherwise."""
@@ -338,6 +403,9 @@ class Worker:
         main = role == "main"
         with self._lock:
             while True:
+                if self._forking:  # held by _before_fork until the fork returns
+                    self._work.wait()
+                    continue
                 now = self._clock()
                 closing = self._closing
                 if closing and self._deadline is not None and now >= self._deadline:
@@ -360,9 +428,11 @@ class Worker:
                         if not self._queue:
                             self._queue_since = None
                         self._busy = True
+                        self._stepping += 1
                         return "prepare", items
                 if main and closing and not self._outbox and self.transport.open_count():
                     self._busy = True
+                    self._stepping += 1
                     return "prepare", None
                 if not self._outbox:
                     if closing and (main or not self._busy):  # (closing: the main thread took the queue above)
@@ -383,6 +453,7 @@ class Worker:
                         if self._inflight < self._allowed():
                             self._force = False
                             self._inflight += 1
+                            self._stepping += 1
                             return "send", self._take_batch()
                         wake = now + self.config.flush_interval  # woken when a request ends
                 if main and self._queue_since is not None:

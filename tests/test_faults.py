@@ -8,7 +8,9 @@ timeouts and backoffs, never skipped. The suite prints one table at the end of t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import select
 import signal
@@ -247,28 +249,24 @@ def test_eight_producers_at_full_speed_with_a_small_queue(fast_receiver, transpo
 # -- processes ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Python 3.12+ warns about fork() with threads
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork() on this platform")
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_child_forked_mid_stream(fast_receiver, transport, no_secrets_logged):
-    receiver = fast_receiver
-    stream = LangfuseStream(config(receiver.url, transport=transport, **dict(FAST, flush_interval=30)), name="fork")
-    caller = Caller(stream)
-    caller.feed(session("parent-1"))
+def fork_child(stream: LangfuseStream, scroll: str, locks: Iterable[Any] = ()) -> Dict[str, Any]:
+    """Forks with `locks` held; the child feeds one session through `stream`, shuts it down and
+    reports its outcome and counts. Fails the test if the child hangs."""
     read_end, write_end = os.pipe()
-    worker = stream._worker
-    with worker._lock, stream._lock:  # fork while the parent's locks are held: the child must not deadlock
+    with contextlib.ExitStack() as held:
+        for lock in locks:
+            held.enter_context(lock)
         pid = os.fork()
     if pid == 0:  # the child
         code = 1
         try:
             os.close(read_end)
             child = Caller(stream)
-            child.feed(session("child-1"))
+            child.feed(session(scroll))
             outcome = stream.shutdown(10)
             stats = stream.stats()
-            report = {"ok": outcome.ok, "accepted": stats.items_accepted, "delivered": stats.items_delivered,
-                      "dropped": stats.dropped, "max_block": child.max_block}
+            report = {"ok": outcome.ok, "detail": outcome.detail, "accepted": stats.items_accepted,
+                      "delivered": stats.items_delivered, "dropped": stats.dropped, "max_block": child.max_block}
             os.write(write_end, json.dumps(report).encode())
             code = 0
         finally:
@@ -278,9 +276,23 @@ def test_child_forked_mid_stream(fast_receiver, transport, no_secrets_logged):
     if not ready:
         os.kill(pid, signal.SIGKILL)
         pytest.fail("the forked child hung")
-    child = json.loads(os.read(read_end, 65536).decode())
+    report: Dict[str, Any] = json.loads(os.read(read_end, 65536).decode())
     os.close(read_end)
     assert os.waitpid(pid, 0)[1] == 0
+    return report
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Python 3.12+ warns about fork() with threads
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork() on this platform")
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_child_forked_mid_stream(fast_receiver, transport, no_secrets_logged):
+    receiver = fast_receiver
+    stream = LangfuseStream(config(receiver.url, transport=transport, **dict(FAST, flush_interval=30)), name="fork")
+    caller = Caller(stream)
+    caller.feed(session("parent-1"))
+    # Fork while the parent's locks are held: the child must not deadlock. (The worker's own lock
+    # is held through every fork by its before-fork hook, once no step of the worker is running.)
+    child = fork_child(stream, "child-1", locks=(stream._lock, stream._state.lock, stream._pending._lock))
     assert child["ok"] and child["accepted"] == child["delivered"] > 0, child
     caller.feed(session("parent-2"))
     assert stream.shutdown(10).status is OutcomeStatus.DELIVERED
@@ -288,6 +300,49 @@ def test_child_forked_mid_stream(fast_receiver, transport, no_secrets_logged):
     assert sorted(t["name"] for t in receiver.store.traces()) == ["a session"] * 3
     check("fork mid-stream", transport, receiver, stream, max(caller.max_block, child["max_block"]),
           elsewhere=child["delivered"])
+
+
+class _HeldWhileLogging(logging.Handler):
+    """A handler whose first record holds `stream_lock` (as a buffered stream's own lock is held
+    while it writes) until `unblock`: the instant a fork must not fall into."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.stream_lock = threading.Lock()  # like io.BufferedWriter's: never re-made in a child
+        self.inside = threading.Event()
+        self.unblock = threading.Event()
+        self.armed = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.stream_lock:
+            if self.armed:
+                self.armed = False
+                self.inside.set()
+                self.unblock.wait(10)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Python 3.12+ warns about fork() with threads
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork() on this platform")
+def test_fork_never_lands_while_the_worker_is_writing_a_log_line(fast_receiver, no_secrets_logged):
+    """Without the before-fork wait, the fork lands while the parent's worker holds the handler's
+    stream lock, and the child's worker hangs on its first log line."""
+    handler = _HeldWhileLogging()
+    urllib3_log = logging.getLogger("urllib3.connectionpool")
+    level = urllib3_log.level
+    urllib3_log.addHandler(handler)
+    urllib3_log.setLevel(logging.DEBUG)
+    try:
+        stream = LangfuseStream(config(fast_receiver.url, batch_size=1, **dict(FAST, flush_interval=30)), name="log")
+        stream.on_event(created("log-1", native="log-1"))  # the worker sends it, and urllib3 logs
+        assert handler.inside.wait(10)
+        threading.Timer(0.3, handler.unblock.set).start()  # the fork must wait for this
+        child = fork_child(stream, "log-child")  # the child's worker logs through the same handler
+        assert child["ok"], f"the child's worker hung on a lock held at the fork: {child['detail']}"
+        assert stream.shutdown(10).ok
+    finally:
+        handler.unblock.set()
+        urllib3_log.removeHandler(handler)
+        urllib3_log.setLevel(level)
 
 
 CHILD = r"""

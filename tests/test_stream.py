@@ -303,3 +303,64 @@ def test_one_request_at_a_time_after_a_failure(server):
     server.down = False
     assert stream.flush(5).ok and stream._worker._allowed() == 2
     stream.shutdown(1)
+
+
+def _fork_hooks_in_a_thread(worker, go_on):
+    """Runs the parent's side of a fork (before, then after) in a thread, as `os.fork` would."""
+    state = {"entered": threading.Event()}
+
+    def run():
+        worker._before_fork()
+        state["stepping"], state["queued"] = worker._stepping, len(worker._queue)
+        state["entered"].set()
+        go_on.wait(10)
+        worker._after_fork_in_parent()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, state
+
+
+def _stream_sending(fork_wait):
+    """A stream whose first request is in flight and held there until `unblock` is set."""
+    stream = make(flush_interval=30, batch_size=1, fork_wait=fork_wait)
+    inside, unblock = threading.Event(), threading.Event()
+    send = stream.transport.send
+
+    def held(records):
+        inside.set()
+        unblock.wait(10)
+        return send(records)
+
+    stream.transport.send = held
+    stream.on_event(started("m1"))
+    assert inside.wait(5)
+    return stream, unblock
+
+
+def test_a_fork_waits_for_the_step_in_progress_and_no_step_starts_before_it_returns(server):
+    stream, unblock = _stream_sending(fork_wait=10)
+    go_on = threading.Event()
+    thread, state = _fork_hooks_in_a_thread(stream._worker, go_on)
+    assert not state["entered"].wait(0.2)  # the fork waits for the request
+    stream.on_event(started("m2"))  # queued, but no step may start while the fork waits
+    unblock.set()
+    assert state["entered"].wait(5)
+    assert state["stepping"] == 0 and state["queued"] == 1
+    go_on.set()
+    thread.join(5)
+    assert stream.flush(5).ok and stream.stats().items_delivered == 2
+    stream.shutdown(1)
+
+
+def test_a_fork_goes_ahead_after_fork_wait_when_a_step_does_not_end(server):
+    stream, unblock = _stream_sending(fork_wait=0.1)
+    go_on = threading.Event()
+    thread, state = _fork_hooks_in_a_thread(stream._worker, go_on)
+    assert state["entered"].wait(5)  # bounded: it did not wait for the stuck request
+    assert state["stepping"] == 1
+    go_on.set()
+    thread.join(5)
+    unblock.set()
+    assert stream.flush(5).ok
+    stream.shutdown(1)
