@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from typing import Any, Callable, Dict, List, Optional
 
 import attrs
@@ -32,7 +31,7 @@ from .streams import (
     StreamStats,
 )
 from .transport import IngestionTransport
-from .worker import FlushResult, Worker
+from .worker import FlushResult, Worker, weak_hook
 
 __all__ = ["LangfuseStream", "make_transport"]
 
@@ -88,24 +87,14 @@ class LangfuseStream(SessionStream):
         self.events_failed = 0
         self._atexit: Optional[Callable[[], None]] = None
         if hasattr(os, "register_at_fork"):
-            me = weakref.ref(self)
-
-            def _child() -> None:
-                stream = me()
-                if stream is not None:
-                    stream._after_fork()
-
-            os.register_at_fork(after_in_child=_child)
+            os.register_at_fork(after_in_child=weak_hook(self._after_fork))
         if config.atexit_flush:
-            ref = weakref.ref(self)
+            self._atexit = weak_hook(self._at_exit)
+            atexit.register(self._atexit)
 
-            def _at_exit() -> None:
-                stream = ref()
-                if stream is not None and not stream._closed:
-                    stream.shutdown(stream.config.shutdown_timeout)
-
-            self._atexit = _at_exit
-            atexit.register(_at_exit)
+    def _at_exit(self) -> None:
+        if not self._closed:
+            self.shutdown(self.config.shutdown_timeout)
 
     def _after_fork(self) -> None:
         # Locks held by the parent's threads at fork time would never be released here.

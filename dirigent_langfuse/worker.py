@@ -21,13 +21,14 @@ Promises:
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import random
 import threading
 import time
 import weakref
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .config import LangfuseConfig
 from .errors import LangfuseError
@@ -43,6 +44,19 @@ def yield_gil() -> None:
     """Give the GIL to any thread waiting for it. The worker holds it at most one step at a stretch
     (encoding one batch, or building one request) instead of a whole switch interval (5 ms)."""
     time.sleep(0)
+
+
+def weak_hook(method: Callable[[], None]) -> Callable[[], None]:
+    """`method` as a hook (fork, atexit) that does not keep its object alive (fork hooks cannot be
+    unregistered): once the object is gone, the hook does nothing."""
+    ref = weakref.WeakMethod(method)
+
+    def hook() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    return hook
 
 
 class _Throttled:
@@ -102,26 +116,11 @@ class Worker:
         self._throttled = _Throttled()
         self._init_state()
         if hasattr(os, "register_at_fork"):
-            ref = weakref.WeakMethod(self._after_fork)
-
-            def _child() -> None:
-                method = ref()
-                if method is not None:
-                    method()
-
-            def _before() -> None:
-                method = before()
-                if method is not None:
-                    method()
-
-            def _parent() -> None:
-                method = parent()
-                if method is not None:
-                    method()
-
-            before = weakref.WeakMethod(self._before_fork)
-            parent = weakref.WeakMethod(self._after_fork_in_parent)
-            os.register_at_fork(before=_before, after_in_parent=_parent, after_in_child=_child)
+            os.register_at_fork(
+                before=weak_hook(self._before_fork),
+                after_in_parent=weak_hook(self._after_fork_in_parent),
+                after_in_child=weak_hook(self._after_fork),
+            )
         if spool is not None:
             self._spool_loaded = False
             self._start()  # re-send what an earlier process left, without waiting for an event
@@ -149,8 +148,7 @@ class Worker:
         self._force = False
         self._busy = False
         self._stepping = 0  # threads of ours inside a step (encoding, sending, logging about it)
-        self._forking = False  # a fork is under way: no step may start
-        self._fork_held = False  # the before-fork hook holds the lock across the fork
+        self._forking = False  # a fork is under way: _before_fork holds the lock, no step may start
         self._due = 0.0  # no request before this time (backoff, rate limit)
         self._failures_in_row = 0
         self._batch_limit = self.config.batch_size
@@ -177,7 +175,6 @@ class Worker:
         deadline = time.monotonic() + wait
         if not (self._lock.acquire(True, wait) if wait > 0 else self._lock.acquire(False)):
             return
-        self._fork_held = True
         self._forking = True
         while self._stepping:
             left = deadline - time.monotonic()
@@ -187,20 +184,25 @@ class Worker:
             self._done.wait(left)
 
     def _after_fork_in_parent(self) -> None:
-        if self._fork_held:
-            self._fork_held = False
+        if self._forking:
             self._forking = False
             self._work.notify_all()
             self._lock.release()
 
-    def _enter(self) -> None:
-        """A step that is not handed out by `_next_step` (loading the spool, finishing) begins."""
+    @contextlib.contextmanager
+    def _step(self) -> Iterator[None]:
+        """A step that `_next_step` does not hand out (loading the spool, finishing)."""
         with self._lock:
             while self._forking:
                 self._work.wait()
             self._stepping += 1
+        try:
+            yield
+        finally:
+            self._leave()
 
     def _leave(self) -> None:
+        """A step ends (`_next_step` counted it in, or `_step`)."""
         with self._lock:
             self._stepping -= 1
             if self._forking and not self._stepping:
@@ -348,11 +350,8 @@ class Worker:
         try:
             if role == "main" and self.spool is not None and not self._spool_loaded:
                 self._spool_loaded = True
-                self._enter()
-                try:
+                with self._step():
                     self._load_spool()
-                finally:
-                    self._leave()
             while True:
                 step = self._next_step(role)
                 if step is None:
@@ -385,11 +384,8 @@ class Worker:
                     self._main_looping = False
                 last = self._alive <= 0
             if last:  # the last thread out counts what is left
-                self._enter()
-                try:
+                with self._step():
                     self._finish()
-                finally:
-                    self._leave()
 
     def _allowed(self) -> int:
         """Requests in flight at once: `max_inflight` while healthy, one (a probe) otherwise."""
