@@ -174,7 +174,7 @@ def summarize(data: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
         "rss_mb": data["rss_kb"] / 1024,
         "bytes": rec.get("bytes_received", 0),
         "requests": rec.get("requests", 0),
-        "received": received, "expected": items,
+        "received": received, "expected": items, "duplicates": rec.get("duplicates", 0),
         "version": data.get("version", ""),
         "retained": data.get("retained"),
         "objects_after": data.get("objects_after", 0),
@@ -305,6 +305,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             row = median_row(runs)
             if any(r["received"] != r["expected"] for r in runs):
                 log(f"  {system}: received {[r['received'] for r in runs]} of {row['expected']}")
+                failed = failed or system.startswith("dirigent")
+            if any(r["duplicates"] for r in runs):
+                log(f"  {system}: the receiver saw the same content under another id {[r['duplicates'] for r in runs]} times")
                 failed = failed or system.startswith("dirigent")
             rows.append(row)
         print()

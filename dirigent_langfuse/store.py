@@ -11,7 +11,8 @@ merged key by key; an observation whose trace was never created creates it. OTLP
 (observation id = span id, trace id = OTel trace id).
 
 Counters a delivery test needs: requests, items and spans received, `resent` (harmless), and
-`duplicates`: the same content under another id (a bug in a client; computed on read).
+`duplicates`: the same content under another id (a bug in a client; computed on read): an
+item's type and body, or a span whole but for its span id.
 """
 
 from __future__ import annotations
@@ -112,9 +113,12 @@ class _View:
                 obs["id"] = item["id"]
             self.observation(obs)
 
-    def span(self, trace: Dict[str, Any], obs: Dict[str, Any]) -> None:
-        # the same observation under another span id would be a duplicate in Langfuse
-        self._fingerprint([obs.get(k) for k in ("traceId", "parentObservationId", "type", "name", "startTime")])
+    def span(self, span: Dict[str, Any]) -> None:
+        # The same span under another span id would be a duplicate in Langfuse. Its own times in
+        # nanoseconds, not the milliseconds Langfuse keeps: two observations with one name and
+        # parent often start within a millisecond.
+        self._fingerprint({k: v for k, v in span.items() if k != "spanId"})
+        trace, obs = decode_span(span)
         self.trace(trace["id"], trace)
         self.observation(obs)
 
@@ -237,7 +241,7 @@ class Store:
             items = []
             for seq, (kind, text) in enumerate(rows):
                 if kind in _SPAN_KINDS:
-                    view.span(*decode_span(read(kind, text)))
+                    view.span(read(kind, text))
                 else:
                     item = read(kind, text)
                     create = 0 if str(kind).endswith("-create") else 1

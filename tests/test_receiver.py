@@ -198,3 +198,22 @@ def test_otlp_times_that_are_not_unix_nanoseconds_get_400(receiver, nanos):
     answer = requests.post(receiver.url + "/api/public/otel/v1/traces", data=body,
                            headers={"Content-Type": "application/json"}, auth=AUTH, timeout=5)
     assert answer.status_code == 400 and "startTimeUnixNano" in answer.json()["message"]
+
+
+def test_spans_within_one_millisecond_are_not_duplicates_but_a_span_resent_under_a_new_id_is(receiver):
+    def span(span_id: str, start: int) -> Dict[str, Any]:
+        return {"traceId": "ab" * 16, "spanId": span_id, "parentSpanId": "ef" * 8, "name": "assistant message",
+                "startTimeUnixNano": str(start), "endTimeUnixNano": str(start + 5000),
+                "attributes": [{"key": "langfuse.observation.type", "value": {"stringValue": "generation"}}]}
+
+    def export(*spans: Dict[str, Any]) -> int:
+        body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": list(spans)}]}]}).encode()
+        return requests.post(receiver.url + "/api/public/otel/v1/traces", data=body, auth=AUTH, timeout=5,
+                             headers={"Content-Type": "application/json"}).status_code
+
+    t = 1764061200_000_000_000
+    assert export(span("01" * 8, t + 1000), span("02" * 8, t + 201_000)) == 200  # 0.2 ms apart, same name
+    assert len(receiver.store.observations()) == 2
+    assert receiver.store.counters()["duplicates"] == 0
+    assert export(span("03" * 8, t + 1000)) == 200  # the first one again under another span id: a client's bug
+    assert receiver.store.counters()["duplicates"] == 1
