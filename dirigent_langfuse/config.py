@@ -74,7 +74,8 @@ class LangfuseConfig:
 
     Delivery: `batch_size` items per request at most (and `max_request_bytes`); a partial batch
     waits at most `flush_interval` seconds. HTTP: `max_retries` retries of 5xx, 429 and connection
-    errors inside one send, backing off `backoff_base` → ×2 → capped at `backoff_max`, each request
+    errors inside one send, backing off `backoff_base` → ×2 → capped at `backoff_max` (and as many
+    re-sends of an item a 207 refused with a 5xx or 429, before it is dropped), each request
     bounded by `connect_timeout` and `read_timeout`. Bounds: the caller's queue holds
     `max_queue_items` (beyond, `on_event` answers FAILED(OVERFLOW) and counts the drop); failed
     batches wait in a retry buffer of `max_buffer_items` / `max_buffer_bytes`.

@@ -26,15 +26,17 @@ log = logging.getLogger(__name__)
 
 class Record:
     """One unit on the wire: `key` (envelope or span id), its encoded `data`, and how many
-    queued items it stands for (`weight`; an OTel span merges its create and its updates)."""
+    queued items it stands for (`weight`; an OTel span merges its create and its updates).
+    `refusals`: how many answers refused it alone with a retryable status (a 207's 5xx)."""
 
-    __slots__ = ("key", "data", "weight", "truncated")
+    __slots__ = ("key", "data", "weight", "truncated", "refusals")
 
     def __init__(self, key: str, data: bytes, weight: int = 1, truncated: bool = False) -> None:
         self.key = key
         self.data = data
         self.weight = weight
         self.truncated = truncated
+        self.refusals = 0
 
     def __repr__(self) -> str:
         return f"Record({self.key!r}, {len(self.data)} bytes, weight={self.weight})"
@@ -42,18 +44,24 @@ class Record:
 
 @attrs.define
 class Report:
-    """A request's result, record by record. `error` is set when the whole request failed."""
+    """A request's result, record by record. `error` is set when the whole request failed;
+    `refused` (reason, message) when it succeeded but refused some records for now."""
 
     delivered: List[Record] = attrs.field(factory=list)
     retry: List[Record] = attrs.field(factory=list)
     dropped: List[Tuple[Record, str, str]] = attrs.field(factory=list)
     error: Optional[LangfuseError] = None
+    refused: Optional[Tuple[str, str]] = None
     retries: int = 0
     bytes_sent: int = 0
 
 
 class IngestionTransport:
-    """`POST /api/public/ingestion` with `{"batch": [...]}`; Langfuse answers 207 per item."""
+    """`POST /api/public/ingestion` with `{"batch": [...]}`; Langfuse answers 207 per item.
+
+    An item refused with a retryable status (5xx, 429) is re-sent, at most `max_retries` times
+    (the client's, as for a whole request): one that Langfuse refuses every time (a poison item)
+    is then dropped, counted by its status, instead of being re-sent for ever."""
 
     name = "ingestion"
     envelope = (b'{"batch":[', b"]}")
@@ -69,7 +77,7 @@ class IngestionTransport:
             out.append(Record(item["id"], data, 1, truncated))
         return out
 
-    def close_open(self, now_iso: str) -> List[Record]:
+    def close_open(self, now: Optional[float] = None) -> List[Record]:
         return []
 
     def open_count(self) -> int:
@@ -83,14 +91,23 @@ class IngestionTransport:
         result = self.client.send_ingestion_body(body, len(records))
         report = Report(retries=result.retries, bytes_sent=result.bytes_sent)
         failed = {e.id: e for e in result.errors}
+        limit = self.client.config.max_retries
         for record in records:
             error = failed.get(record.key)
             if error is None:
                 report.delivered.append(record)
-            elif error.retryable:
-                report.retry.append(record)
+                continue
+            reason = f"status_{error.status}"
+            if not error.retryable:
+                report.dropped.append((record, reason, error.message))
+                continue
+            record.refusals += 1
+            if record.refusals > limit:
+                report.dropped.append((record, reason, f"{error.message} (refused {record.refusals} times)"))
             else:
-                report.dropped.append((record, f"status_{error.status}", error.message))
+                report.retry.append(record)
+                if report.refused is None:
+                    report.refused = (reason, error.message)
         return report
 
     def reset(self) -> None:

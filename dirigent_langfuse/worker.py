@@ -165,6 +165,7 @@ class Worker:
         self.retries = 0
         self.bytes_sent = 0
         self.failed_requests = 0
+        self.refusing_requests = 0  # succeeded, but refused some records for now (a 207's 5xx)
         self.last_error: Optional[str] = None
         self.last_error_kind: Optional[str] = None
 
@@ -298,13 +299,14 @@ class Worker:
         with self._lock:
             target = self.accepted - self.dropped.get("queue_full", 0)
             failures = self.failed_requests
+            refusals = self.refusing_requests
             drops = self._drops()
             self._flush_requests += 1
             self._force = True
             self._work.notify_all()
             try:
                 while True:
-                    attempted = self.failed_requests > failures
+                    attempted = self.failed_requests > failures or self.refusing_requests > refusals
                     idle = not self._busy and self._inflight == 0
                     if self.processed >= target and idle and (not self._outbox or attempted):
                         break
@@ -314,7 +316,7 @@ class Worker:
                     self._done.wait(min(left, 0.5))
             finally:
                 self._flush_requests -= 1
-            failed = self.failed_requests > failures or self._drops() > drops
+            failed = self.failed_requests > failures or self.refusing_requests > refusals or self._drops() > drops
             ok = not failed and not self._outbox
             return FlushResult(ok, False, self.pending, None if ok else self.last_error)
 
@@ -582,6 +584,10 @@ class Worker:
                 self._add_to_outbox(report.retry, front=True)
                 if report.error is None:  # some items of a 207 asked to be retried
                     self._failures_in_row = max(self._failures_in_row, 1)
+                    self.refusing_requests += 1
+                    if report.refused is not None:
+                        self.last_error_kind, message = report.refused
+                        self.last_error = f"Langfuse refused {len(report.retry)} item(s) for now: {message}"
                 self._due = now + self._backoff(retry_after)
             if reason == "status_429":
                 self._batch_limit = min(self._batch_limit * 2, self.config.batch_size * 32)

@@ -30,19 +30,25 @@ class Server:
         self.batches = []
         self.answers = []  # statuses to answer first, in order
         self.down = False  # while set, every request gets 503
+        self.refuse = set()  # envelope ids refused with a 500 inside every 207
+        self.offered = []  # every envelope id posted, refused or not
         self.got = threading.Condition()
         rs.add_callback("POST", URL, callback=self)
 
     def __call__(self, request):
         batch = json.loads(request.body)["batch"]
+        refused = [i for i in batch if i["id"] in self.refuse]
+        batch = [i for i in batch if i["id"] not in self.refuse]
         with self.got:
             status = 503 if self.down else self.answers.pop(0) if self.answers else 207
             if status == 207:
+                self.offered.extend(i["id"] for i in refused + batch)
                 self.batches.append(batch)
             self.got.notify_all()
         if status != 207:
             return status, {}, json.dumps({"message": f"status {status}"})
-        return 207, {}, json.dumps({"successes": [{"id": i["id"], "status": 201} for i in batch], "errors": []})
+        return 207, {}, json.dumps({"successes": [{"id": i["id"], "status": 201} for i in batch],
+                                    "errors": [{"id": i["id"], "status": 500, "message": "boom"} for i in refused]})
 
     def wait_items(self, n, timeout=5.0):
         deadline = time.monotonic() + timeout
@@ -129,6 +135,43 @@ def test_4xx_is_final_and_reported_as_status(server):
     assert stats.dropped == {"status_400": 1} and stats.items_pending == 0
     assert len(server.batches) == 0
     stream.shutdown(1)
+
+
+def test_an_item_refused_in_every_207_is_dropped_after_max_retries(server, caplog):
+    # A poison item (Langfuse answers 500 for it and only it, every time) must not be re-sent
+    # for ever, nor keep the stream at one request at a time.
+    stream = make(flush_interval=30, retry_backoff_max=0.01, max_retries=2)
+    poison = started("poison")
+    (item,) = bus_event_to_items(poison)
+    server.refuse.add(item["id"])
+    stream.on_event(poison)
+    stream.on_event(started("fine"))
+    for _ in range(10):
+        if stream.stats().items_pending == 0:
+            break
+        stream.flush(5)
+    assert server.offered.count(item["id"]) == 1 + 2  # sent, then re-sent max_retries times
+    stats = stream.stats()
+    assert stats.dropped == {"status_500": 1} and stats.items_delivered == 1 and stats.items_pending == 0
+    (line,) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert "boom" in line and "3 times" in line
+    stream.on_event(started("after"))
+    assert stream.flush(5).status is OutcomeStatus.DELIVERED
+    assert stream._worker._allowed() == stream.config.max_inflight  # back to full speed
+    stream.shutdown(1)
+
+
+def test_flush_returns_once_a_refused_item_was_attempted(server):
+    # Attempted, refused for now and kept for a retry after a backoff: flush() answers then, as
+    # for a failed request, instead of waiting out its timeout.
+    stream = make(flush_interval=30, retry_backoff_max=30)
+    event = started("m1")
+    server.refuse.add(bus_event_to_items(event)[0]["id"])
+    stream.on_event(event)
+    outcome = stream.flush(10)
+    assert outcome.error is StreamError.STATUS and "timed out" not in outcome.detail, outcome
+    assert "boom" in outcome.detail and stream.stats().items_pending == 1
+    stream.shutdown(0.1)
 
 
 def test_transport_error_reported_as_transport(server):
