@@ -234,6 +234,7 @@ class LangfuseClient:
         request.headers = CaseInsensitiveDict(self._headers)
         request.headers.update(headers)
         request.headers["Content-Length"] = str(len(body))
+        request.prepare_cookies(self.session.cookies)  # the Session's cookies, as requests would send them
         request.body = body
         request.hooks = {"response": []}
         try:
@@ -253,14 +254,20 @@ class LangfuseClient:
             raise error from None
 
     def _check(self, response: requests.Response, path: str) -> None:
-        if response.status_code >= 400:
-            error = LangfuseStatusError(
-                response.status_code,
-                error_message(response),
-                _retry_after(response, self.config.max_retry_after),
-            )
-            error.retries = _retries(response)
-            raise error
+        """Only a 2xx means Langfuse took the request. A 3xx (a proxy sending http:// to https://,
+        a moved host) is not followed, since a POST's body and credentials must not go where the
+        user did not configure, and it is final like a 4xx: it will not change by itself."""
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        if 300 <= status < 400:
+            where = _short(response.headers.get("Location") or "(no Location)")
+            message = f"redirected to {where}; set host to the URL Langfuse is served at"
+        else:
+            message = error_message(response)
+        error = LangfuseStatusError(status, message, _retry_after(response, self.config.max_retry_after))
+        error.retries = _retries(response)
+        raise error
 
     def send(self, items: List[Dict[str, Any]]) -> IngestionResult:
         """POST `{"batch": items}` to the ingestion API; parse Langfuse's 207."""

@@ -59,6 +59,32 @@ def test_4xx_raises_status_error_without_retry(status):
     assert len(responses.calls) == 1
 
 
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.parametrize("path", ["/api/public/ingestion", "/api/public/otel/v1/traces"])
+@responses.activate
+def test_a_redirect_is_an_error_naming_where_it_points_never_a_success(status, path):
+    # http:// to https:// in front of Langfuse: nothing was ingested, so nothing may count as delivered
+    responses.add("POST", HOST + path, status=status, headers={"Location": "https://lf.test" + path}, body="")
+    client = make()
+    with pytest.raises(LangfuseStatusError) as info:
+        client.send([]) if "ingestion" in path else client.send_otlp(b'{"resourceSpans":[]}')
+    assert info.value.status == status and not info.value.retryable
+    assert "https://lf.test" + path in info.value.message and "host" in info.value.message
+    assert len(responses.calls) == 1  # not followed: a POST's body and credentials stay here
+
+
+@responses.activate
+def test_a_load_balancers_sticky_cookie_is_sent_back():
+    responses.add("POST", URL, status=207, json={"successes": [], "errors": []},
+                  headers={"Set-Cookie": "AWSALB=node-7; Path=/"})
+    responses.add("POST", URL, status=207, json={"successes": [], "errors": []})
+    client = make()
+    client.send([])
+    client.send([])
+    assert "Cookie" not in responses.calls[0].request.headers
+    assert responses.calls[1].request.headers["Cookie"] == "AWSALB=node-7"
+
+
 @responses.activate
 def test_5xx_retried_three_times_then_status_error():
     for _ in range(4):

@@ -174,6 +174,18 @@ def test_flush_returns_once_a_refused_item_was_attempted(server):
     stream.shutdown(0.1)
 
 
+def test_a_redirect_drops_the_batch_as_its_status_never_counts_it_delivered():
+    with responses.RequestsMock() as rs:
+        rs.add("POST", URL, status=301, headers={"Location": "https://lf.test/api/public/ingestion"})
+        stream = make(flush_interval=30)
+        stream.on_event(started("m1"))
+        outcome = stream.flush(5)
+        assert outcome.error is StreamError.STATUS and "https://lf.test" in outcome.detail
+        stats = stream.stats()
+        assert stats.items_delivered == 0 and stats.dropped == {"status_301": 1}
+        stream.shutdown(1)
+
+
 def test_transport_error_reported_as_transport(server):
     stream = LangfuseStream(LangfuseConfig(host="http://127.0.0.1:9", public_key="p", secret_key="sk-secret-value",
                                            transport="ingestion", atexit_flush=False, backoff_base=0.001,
