@@ -111,7 +111,8 @@ def test_small_items_are_untouched():
 
 def test_odd_payloads_through_a_live_stream_all_arrive(receiver, validate_item):
     s = stream(receiver.url, max_item_bytes=50_000)
-    odd = [Opaque(), {1, 2}, b"\x00\xff", decimal.Decimal("NaN"), float("nan"), Point(1, 2), "y" * 200_000]
+    odd = [Opaque(), {1, 2}, b"\x00\xff", decimal.Decimal("NaN"), float("nan"), Point(1, 2), "y" * 200_000,
+           "a lone \ud800 surrogate", {"key \udcff": 1}]
     for i, value in enumerate(odd):
         outcome = s.on_event(started(f"m{i}", input={"value": value}, model_parameters={"temperature": 0.5}))
         assert outcome.status is OutcomeStatus.ACCEPTED
