@@ -262,7 +262,8 @@ class LangfuseClient:
             return
         if 300 <= status < 400:
             where = _short(response.headers.get("Location") or "(no Location)")
-            message = f"redirected to {where}; set host to the URL Langfuse is served at"
+            host = where[: -len(path)] if where.endswith(path) and "://" in where else "the URL Langfuse is served at"
+            message = f"redirected to {where}; set host to {host}"
         else:
             message = error_message(response)
         error = LangfuseStatusError(status, message, _retry_after(response, self.config.max_retry_after))
