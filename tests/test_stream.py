@@ -153,12 +153,12 @@ def test_an_item_refused_in_every_207_is_dropped_after_max_retries(server, caplo
     assert server.offered.count(item["id"]) == 1 + 2  # sent, then re-sent max_retries times
     stats = stream.stats()
     assert stats.dropped == {"status_500": 1} and stats.items_delivered == 1 and stats.items_pending == 0
-    (line,) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
-    assert "boom" in line and "3 times" in line
     stream.on_event(started("after"))
     assert stream.flush(5).status is OutcomeStatus.DELIVERED
     assert stream._worker._allowed() == stream.config.max_inflight  # back to full speed
-    stream.shutdown(1)
+    assert stream.shutdown(5).ok  # (its threads joined: every log line is written)
+    (line,) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert "boom" in line and "3 times" in line
 
 
 def test_flush_returns_once_a_refused_item_was_attempted(server):
