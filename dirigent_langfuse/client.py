@@ -15,10 +15,12 @@ of an exception, a log line or a repr.
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import logging
 import re
 import time
+from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import attrs
@@ -175,13 +177,23 @@ def _retries(response: requests.Response) -> int:
 
 
 def _retry_after(response: requests.Response, cap: float) -> Optional[float]:
-    value = response.headers.get("Retry-After")
+    """Seconds a `Retry-After` asked for (a number, or an HTTP date), capped; None if unreadable."""
+    value = (response.headers.get("Retry-After") or "").strip()
     if not value:
         return None
     try:
-        return min(max(float(value.strip()), 0.0), cap)
+        seconds = float(value)
     except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    if seconds != seconds:  # NaN
         return None
+    return min(max(seconds, 0.0), cap)
 
 
 class LangfuseClient:

@@ -177,6 +177,19 @@ def test_retry_after_is_honoured_and_capped():
     assert _retry_sleeps(config, [503], retry_after="soon") == [0.1]  # malformed header: the backoff
 
 
+@pytest.mark.parametrize("header, expected", [
+    ("7", 7.0), (" 2.5 ", 2.5), ("3600", 60.0), ("-4", 0.0), ("soon", None), ("nan", None), ("", None),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date gone by: at once
+    ("Fri, 01 Jan 2100 00:00:00 GMT", 60.0),  # far ahead: capped
+])
+def test_retry_after_as_seconds_or_an_http_date_for_the_worker(header, expected):
+    from dirigent_langfuse.client import _retry_after
+
+    response = requests.Response()
+    response.headers["Retry-After"] = header
+    assert _retry_after(response, 60.0) == expected
+
+
 def test_retries_exhausted_raise_in_policy():
     config = LangfuseConfig(host=HOST, public_key="p", secret_key="s")
     from urllib3.exceptions import MaxRetryError
