@@ -1,7 +1,8 @@
 """`LangfuseConfig`: every knob of a Langfuse stream, validated once, with a safe repr.
 
 `from_params` reads a stream's TOML `params` table; `host`, `public_key` and `secret_key` fall
-back to `LANGFUSE_HOST`, `LANGFUSE_PUBLIC_KEY` and `LANGFUSE_SECRET_KEY`, as Langfuse's SDKs do.
+back to `LANGFUSE_BASE_URL` (or the older `LANGFUSE_HOST`), `LANGFUSE_PUBLIC_KEY` and
+`LANGFUSE_SECRET_KEY`, as Langfuse's SDKs do.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from .errors import ConfigError
 __all__ = ["LangfuseConfig", "TRANSPORTS"]
 
 TRANSPORTS = ("auto", "ingestion", "otel")
-_ENV = {"host": "LANGFUSE_HOST", "public_key": "LANGFUSE_PUBLIC_KEY", "secret_key": "LANGFUSE_SECRET_KEY"}
+# Environment fallbacks, first set wins. Langfuse's UI and current SDKs write LANGFUSE_BASE_URL;
+# LANGFUSE_HOST is the older name, still read.
+_ENV = {
+    "host": ("LANGFUSE_BASE_URL", "LANGFUSE_HOST"),
+    "public_key": ("LANGFUSE_PUBLIC_KEY",),
+    "secret_key": ("LANGFUSE_SECRET_KEY",),
+}
 
 
 def _host(value: str) -> str:
@@ -45,8 +52,8 @@ def _whole(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None
 
 def _key(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if not isinstance(value, str) or not value.strip():
-        env = _ENV.get(attribute.name, "")
-        hint = f" (or set {env})" if env else ""
+        names = _ENV.get(attribute.name)
+        hint = f" (or set {' or '.join(names)})" if names else ""
         raise ConfigError(f"is required and must be a non-empty string{hint}", key=attribute.name)
 
 
@@ -136,12 +143,11 @@ class LangfuseConfig:
         if unknown:
             raise ConfigError(f"unknown key (known: {', '.join(sorted(names))})", stream=stream, key=unknown[0])
         values = dict(params)
-        for key, var in _ENV.items():
-            if values.get(key) in (None, "") and env.get(var):
-                values[key] = env[var]
-        for key in _ENV:
+        for key, names in _ENV.items():
             if values.get(key) in (None, ""):
-                raise ConfigError(f"is required (in params, or set {_ENV[key]})", stream=stream, key=key)
+                values[key] = next((env[var] for var in names if env.get(var)), None)
+            if values.get(key) in (None, ""):
+                raise ConfigError(f"is required (in params, or set {' or '.join(names)})", stream=stream, key=key)
         try:
             return cls(**values)
         except ConfigError as exc:

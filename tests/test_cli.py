@@ -22,7 +22,7 @@ EXAMPLE = ROOT / "dirigent_langfuse" / "examples" / "coding_session.jsonl"
 
 def run(*args: str, stdin: str = None, timeout: float = 60) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for key in ("LANGFUSE_HOST", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY"):
+    for key in ("LANGFUSE_BASE_URL", "LANGFUSE_HOST", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY"):
         env.pop(key, None)
     result = subprocess.run([sys.executable, "-m", "dirigent_langfuse", *args], input=stdin, capture_output=True,
                             text=True, timeout=timeout, env=env, cwd=str(ROOT))

@@ -97,6 +97,14 @@ def test_environment_fallbacks():
     assert config.host == "https://cloud.langfuse.com" and config.public_key == "pk-env"
     assert LangfuseConfig.from_params({"public_key": "pk-param"}, env=env).public_key == "pk-param"
     assert "sk-secret-value" not in repr(config)
+    # what Langfuse's UI writes in the .env it offers; it wins over the older LANGFUSE_HOST
+    both = dict(env, LANGFUSE_BASE_URL="https://eu.cloud.langfuse.com")
+    assert LangfuseConfig.from_params({}, env=both).host == "https://eu.cloud.langfuse.com"
+    assert LangfuseConfig.from_params({}, env=dict(both, LANGFUSE_BASE_URL="")).host == "https://cloud.langfuse.com"
+    assert LangfuseConfig.from_params({"host": "http://h"}, env=both).host == "http://h"
+    with pytest.raises(ConfigError) as info:
+        LangfuseConfig.from_params({}, env={"LANGFUSE_PUBLIC_KEY": "p", "LANGFUSE_SECRET_KEY": "s"})
+    assert info.value.key == "host" and "LANGFUSE_BASE_URL or LANGFUSE_HOST" in str(info.value)
 
 
 def test_transport_param_accepted():
