@@ -123,9 +123,11 @@ class _PrintTransport(IngestionTransport):
 
     name = "dry-run"
 
-    def __init__(self, out: TextIO, max_item_bytes: int) -> None:
+    def __init__(self, out: TextIO, config: LangfuseConfig) -> None:
         self.out = out
-        self.max_item_bytes = max_item_bytes
+        self.max_item_bytes = config.max_item_bytes
+        self.environment = config.environment
+        self.release = config.release
 
     def send(self, records: Sequence[Record]) -> Report:
         for record in records:
@@ -161,7 +163,7 @@ def _build_streams(config_path: str, dry_run: bool) -> StreamSet:
         params.setdefault("secret_key", "sk-dry-run")
         config = LangfuseConfig.from_params(params, env={}, stream=spec.name)
         streams.append(
-            LangfuseStream(config, name=spec.name, transport=_PrintTransport(sys.stdout, config.max_item_bytes))
+            LangfuseStream(config, name=spec.name, transport=_PrintTransport(sys.stdout, config))
         )
     return StreamSet(streams, enabled)
 

@@ -8,6 +8,7 @@ back to `LANGFUSE_BASE_URL` (or the older `LANGFUSE_HOST`), `LANGFUSE_PUBLIC_KEY
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Mapping, Optional
 
 import attrs
@@ -24,6 +25,8 @@ _ENV = {
     "public_key": ("LANGFUSE_PUBLIC_KEY",),
     "secret_key": ("LANGFUSE_SECRET_KEY",),
 }
+# Optional ones, read as Langfuse's SDKs read them.
+_ENV_OPTIONAL = {"environment": "LANGFUSE_TRACING_ENVIRONMENT", "release": "LANGFUSE_RELEASE"}
 
 
 def _host(value: str) -> str:
@@ -65,6 +68,19 @@ def _bool(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
 def _opt_text(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if value is not None and (not isinstance(value, str) or not value.strip()):
         raise ConfigError(f"must be a non-empty string when set, got {value!r}", key=attribute.name)
+
+
+_ENVIRONMENT = re.compile(r"(?!langfuse)[a-z0-9_-]{1,40}")
+
+
+def _environment(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    """Langfuse's own rule for environment names: it refuses anything else, every span with it."""
+    if value is not None and not (isinstance(value, str) and _ENVIRONMENT.fullmatch(value)):
+        raise ConfigError(
+            f"must be lower-case letters, digits, '-' or '_', at most 40, not starting with 'langfuse' "
+            f"(Langfuse's rule), got {value!r}",
+            key=attribute.name,
+        )
 
 
 def _one_of(*choices: str) -> Any:
@@ -117,7 +133,7 @@ class LangfuseConfig:
     max_item_bytes: int = attrs.field(default=1_000_000, validator=_whole)
     retry_backoff_max: float = attrs.field(default=30.0, validator=_positive)
     spool_path: Optional[str] = attrs.field(default=None, validator=_opt_text)
-    environment: Optional[str] = attrs.field(default=None, validator=_opt_text)
+    environment: Optional[str] = attrs.field(default=None, validator=_environment)
     release: Optional[str] = attrs.field(default=None, validator=_opt_text)
     atexit_flush: bool = attrs.field(default=True, validator=_bool)
     fork_wait: float = attrs.field(default=1.0, validator=_non_negative)
@@ -148,6 +164,9 @@ class LangfuseConfig:
                 values[key] = next((env[var] for var in names if env.get(var)), None)
             if values.get(key) in (None, ""):
                 raise ConfigError(f"is required (in params, or set {' or '.join(names)})", stream=stream, key=key)
+        for key, var in _ENV_OPTIONAL.items():
+            if values.get(key) is None and env.get(var):
+                values[key] = env[var]
         try:
             return cls(**values)
         except ConfigError as exc:

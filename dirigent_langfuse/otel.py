@@ -465,7 +465,9 @@ class AutoTransport:
                 self.config.host, version or "(unknown)", choice,
             )
             if choice == "ingestion":
-                self._chosen = IngestionTransport(self.client, self.config.max_item_bytes)
+                self._chosen = IngestionTransport(
+                    self.client, self.config.max_item_bytes, self.config.environment, self.config.release
+                )
             else:
                 self._chosen = OtelTransport(self.client, self.config)
         return self._chosen

@@ -66,13 +66,21 @@ class IngestionTransport:
     name = "ingestion"
     envelope = (b'{"batch":[', b"]}")
 
-    def __init__(self, client: LangfuseClient, max_item_bytes: int) -> None:
+    def __init__(
+        self, client: LangfuseClient, max_item_bytes: int, environment: Optional[str] = None,
+        release: Optional[str] = None,
+    ) -> None:
         self.client = client
         self.max_item_bytes = max_item_bytes
+        self.environment = environment
+        self.release = release
 
     def prepare(self, items: Sequence[Dict[str, Any]]) -> List[Record]:
         out = []
+        stamp = self.environment or self.release
         for item in items:
+            if stamp:
+                _stamp(item, self.environment, self.release)
             data, truncated = encode_item(item, self.max_item_bytes)
             out.append(Record(item["id"], data, 1, truncated))
         return out
@@ -112,6 +120,28 @@ class IngestionTransport:
 
     def reset(self) -> None:
         self.client.reset()
+
+
+def _stamp(item: Dict[str, Any], environment: Optional[str], release: Optional[str]) -> None:
+    """The configured environment on traces and observations, the release on traces, as the OTel
+    transport sets `langfuse.environment` and `langfuse.release` (the mapping knows no config)."""
+    body = item.get("body")
+    if not isinstance(body, dict):
+        return
+    kind = item.get("type")
+    if kind == "trace-create":
+        if environment:
+            body.setdefault("environment", environment)
+        if release:
+            body.setdefault("release", release)
+    elif environment and kind in _OBSERVATION_ITEMS:
+        body.setdefault("environment", environment)
+
+
+_OBSERVATION_ITEMS = frozenset((
+    "span-create", "span-update", "generation-create", "generation-update", "event-create",
+    "observation-create", "observation-update",
+))
 
 
 def request_error(exc: LangfuseError) -> Tuple[str, bool, Optional[float]]:

@@ -290,6 +290,7 @@ def decode_span(span: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         "level": attrs.get("langfuse.observation.level") or ("ERROR" if status.get("code") == 2 else None),
         "statusMessage": attrs.get("langfuse.observation.status_message") or status.get("message") or None,
         "metadata": _prefixed(attrs, "langfuse.observation.metadata") or None,
+        "environment": attrs.get("langfuse.environment"),
     }
     trace: Dict[str, Any] = {
         "id": trace_id,
@@ -299,5 +300,7 @@ def decode_span(span: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         "sessionId": attrs.get("session.id") or attrs.get("langfuse.session.id"),
         "tags": attrs.get("langfuse.trace.tags"),
         "metadata": _prefixed(attrs, "langfuse.trace.metadata") or None,
+        "environment": attrs.get("langfuse.environment"),
+        "release": attrs.get("langfuse.release"),
     }
     return trace, {k: v for k, v in obs.items() if v is not None}

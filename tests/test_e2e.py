@@ -113,3 +113,19 @@ def test_a_session_whose_first_ten_events_arrive_unbound(receiver, transport, va
         assert parents[span_id(t1)] == parents[span_id(t2)] == span_id(m1)
         assert parents[span_id(t3)] == span_id(m2)
         assert len(parents) == 7  # session, two messages, three tools, the plan
+
+
+@pytest.mark.parametrize("transport", ["ingestion", "otel"])
+def test_environment_and_release_reach_langfuse_on_both_transports(receiver, transport, validate_item):
+    from .test_otel import session_events
+
+    s = stream(receiver.url, transport=transport, environment="staging", release="v1.2.3")
+    for event in session_events():
+        assert s.on_event(event).status is OutcomeStatus.ACCEPTED
+    assert s.shutdown(10).status is OutcomeStatus.DELIVERED
+    (trace,) = receiver.store.traces()
+    assert trace["environment"] == "staging" and trace["release"] == "v1.2.3"
+    observations = receiver.store.observations()
+    assert observations and all(o.get("environment") == "staging" for o in observations)
+    for item in receiver.store.items():  # (ingestion only: OTel sends spans)
+        validate_item(item)

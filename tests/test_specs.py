@@ -107,6 +107,27 @@ def test_environment_fallbacks():
     assert info.value.key == "host" and "LANGFUSE_BASE_URL or LANGFUSE_HOST" in str(info.value)
 
 
+@pytest.mark.parametrize("value", ["Production", "langfuse-ci", "a b", "", "x" * 41, "staging/eu"])
+def test_an_environment_langfuse_would_refuse_is_a_config_error(value):
+    # Langfuse refuses an environment outside ^(?!langfuse)[a-z0-9-_]+$ (at most 40): every span lost
+    with pytest.raises(ConfigError) as info:
+        LangfuseConfig(host="http://h", public_key="p", secret_key="s", environment=value)
+    assert info.value.key == "environment" and "lower-case" in str(info.value)
+    assert LangfuseConfig(host="http://h", public_key="p", secret_key="s", environment="prod-eu_2").environment == "prod-eu_2"
+
+
+def test_environment_and_release_fall_back_to_the_sdks_variables():
+    env = {"LANGFUSE_BASE_URL": "http://h", "LANGFUSE_PUBLIC_KEY": "p", "LANGFUSE_SECRET_KEY": "s",
+           "LANGFUSE_TRACING_ENVIRONMENT": "staging", "LANGFUSE_RELEASE": "v9"}
+    config = LangfuseConfig.from_params({}, env=env)
+    assert (config.environment, config.release) == ("staging", "v9")
+    assert LangfuseConfig.from_params({"environment": "prod"}, env=env).environment == "prod"
+    assert LangfuseConfig.from_params({}, env=dict(env, LANGFUSE_TRACING_ENVIRONMENT="")).environment is None
+    with pytest.raises(ConfigError) as info:
+        LangfuseConfig.from_params({}, env=dict(env, LANGFUSE_TRACING_ENVIRONMENT="Prod"), stream="s1")
+    assert info.value.key == "environment" and info.value.stream == "s1"
+
+
 def test_transport_param_accepted():
     config = LangfuseConfig.from_params({"host": "http://h", "public_key": "p", "secret_key": "s", "transport": "otel"}, env={})
     assert config.transport == "otel"
