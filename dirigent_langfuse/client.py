@@ -21,7 +21,7 @@ import logging
 import re
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import attrs
 import requests
@@ -353,21 +353,32 @@ class LangfuseClient:
 
     def server_version(self) -> Optional[str]:
         """The `version` of `GET /api/public/health`, or None if it cannot be told."""
+        return self.health()[0]
+
+    def health(self) -> Tuple[Optional[str], bool]:
+        """(version or None, reached) from `GET /api/public/health`. Not reached: no answer (after
+        the retries), or a 5xx or 429, i.e. Langfuse is not up (yet). Any other answer is reached,
+        with a version only when it says one."""
         try:
             response = self.session.get(
                 self.config.host + HEALTH_PATH, timeout=self.config.timeout, headers={"Accept": "application/json"}
             )
-        except Exception as exc:  # any failure means "cannot tell"
+        except requests.exceptions.RequestException as exc:
             log.debug("health check failed: %s", _describe(exc))
-            return None
+            return None, False
+        except Exception as exc:  # anything odd: an answer of sorts, that tells nothing
+            log.debug("health check failed: %s", _describe(exc))
+            return None, True
+        if response.status_code == 429 or response.status_code >= 500:
+            return None, False
         if response.status_code != 200:
-            return None
+            return None, True
         try:
             data = response.json()
         except ValueError:
-            return None
+            return None, True
         version = data.get("version") if isinstance(data, dict) else None
-        return version if isinstance(version, str) and version else None
+        return (version if isinstance(version, str) and version else None), True
 
     def check_auth(self, transport: str = "ingestion") -> None:
         """One authenticated request that tells whether host and keys work; raises otherwise.

@@ -36,7 +36,7 @@ from .client import LangfuseClient
 from .config import LangfuseConfig
 from .encoding import as_text, shrink_fields, utf8
 from .mapping import iso_time, merge_into, uuid5_hex
-from .transport import IngestionTransport, Record, Report
+from .transport import IngestionTransport, NotChosen, Record, Report
 
 __all__ = ["OtelTransport", "AutoTransport", "otel_trace_id", "span_id", "choose_transport"]
 
@@ -445,7 +445,12 @@ def choose_transport(version: Optional[str]) -> str:
 
 
 class AutoTransport:
-    """Asks `GET /api/public/health` once, on the worker thread, then acts as the chosen one."""
+    """Asks `GET /api/public/health` on the worker thread, then acts as the chosen one for good.
+
+    A version below 4 chooses `ingestion`; 4 and later, or an answer without a version, `otel`.
+    No answer (Langfuse not up yet) chooses nothing: `resolve` raises `NotChosen` and the worker
+    asks again later, unless `guess` (at shutdown), which takes `otel`.
+    """
 
     def __init__(self, client: LangfuseClient, config: LangfuseConfig) -> None:
         self.client = client
@@ -456,14 +461,22 @@ class AutoTransport:
     def name(self) -> str:
         return self._chosen.name if self._chosen is not None else "auto"
 
-    def resolve(self) -> Any:
+    def resolve(self, guess: bool = False) -> Any:
         if self._chosen is None:
-            version = self.client.server_version()
+            version, reached = self.client.health()
+            if not reached and not guess:
+                raise NotChosen(f"Langfuse at {self.config.host} does not answer its health check yet")
             choice = choose_transport(version)
-            log.info(
-                "Langfuse at %s reports version %s: using the %s transport",
-                self.config.host, version or "(unknown)", choice,
-            )
+            if reached:
+                log.info(
+                    "Langfuse at %s reports version %s: using the %s transport",
+                    self.config.host, version or "(unknown)", choice,
+                )
+            else:
+                log.warning(
+                    "Langfuse at %s never answered its health check before shutdown: using the %s transport",
+                    self.config.host, choice,
+                )
             if choice == "ingestion":
                 self._chosen = IngestionTransport(
                     self.client, self.config.max_item_bytes, self.config.environment, self.config.release

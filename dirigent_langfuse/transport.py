@@ -17,11 +17,16 @@ import attrs
 
 from .client import LangfuseClient
 from .encoding import encode_item
-from .errors import LangfuseError, LangfuseStatusError
+from .errors import LangfuseError, LangfuseStatusError, LangfuseTransportError
 
-__all__ = ["Record", "Report", "IngestionTransport"]
+__all__ = ["Record", "Report", "IngestionTransport", "NotChosen"]
 
 log = logging.getLogger(__name__)
+
+
+class NotChosen(LangfuseTransportError):
+    """`transport = "auto"` cannot choose yet: Langfuse's health check got no answer. The worker
+    keeps the items queued and asks again after a backoff (it guesses only at shutdown)."""
 
 
 class Record:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequenc
 from .config import LangfuseConfig
 from .errors import LangfuseError
 from .streams import HealthTracker, Health
-from .transport import Record, Report, request_error
+from .transport import NotChosen, Record, Report, request_error
 
 __all__ = ["Worker", "FlushResult"]
 
@@ -150,6 +150,8 @@ class Worker:
         self._stepping = 0  # threads of ours inside a step (encoding, sending, logging about it)
         self._forking = False  # a fork is under way: _before_fork holds the lock, no step may start
         self._due = 0.0  # no request before this time (backoff, rate limit)
+        self._unchosen = False  # "auto" could not choose a transport yet (no health answer)
+        self._prepare_due = 0.0  # while unchosen: no new attempt before this time
         self._failures_in_row = 0
         self._batch_limit = self.config.batch_size
         self._calm_at = 0.0
@@ -218,6 +220,7 @@ class Worker:
             reset()
         if self.spool is not None:
             self.spool = self.spool.detached()
+            self._spool_loaded = True  # the parent's to load, not ours
 
     # -- caller side ------------------------------------------------------------------------------
 
@@ -308,7 +311,8 @@ class Worker:
                 while True:
                     attempted = self.failed_requests > failures or self.refusing_requests > refusals
                     idle = not self._busy and self._inflight == 0
-                    if self.processed >= target and idle and (not self._outbox or attempted):
+                    done = self.processed >= target and (not self._outbox or attempted)
+                    if idle and (done or (attempted and self._unchosen)):
                         break
                     left = deadline - self._clock()
                     if left <= 0 or self._stopped:
@@ -409,7 +413,8 @@ class Worker:
                 if closing and self._deadline is not None and now >= self._deadline:
                     return None
                 queued = len(self._queue) if main else 0
-                if queued:
+                waiting = queued and self._unchosen and now < self._prepare_due and not (closing or self._force)
+                if queued and not waiting:
                     # Encode in chunks, not item by item as they trickle in: only once a batch is
                     # ready, the oldest item has waited flush_interval, or someone waits for it.
                     since = self._queue_since if self._queue_since is not None else now
@@ -428,6 +433,11 @@ class Worker:
                         self._busy = True
                         self._stepping += 1
                         return "prepare", items
+                if main and self._spool_waits() and (closing or self._force or now >= self._prepare_due):
+                    # The spool is loaded once a transport is chosen: ask again, even with no new event.
+                    self._busy = True
+                    self._stepping += 1
+                    return "prepare", []
                 if main and closing and not self._outbox and self.transport.open_count():
                     self._busy = True
                     self._stepping += 1
@@ -455,10 +465,17 @@ class Worker:
                             return "send", self._take_batch()
                         wake = now + self.config.flush_interval  # woken when a request ends
                 if main and self._queue_since is not None:
-                    wake = min(wake, self._queue_since + self.config.flush_interval)
+                    due = self._queue_since + self.config.flush_interval
+                    wake = min(wake, max(due, self._prepare_due) if self._unchosen else due)
+                if main and self._spool_waits():
+                    wake = min(wake, self._prepare_due)
                 if self._deadline is not None:
                     wake = min(wake, self._deadline)
                 self._work.wait(max(wake - now, 0.001))
+
+    def _spool_waits(self) -> bool:
+        """A spool found at start waits to be loaded until "auto" has chosen a transport."""
+        return self.spool is not None and not self._spool_loaded
 
     def _take_batch(self) -> List[Record]:
         limit = self._batch_limit
@@ -480,6 +497,19 @@ class Worker:
         return batch
 
     def _prepare(self, items: Optional[List[Dict[str, Any]]]) -> None:
+        resolve = getattr(self.transport, "resolve", None)
+        if resolve is not None and items is not None:
+            try:
+                resolve(guess=self._closing)
+            except NotChosen as exc:
+                self._not_chosen(items, exc)
+                return
+            if self.spool is not None and not self._spool_loaded:  # it waited for the choice
+                self._spool_loaded = True
+                self._load_spool()
+        if self._unchosen:
+            with self._lock:
+                self._unchosen = False
         if items is None:
             records = self.transport.close_open(self._clock())
         else:
@@ -495,6 +525,32 @@ class Worker:
             if records:
                 self._work.notify_all()
             self._done.notify_all()
+
+    def _not_chosen(self, items: List[Dict[str, Any]], exc: NotChosen) -> None:
+        """No transport yet: the items go back to the front of the queue, in order, and the health
+        check is asked again after a backoff; health drifts as for a failed request."""
+        now = self._clock()
+        with self._lock:
+            if items:
+                self._queue.extendleft(reversed(items))
+                if self._queue_since is None:
+                    self._queue_since = now
+            self._unchosen = True
+            self._force = False  # this was the attempt flush() asked for (nothing else is to send yet)
+            self._busy = False
+            self.failed_requests += 1
+            self._failures_in_row += 1
+            self.last_error = str(exc)
+            self.last_error_kind = "transport"
+            self.health.failure()
+            self._prepare_due = now + self._backoff(None)
+            waiting = len(self._queue)
+            self._work.notify_all()
+            self._done.notify_all()
+        self._throttled(
+            "not_chosen", logging.WARNING,
+            "stream %r: %s; %d items wait for the choice of transport", self.name, exc, waiting,
+        )
 
     def _add_to_outbox(self, records: Sequence[Record], front: bool = False) -> None:
         if not records:
@@ -644,7 +700,12 @@ class Worker:
 
     def _load_spool(self) -> None:
         resolve = getattr(self.transport, "resolve", None)
-        wire = resolve().name if resolve is not None else self.transport.name
+        try:
+            wire = resolve().name if resolve is not None else self.transport.name
+        except NotChosen as exc:
+            self._spool_loaded = False  # loaded by the first prepare once a transport is chosen
+            self._not_chosen([], exc)
+            return
         records, other = self.spool.load(wire)
         with self._lock:
             n = sum(r.weight for r in records)

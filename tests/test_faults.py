@@ -246,6 +246,48 @@ def test_eight_producers_at_full_speed_with_a_small_queue(fast_receiver, transpo
     check("8 producers", transport, receiver, stream, max(c.max_block for c in callers), expect_all=False)
 
 
+def test_auto_while_langfuse_starts_waits_then_chooses_by_its_version(fast_receiver, tmp_path, no_secrets_logged):
+    # The host starts with (or before) Langfuse: nothing listens yet when "auto" asks for the
+    # version. It must not guess the API for good; it waits, and the spool a previous run left waits too.
+    receiver = fast_receiver  # Langfuse v3: ingestion only
+    spool = str(tmp_path / "spool.db")
+    receiver.pause()
+    earlier = LangfuseStream(config(receiver.url, transport="ingestion", spool_path=spool, **FAST), name="svc")
+    Caller(earlier).feed(session("before"))
+    earlier.shutdown(0.3)  # Langfuse still down: what was encoded stays in the spool
+    left = earlier._worker.spool.count()
+    assert left > 0
+    stream = LangfuseStream(config(receiver.url, transport="auto", spool_path=spool, **FAST), name="svc")
+    caller = Caller(stream)
+    caller.feed(session("after"))
+    outcome = stream.flush(5)
+    assert outcome.status is OutcomeStatus.FAILED and "health check" in outcome.detail, outcome
+    assert stream.stats().transport == "auto" and stream.stats().items_pending == stream.stats().items_accepted
+    receiver.resume()
+    assert stream.shutdown(10).status is OutcomeStatus.DELIVERED
+    assert stream.stats().transport == "ingestion"
+    assert {t["id"] for t in receiver.store.traces()} == {"before", "after"}
+    assert stream._worker.spool.count() == 0
+    check("auto while Langfuse starts", "ingestion", receiver, stream, caller.max_block)
+
+
+def test_auto_loads_a_waiting_spool_once_langfuse_answers_without_any_new_event(fast_receiver, tmp_path):
+    receiver = fast_receiver
+    spool = str(tmp_path / "spool.db")
+    receiver.pause()
+    earlier = LangfuseStream(config(receiver.url, transport="ingestion", spool_path=spool, **FAST), name="svc")
+    Caller(earlier).feed(session("before"))
+    earlier.shutdown(0.3)
+    left = earlier._worker.spool.count()
+    stream = LangfuseStream(config(receiver.url, transport="auto", spool_path=spool, **FAST), name="svc")
+    wait_worker(stream, lambda w: w._unchosen)  # it asked, got no answer, and waits
+    assert stream.stats().transport == "auto" and stream.stats().items_accepted == 0
+    receiver.resume()
+    wait_worker(stream, lambda w: w.delivered == left)  # with no event to prompt it
+    assert stream.shutdown(5).ok
+    assert stream.stats().transport == "ingestion" and stream._worker.spool.count() == 0
+
+
 # -- processes ------------------------------------------------------------------------------------------
 
 

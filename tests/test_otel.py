@@ -240,10 +240,9 @@ def test_otel_request_headers_auth_and_gzip():
         ({"json": {"status": "OK", "version": "4.1.0"}}, "otel"),
         ({"json": {"status": "OK"}}, "otel"),
         ({"status": 404, "body": "<html>not here</html>"}, "otel"),
-        ({"body": requests.exceptions.ConnectionError("refused")}, "otel"),
         ({"body": ValueError("odd failure")}, "otel"),
     ],
-    ids=["v3", "v4", "no-version", "404", "unreachable", "odd-error"],
+    ids=["v3", "v4", "no-version", "404", "odd-error"],
 )
 def test_auto_asks_health_once_and_chooses(health, expected, caplog):
     caplog.set_level(logging.INFO, logger="dirigent_langfuse")
@@ -264,6 +263,53 @@ def test_auto_asks_health_once_and_chooses(health, expected, caplog):
         assert stream.stats().transport == expected
     chosen = [r for r in caplog.records if "transport" in r.getMessage() and "using" in r.getMessage()]
     assert len(chosen) == 1
+
+
+def test_auto_waits_for_an_answer_before_it_chooses(caplog):
+    # Langfuse starting up (no answer, then a 503) must not make "auto" guess the wrong API for good
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
+        rs.add(responses.GET, HEALTH_URL, body=requests.exceptions.ConnectionError("refused"))
+        for _ in range(4):  # a 503, and the 3 retries of that one health check
+            rs.add(responses.GET, HEALTH_URL, status=503)
+        rs.add(responses.GET, HEALTH_URL, json={"status": "OK", "version": "3.120.0"})
+        rs.add(responses.POST, INGESTION_URL, json={"successes": [], "errors": []}, status=207)
+        stream = make(transport="auto", retry_backoff_max=60, backoff_base=0.001, backoff_max=0.001)
+        events = session_events()
+        for event in events:
+            assert stream.on_event(event).status is OutcomeStatus.ACCEPTED
+        for _ in range(2):  # each flush asks once more at once, whatever the backoff
+            outcome = stream.flush(5)
+            assert outcome.error is StreamError.TRANSPORT and "health check" in outcome.detail, outcome
+            assert stream.stats().items_pending == stream.stats().items_accepted
+        assert stream.health() is Health.DEGRADED and stream.stats().transport == "auto"
+        assert stream.flush(5).status is OutcomeStatus.DELIVERED
+        posts = [c.request for c in rs.calls if c.request.method == "POST"]
+        assert {p.url for p in posts} == {INGESTION_URL}
+        sent = [i for p in posts for i in json.loads(p.body)["batch"]]
+        expected = [i for i in bus_event_to_items_all(events)]
+        assert [(i["type"], i["body"]["id"]) for i in sent] == [(i["type"], i["body"]["id"]) for i in expected]
+        assert stream.stats().transport == "ingestion" and stream.health() is Health.HEALTHY
+        assert len([c for c in rs.calls if c.request.url == HEALTH_URL]) == 1 + 4 + 1
+        stream.shutdown(1)
+    waits = [r for r in caplog.records if "does not answer its health check" in r.getMessage()]
+    assert len(waits) == 1  # throttled: one line, not one per attempt
+
+
+def test_auto_guesses_otel_at_shutdown_if_langfuse_never_answered(caplog):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rs:
+        rs.add(responses.GET, HEALTH_URL, body=requests.exceptions.ConnectionError("refused"))
+        rs.add(responses.POST, OTEL_URL, json={}, status=200)
+        stream = make(transport="auto")
+        for event in session_events():
+            stream.on_event(event)
+        assert stream.shutdown(5).status is OutcomeStatus.DELIVERED
+        assert {c.request.url for c in rs.calls if c.request.method == "POST"} == {OTEL_URL}
+    assert any("never answered its health check" in r.getMessage() for r in caplog.records)
+
+
+def bus_event_to_items_all(events: List[Any]) -> List[Dict[str, Any]]:
+    state = MappingState()
+    return [item for event in events for item in bus_event_to_items(event, state)]
 
 
 def test_a_400_rejecting_the_export_is_final_and_logged_with_the_reason(caplog):
