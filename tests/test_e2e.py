@@ -115,17 +115,27 @@ def test_a_session_whose_first_ten_events_arrive_unbound(receiver, transport, va
         assert len(parents) == 7  # session, two messages, three tools, the plan
 
 
-@pytest.mark.parametrize("transport", ["ingestion", "otel"])
-def test_environment_and_release_reach_langfuse_on_both_transports(receiver, transport, validate_item):
+def _session_with_environment(receiver, transport):
     from .test_otel import session_events
 
     s = stream(receiver.url, transport=transport, environment="staging", release="v1.2.3")
     for event in session_events():
         assert s.on_event(event).status is OutcomeStatus.ACCEPTED
     assert s.shutdown(10).status is OutcomeStatus.DELIVERED
+
+
+@pytest.mark.parametrize("transport", ["ingestion", "otel"])
+def test_environment_and_release_reach_langfuse_on_both_transports(receiver, transport):
+    _session_with_environment(receiver, transport)
     (trace,) = receiver.store.traces()
     assert trace["environment"] == "staging" and trace["release"] == "v1.2.3"
     observations = receiver.store.observations()
     assert observations and all(o.get("environment") == "staging" for o in observations)
-    for item in receiver.store.items():  # (ingestion only: OTel sends spans)
+
+
+def test_items_with_environment_and_release_are_valid_ingestion_events(receiver, validate_item):
+    _session_with_environment(receiver, "ingestion")
+    items = receiver.store.items()
+    assert any("environment" in i["body"] for i in items) and any("release" in i["body"] for i in items)
+    for item in items:
         validate_item(item)
