@@ -20,6 +20,7 @@ import sqlite3
 import threading
 from typing import List, Sequence, Tuple
 
+from .errors import ConfigError
 from .transport import Record
 
 __all__ = ["Spool"]
@@ -48,7 +49,10 @@ class Spool:
         self._local = threading.local()
         self._broken = False
         self._pid = os.getpid()
-        self._db()  # fail early, on the caller's thread, for a path that cannot be opened
+        try:
+            self._db()  # fail early, on the caller's thread, for a path that cannot be opened
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot be opened as a spool: {self.path} ({exc})", stream=stream, key="spool_path") from None
 
     def __repr__(self) -> str:
         return f"Spool({self.path!r}, stream={self.stream!r})"

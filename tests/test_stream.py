@@ -186,6 +186,20 @@ def test_a_redirect_drops_the_batch_as_its_status_never_counts_it_delivered():
         stream.shutdown(1)
 
 
+@pytest.mark.parametrize("garbage", [False, True])
+def test_a_spool_that_cannot_be_opened_is_a_config_error_naming_it(tmp_path, garbage):
+    from dirigent_langfuse import ConfigError
+
+    path = tmp_path / "spool.db"
+    if garbage:
+        path.write_bytes(b"not a database at all " * 100)
+    else:
+        path = tmp_path / "no-such-dir" / "spool.db"
+    with pytest.raises(ConfigError) as info:
+        make(spool_path=str(path))
+    assert info.value.key == "spool_path" and info.value.stream == "t" and str(path) in str(info.value)
+
+
 def test_transport_error_reported_as_transport(server):
     stream = LangfuseStream(LangfuseConfig(host="http://127.0.0.1:9", public_key="p", secret_key="sk-secret-value",
                                            transport="ingestion", atexit_flush=False, backoff_base=0.001,
