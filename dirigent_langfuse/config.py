@@ -143,6 +143,10 @@ class LangfuseConfig:
             raise ConfigError("must be at least degraded_after", key="unavailable_after")
         if self.max_item_bytes > self.max_request_bytes:
             raise ConfigError("must not exceed max_request_bytes", key="max_item_bytes")
+        if self.public_key.startswith("sk-lf-") or self.secret_key.startswith("pk-lf-"):
+            # Swapped keys would also put the secret where the public key is shown (reprs, logs).
+            raise ConfigError("looks like a secret key (sk-lf-...): are public_key and secret_key swapped?",
+                              key="public_key")
 
     @property
     def timeout(self) -> "tuple[float, float]":
