@@ -145,7 +145,7 @@ class LangfuseConfig:
             raise ConfigError("must not exceed max_request_bytes", key="max_item_bytes")
         if self.public_key.startswith("sk-lf-") or self.secret_key.startswith("pk-lf-"):
             # Swapped keys would also put the secret where the public key is shown (reprs, logs).
-            raise ConfigError("looks like a secret key (sk-lf-...): are public_key and secret_key swapped?",
+            raise ConfigError("and secret_key look swapped (public keys start pk-lf-, secret keys sk-lf-)",
                               key="public_key")
 
     @property
