@@ -10,6 +10,7 @@ while a known type with a missing or mistyped field raises `BusEventError` namin
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
@@ -97,8 +98,12 @@ def _dict(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
 
 
 def _opt_float(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
-    if value is not None and not isinstance(value, (int, float)):
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _wrong_type(attribute, (int, float), value)
+    if not math.isfinite(value):  # JSON has no NaN: Langfuse would refuse the item that carries it
+        raise ValueError(f"'{attribute.name}' must be a finite number (got {value!r})")
 
 
 def _tags(value: Any) -> Tuple[str, ...]:

@@ -98,6 +98,15 @@ def test_unknown_fields_of_known_types_are_ignored():
         ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": "m",
           "usage": {"input_tokens": -3}}, "usage"),
         ({"type": "scroll_bound", "connector_id": "c", "native_session_id": "n"}, "scroll_id"),
+        # a cost Langfuse cannot store as a number would cost the whole update (output, usage, end)
+        ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": "m",
+          "cost_usd": float("nan")}, "cost_usd"),
+        ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": "m",
+          "cost_usd": float("inf")}, "cost_usd"),
+        ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": "m",
+          "cost_usd": True}, "cost_usd"),
+        ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": "m",
+          "cost_usd": "0.01"}, "cost_usd"),
     ],
 )
 def test_bad_fields_name_the_type_and_the_field(obj, field):
