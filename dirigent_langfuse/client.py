@@ -363,12 +363,9 @@ class LangfuseClient:
             response = self.session.get(
                 self.config.host + HEALTH_PATH, timeout=self.config.timeout, headers={"Accept": "application/json"}
             )
-        except requests.exceptions.RequestException as exc:
+        except Exception as exc:  # no answer; or anything odd, taken as an answer that tells nothing
             log.debug("health check failed: %s", _describe(exc))
-            return None, False
-        except Exception as exc:  # anything odd: an answer of sorts, that tells nothing
-            log.debug("health check failed: %s", _describe(exc))
-            return None, True
+            return None, not isinstance(exc, requests.exceptions.RequestException)
         if response.status_code == 429 or response.status_code >= 500:
             return None, False
         if response.status_code != 200:

@@ -461,6 +461,10 @@ class AutoTransport:
     def name(self) -> str:
         return self._chosen.name if self._chosen is not None else "auto"
 
+    @property
+    def chosen(self) -> bool:
+        return self._chosen is not None
+
     def resolve(self, guess: bool = False) -> Any:
         if self._chosen is None:
             version, reached = self.client.health()

@@ -7,8 +7,8 @@ key seen before is ignored and counted as `resent`, since Langfuse de-duplicates
 
 Reads merge the log the way Langfuse merges creates and updates for the same body id: in the
 items' timestamp order (creates first on a tie), a later non-null field wins and `metadata` is
-merged key by key; an observation whose trace was never created creates it. OTLP spans merge into the same traces and observations
-(observation id = span id, trace id = OTel trace id).
+merged key by key; an observation whose trace was never created creates it. OTLP spans merge
+into the same traces and observations (observation id = span id, trace id = OTel trace id).
 
 Counters a delivery test needs: requests, items and spans received, `resent` (harmless), and
 `duplicates`: the same content under another id (a bug in a client; computed on read): an

@@ -150,8 +150,7 @@ class Worker:
         self._stepping = 0  # threads of ours inside a step (encoding, sending, logging about it)
         self._forking = False  # a fork is under way: _before_fork holds the lock, no step may start
         self._due = 0.0  # no request before this time (backoff, rate limit)
-        self._unchosen = False  # "auto" could not choose a transport yet (no health answer)
-        self._prepare_due = 0.0  # while unchosen: no new attempt before this time
+        self._prepare_due = 0.0  # while "auto" has not chosen: no new attempt before this time
         self._failures_in_row = 0
         self._batch_limit = self.config.batch_size
         self._calm_at = 0.0
@@ -320,7 +319,7 @@ class Worker:
                     self._done.wait(min(left, 0.5))
             finally:
                 self._flush_requests -= 1
-            failed = self.failed_requests > failures or self.refusing_requests > refusals or self._drops() > drops
+            failed = attempted or self._drops() > drops
             ok = not failed and not self._outbox
             return FlushResult(ok, False, self.pending, None if ok else self.last_error)
 
@@ -473,6 +472,19 @@ class Worker:
                     wake = min(wake, self._deadline)
                 self._work.wait(max(wake - now, 0.001))
 
+    @property
+    def _unchosen(self) -> bool:
+        """`transport = "auto"` has not chosen a transport yet (no health check answered so far)."""
+        return getattr(self.transport, "chosen", True) is False
+
+    def _failed(self, error: str, kind: Optional[str]) -> None:
+        """A request failed as a whole (or "auto" got no answer): count it, drift health (lock held)."""
+        self.failed_requests += 1
+        self._failures_in_row += 1
+        self.last_error = error
+        self.last_error_kind = kind
+        self.health.failure()
+
     def _spool_waits(self) -> bool:
         """A spool found at start waits to be loaded until "auto" has chosen a transport."""
         return self.spool is not None and not self._spool_loaded
@@ -507,9 +519,6 @@ class Worker:
             if self.spool is not None and not self._spool_loaded:  # it waited for the choice
                 self._spool_loaded = True
                 self._load_spool()
-        if self._unchosen:
-            with self._lock:
-                self._unchosen = False
         if items is None:
             records = self.transport.close_open(self._clock())
         else:
@@ -535,14 +544,9 @@ class Worker:
                 self._queue.extendleft(reversed(items))
                 if self._queue_since is None:
                     self._queue_since = now
-            self._unchosen = True
             self._force = False  # this was the attempt flush() asked for (nothing else is to send yet)
             self._busy = False
-            self.failed_requests += 1
-            self._failures_in_row += 1
-            self.last_error = str(exc)
-            self.last_error_kind = "transport"
-            self.health.failure()
+            self._failed(str(exc), "transport")
             self._prepare_due = now + self._backoff(None)
             waiting = len(self._queue)
             self._work.notify_all()
@@ -622,11 +626,7 @@ class Worker:
                     self._seen_messages[key] = 1
                     to_log.append((why, record.weight, message))
             if report.error is not None:
-                self.failed_requests += 1
-                self._failures_in_row += 1
-                self.last_error = str(report.error)
-                self.last_error_kind = reason
-                self.health.failure()
+                self._failed(str(report.error), reason)
             else:
                 self._failures_in_row = 0
                 self.health.success()
