@@ -124,10 +124,8 @@ class _PrintTransport(IngestionTransport):
     name = "dry-run"
 
     def __init__(self, out: TextIO, config: LangfuseConfig) -> None:
+        super().__init__(LangfuseClient(config), config)  # (the client never sends: `send` prints)
         self.out = out
-        self.max_item_bytes = config.max_item_bytes
-        self.environment = config.environment
-        self.release = config.release
 
     def send(self, records: Sequence[Record]) -> Report:
         for record in records:

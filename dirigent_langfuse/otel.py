@@ -482,9 +482,7 @@ class AutoTransport:
                     self.config.host, choice,
                 )
             if choice == "ingestion":
-                self._chosen = IngestionTransport(
-                    self.client, self.config.max_item_bytes, self.config.environment, self.config.release
-                )
+                self._chosen = IngestionTransport(self.client, self.config)
             else:
                 self._chosen = OtelTransport(self.client, self.config)
         return self._chosen

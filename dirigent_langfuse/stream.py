@@ -43,7 +43,7 @@ _ONE_QUEUED = StreamOutcome.accepted("1 item(s) queued")  # the usual answer; ou
 def make_transport(config: LangfuseConfig, client: LangfuseClient) -> Any:
     """The transport `config.transport` names; "auto" decides on the worker thread, once."""
     if config.transport == "ingestion":
-        return IngestionTransport(client, config.max_item_bytes, config.environment, config.release)
+        return IngestionTransport(client, config)
     from .otel import AutoTransport, OtelTransport
 
     if config.transport == "otel":

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import attrs
 
 from .client import LangfuseClient
+from .config import LangfuseConfig
 from .encoding import encode_item
 from .errors import LangfuseError, LangfuseStatusError, LangfuseTransportError
 
@@ -71,14 +72,12 @@ class IngestionTransport:
     name = "ingestion"
     envelope = (b'{"batch":[', b"]}")
 
-    def __init__(
-        self, client: LangfuseClient, max_item_bytes: int, environment: Optional[str] = None,
-        release: Optional[str] = None,
-    ) -> None:
+    def __init__(self, client: LangfuseClient, config: LangfuseConfig) -> None:
         self.client = client
-        self.max_item_bytes = max_item_bytes
-        self.environment = environment
-        self.release = release
+        self.max_item_bytes = config.max_item_bytes
+        self.max_retries = config.max_retries
+        self.environment = config.environment
+        self.release = config.release
 
     def prepare(self, items: Sequence[Dict[str, Any]]) -> List[Record]:
         out = []
@@ -104,7 +103,7 @@ class IngestionTransport:
         result = self.client.send_ingestion_body(body, len(records))
         report = Report(retries=result.retries, bytes_sent=result.bytes_sent)
         failed = {e.id: e for e in result.errors}
-        limit = self.client.config.max_retries
+        limit = self.max_retries
         for record in records:
             error = failed.get(record.key)
             if error is None:
