@@ -4,10 +4,18 @@ Promises:
 - The worker adds a batch of records in one transaction before their first send and removes
   them once Langfuse accepted them (or refused them for good). A process killed with `kill -9`
   therefore loses at most what was still in the in-memory queue, not yet encoded by the worker.
-- Records are stored with the stream's name and their wire format (`ingestion` or `otel`); a
-  stream that starts with the same spool re-sends the records of its own name. Records of the
-  other wire format (the server was upgraded in between) are counted as dropped, never sent to an
-  endpoint that cannot read them.
+- Records are stored with the stream's name, their wire format (`ingestion` or `otel`) and their
+  owner. A stream that starts with the same spool re-sends the records of its own name that no
+  living process owns. Records of the other wire format (the server was upgraded in between) are
+  counted as dropped, never sent to an endpoint that cannot read them.
+- Owners: every `Spool` (and every forked child's) takes a fresh owner token and holds an
+  exclusive `flock` on the file `<spool_path>.owners/<token>` for as long as it lives. The kernel
+  drops that lock when the process dies, however it dies, so a record whose owner's lock can be
+  taken is an orphan: the taker claims it (in one transaction, holding the dead owner's lock, so
+  two takers never both claim it) and re-sends it. A living process's records are never taken: two
+  processes sharing a spool never send each other's records, and a gunicorn `--preload` worker
+  killed with `kill -9` has its records re-sent by the worker that replaces it. Without `fcntl`
+  (Windows) there are no owners: a stream takes every record of its name found at start.
 - SQLite in WAL mode, one short-lived connection per thread; a spool that cannot be written is
   logged once and delivery goes on without it (the spool never stops the stream).
 """
@@ -18,7 +26,12 @@ import logging
 import os
 import sqlite3
 import threading
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
+
+try:
+    import fcntl
+except ImportError:  # Windows: no owners
+    fcntl = None  # type: ignore[assignment]
 
 from .errors import ConfigError
 from .transport import Record
@@ -35,9 +48,24 @@ CREATE TABLE IF NOT EXISTS spool (
     data BLOB NOT NULL,
     weight INTEGER NOT NULL,
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner TEXT NOT NULL DEFAULT '',
     UNIQUE (stream, key)
 );
 """
+
+
+def _lock(path: str) -> Optional[int]:
+    """An fd holding the exclusive lock on `path`, or None when a living process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class Spool:
@@ -49,10 +77,32 @@ class Spool:
         self._local = threading.local()
         self._broken = False
         self._pid = os.getpid()
+        self.owner = ""
+        self._owner_fd: Optional[int] = None
         try:
             self._db()  # fail early, on the caller's thread, for a path that cannot be opened
-        except sqlite3.Error as exc:
+            self._take_owner()
+        except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"cannot be opened as a spool: {self.path} ({exc})", stream=stream, key="spool_path") from None
+
+    def _owners(self) -> str:
+        return self.path + ".owners"
+
+    def _take_owner(self) -> None:
+        if fcntl is None:
+            return
+        os.makedirs(self._owners(), exist_ok=True)
+        token = f"{os.getpid()}-{os.urandom(6).hex()}"
+        fd = _lock(os.path.join(self._owners(), token))
+        if fd is None:  # cannot happen for a fresh token; be explicit rather than share one
+            raise OSError(f"the owner lock {token} is held by another process")
+        self.owner, self._owner_fd = token, fd
+
+    def release(self) -> None:
+        """Give the records left here to the next start (the stream has shut down). Idempotent."""
+        fd, self._owner_fd = self._owner_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def __repr__(self) -> str:
         return f"Spool({self.path!r}, stream={self.stream!r})"
@@ -65,6 +115,8 @@ class Spool:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(spool)")}:  # a spool from 0.x
+                db.execute("ALTER TABLE spool ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
             self._local.db = db
         return db
 
@@ -87,21 +139,24 @@ class Spool:
     def add(self, records: Sequence[Record], wire: str) -> None:
         self._write(
             "add records",
-            "INSERT OR REPLACE INTO spool (stream, key, wire, data, weight) VALUES (?, ?, ?, ?, ?)",
-            [(self.stream, r.key, wire, r.data, r.weight) for r in records],
+            "INSERT OR REPLACE INTO spool (stream, key, wire, data, weight, owner) VALUES (?, ?, ?, ?, ?, ?)",
+            [(self.stream, r.key, wire, r.data, r.weight, self.owner) for r in records],
         )
 
     def remove(self, keys: Sequence[str]) -> None:
         self._write("remove records", "DELETE FROM spool WHERE stream = ? AND key = ?", [(self.stream, k) for k in keys])
 
     def load(self, wire: str) -> Tuple[List[Record], int]:
-        """(records of this stream and wire format in their original order, count of others removed)."""
+        """Claims the orphans of this stream (records whose owner is dead); returns those of this
+        wire format in their original order, and the count of the others, removed."""
         try:
             db = self._db()
+            self._claim(db)
             rows = db.execute(
-                "SELECT key, wire, data, weight FROM spool WHERE stream = ? ORDER BY seq", (self.stream,)
+                "SELECT key, wire, data, weight FROM spool WHERE stream = ? AND owner = ? ORDER BY seq",
+                (self.stream, self.owner),
             ).fetchall()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             self._broken = True
             log.error("spool %s: cannot read (%s); going on without the spool", self.path, exc)
             return [], 0
@@ -111,16 +166,57 @@ class Spool:
             self.remove([key for key, _ in other])
         return keep, sum(weight for _, weight in other)
 
+    def _claim(self, db: sqlite3.Connection) -> None:
+        """Make every record of this stream whose owner is dead ours, and remove dead owners' lock
+        files (a missing lock file means a dead owner too: a clean exit, or a spool from 0.x)."""
+        if fcntl is None:
+            db.execute("UPDATE spool SET owner = ? WHERE stream = ?", (self.owner, self.stream))
+            return
+        owners = {row[0] for row in db.execute("SELECT DISTINCT owner FROM spool WHERE stream = ?", (self.stream,))}
+        try:
+            files = set(os.listdir(self._owners()))
+        except FileNotFoundError:
+            files = set()
+        for owner in sorted((owners | files) - {self.owner}):
+            path = os.path.join(self._owners(), owner)
+            fd = _lock(path) if owner in files else -1
+            if fd is None:
+                continue  # alive
+            try:
+                if owner in owners:
+                    db.execute(
+                        "UPDATE spool SET owner = ? WHERE stream = ? AND owner = ?", (self.owner, self.stream, owner)
+                    )
+                if fd >= 0:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+
     def count(self) -> int:
         return int(self._db().execute("SELECT count(*) FROM spool WHERE stream = ?", (self.stream,)).fetchone()[0])
 
-    def detached(self) -> "Spool":
-        """The spool for a forked child: the parent keeps the file; the child starts without one."""
-        return _NoSpool()  # type: ignore[return-value]
+    def forked(self) -> "Spool":
+        """The spool for a forked child: the same file under an owner of its own. The child's copy
+        of the parent's lock is closed (never unlocked: that would release the parent's lock), so
+        the parent's records stay the parent's, and the child's outlive it if it is killed."""
+        if self._owner_fd is not None:
+            os.close(self._owner_fd)
+            self._owner_fd = None
+        if fcntl is None:
+            return _NoSpool()  # type: ignore[return-value]
+        try:
+            return Spool(self.path, self.stream)
+        except ConfigError as exc:
+            log.error("stream %r: the forked child goes on without the spool: %s", self.stream, exc)
+            return _NoSpool()  # type: ignore[return-value]
 
 
 class _NoSpool:
-    """What a forked child gets: two processes must not re-send each other's records."""
+    """A forked child's spool where owners cannot be told apart (no `fcntl`), or the file cannot
+    be opened: the child must not take the parent's records, so it goes without."""
 
     def add(self, records: Sequence[Record], wire: str) -> None:
         pass
@@ -134,5 +230,8 @@ class _NoSpool:
     def count(self) -> int:
         return 0
 
-    def detached(self) -> "_NoSpool":
+    def release(self) -> None:
+        pass
+
+    def forked(self) -> "_NoSpool":
         return self

@@ -218,8 +218,10 @@ class Worker:
         if reset is not None:
             reset()
         if self.spool is not None:
-            self.spool = self.spool.detached()
-            self._spool_loaded = True  # the parent's to load, not ours
+            # The same file under an owner of our own: the parent's records stay the parent's; a
+            # sibling killed before us left orphans, which our start takes over.
+            self.spool = self.spool.forked()
+            self._spool_loaded = False
 
     # -- caller side ------------------------------------------------------------------------------
 
@@ -347,6 +349,8 @@ class Worker:
             self._stopped = True
             timed_out = any(t.is_alive() for t in self._threads)
             ok = self.pending == 0 and self._drops() == drops and not timed_out
+            if self.spool is not None and not timed_out:
+                self.spool.release()  # what is left in it is the next start's
             return FlushResult(ok, timed_out, self.pending, None if ok else self.last_error)
 
     # -- worker side ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, Iterator, List, Tuple
 
 import pytest
 
@@ -412,20 +412,28 @@ while True:
 """
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_kill_9_with_a_spool_then_restart(fast_receiver, transport, tmp_path, no_secrets_logged):
-    receiver = fast_receiver
-    spool = str(tmp_path / "spool.db")
-    receiver.faults.add(Fault.status(503, seconds=120))  # nothing gets through before the kill
+@contextlib.contextmanager
+def spooling_process(receiver: Receiver, spool: str, transport: str) -> Iterator[Dict[str, Any]]:
+    """A process (CHILD) that spooled three sessions it could not deliver and is still alive;
+    killed with SIGKILL (no atexit, no flush) when the block ends. Yields its report."""
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(ROOT), receiver.url, spool, transport],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 60)
         assert ready, "the spooling process never reported"
-        first = json.loads(proc.stdout.readline())
+        yield json.loads(proc.stdout.readline())
     finally:
-        proc.kill()  # SIGKILL: no atexit, no flush
+        proc.kill()
         proc.wait(10)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_kill_9_with_a_spool_then_restart(fast_receiver, transport, tmp_path, no_secrets_logged):
+    receiver = fast_receiver
+    spool = str(tmp_path / "spool.db")
+    receiver.faults.add(Fault.status(503, seconds=120))  # nothing gets through before the kill
+    with spooling_process(receiver, spool, transport) as first:
+        pass
     assert first["accepted"] > 0 and first["spooled"] > 0
     assert receiver.store.counters().get("items_received", 0) + receiver.store.counters().get("spans_received", 0) == 0
     receiver.faults.clear()
@@ -436,6 +444,82 @@ def test_kill_9_with_a_spool_then_restart(fast_receiver, transport, tmp_path, no
     assert restarted._worker.spool.count() == 0
     check("kill -9 + spool restart", transport, receiver, restarted, first["max_block"])
     assert len(receiver.store.traces()) == 3
+
+
+def test_a_living_process_s_spooled_records_are_never_taken_by_another(fast_receiver, tmp_path, no_secrets_logged):
+    """Two processes share a spool (the same config): a stream starting beside a living one must
+    not re-send its records (they would go twice); once that process is killed, they are orphans."""
+    receiver = fast_receiver
+    spool = str(tmp_path / "spool.db")
+    receiver.faults.add(Fault.status(503, seconds=120))
+    with spooling_process(receiver, spool, "ingestion") as first:
+        receiver.faults.clear()
+        beside = LangfuseStream(config(receiver.url, transport="ingestion", spool_path=spool, **FAST), name="spooled")
+        assert beside.shutdown(15).status is OutcomeStatus.DELIVERED
+        assert beside.stats().items_accepted == 0
+        assert receiver.store.envelope_count() == 0
+        assert beside._worker.spool.count() == first["spooled"]  # still the living process's
+    restarted = LangfuseStream(config(receiver.url, transport="ingestion", spool_path=spool, **FAST), name="spooled")
+    assert restarted.shutdown(15).status is OutcomeStatus.DELIVERED
+    assert restarted.stats().items_delivered == first["accepted"]
+    assert restarted._worker.spool.count() == 0
+    check("spool shared by a living process", "ingestion", receiver, restarted, first["max_block"])
+
+
+def fork_spooling_child(stream: LangfuseStream, scroll: str) -> Tuple[int, Dict[str, Any]]:
+    """Forks a child that feeds one session Langfuse refuses, waits until all of it is in the
+    spool, reports, and then lives until it is killed. Returns (pid, report)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            os.close(read_end)
+            child = Caller(stream)
+            child.feed(session(scroll))
+            w = stream._worker
+            with w._lock:
+                w._done.wait_for(lambda: w.processed >= w.accepted and not w._busy and w.failed_requests > 0, 30)
+            report = {"accepted": w.accepted, "spooled": w.spool.count(), "max_block": child.max_block}
+            os.write(write_end, json.dumps(report).encode())
+            while True:
+                signal.pause()  # until kill -9
+        finally:
+            os._exit(1)
+    os.close(write_end)
+    ready, _, _ = select.select([read_end], [], [], 30)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the forked child never reported")
+    report: Dict[str, Any] = json.loads(os.read(read_end, 65536).decode())
+    os.close(read_end)
+    return pid, report
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Python 3.12+ warns about fork() with threads
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork() on this platform")
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_preload_worker_killed_with_kill_9_is_re_sent_by_its_replacement(fast_receiver, transport, tmp_path, no_secrets_logged):
+    """gunicorn --preload: the stream is made in the master, the events happen in forked workers.
+    A worker killed with kill -9 leaves its spooled records; the worker forked to replace it sends
+    them. The master's own records, if any, stay the master's."""
+    receiver = fast_receiver
+    spool = str(tmp_path / "spool.db")
+    stream = LangfuseStream(config(receiver.url, transport=transport, spool_path=spool, **FAST), name="app")
+    receiver.faults.add(Fault.status(503, seconds=120))
+    pid, first = fork_spooling_child(stream, "worker-1")
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert first["accepted"] > 0 and first["spooled"] > 0, first
+    receiver.faults.clear()
+    second = fork_child(stream, "worker-2")
+    assert second["ok"], second
+    assert second["accepted"] == second["delivered"] == 2 * first["accepted"], (first, second)
+    assert len(receiver.store.traces()) == 2  # the killed worker's session and its replacement's
+    assert receiver.store.counters().get("duplicates", 0) == 0
+    if transport == "ingestion":
+        assert receiver.store.envelope_count() == second["delivered"]
+    assert stream.shutdown(10).ok and stream._worker.spool.count() == 0
+    assert max(first["max_block"], second["max_block"]) < BOUND
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -1,0 +1,94 @@
+"""The spool's owners: records of a living process are never taken; a dead one's are, once."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import sqlite3
+
+import pytest
+
+from dirigent_langfuse.spool import Spool
+from dirigent_langfuse.transport import Record
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="spool owners need fcntl (POSIX)")
+
+
+def records(*keys: str) -> list:
+    return [Record(k, f'{{"id":"{k}"}}'.encode(), 1) for k in keys]
+
+
+def test_a_living_owner_s_records_are_not_taken_and_a_released_one_s_are(tmp_path):
+    path = str(tmp_path / "spool.db")
+    first = Spool(path, "s")
+    first.add(records("a", "b"), "ingestion")
+    second = Spool(path, "s")  # another owner, as another process would be (flock is per open file)
+    assert second.load("ingestion") == ([], 0)
+    first.release()  # the first stream shut down, or its process died
+    loaded, other = second.load("ingestion")
+    assert [r.key for r in loaded] == ["a", "b"] and other == 0
+    third = Spool(path, "s")
+    assert third.load("ingestion") == ([], 0)  # claimed once: the second owns them now
+    second.release()
+    assert [r.key for r in third.load("ingestion")[0]] == ["a", "b"]
+
+
+def test_only_its_own_stream_s_orphans_are_claimed_and_dead_owners_lock_files_go(tmp_path):
+    path = str(tmp_path / "spool.db")
+    dead = Spool(path, "one")
+    dead.add(records("a"), "ingestion")
+    other = Spool(path, "two")
+    other.add(records("b"), "otel")
+    dead.release()
+    other.release()
+    one = Spool(path, "one")
+    assert [r.key for r in one.load("ingestion")[0]] == ["a"]
+    two = Spool(path, "two")
+    assert [r.key for r in two.load("otel")[0]] == ["b"]
+    assert sorted(os.listdir(path + ".owners")) == sorted([one.owner, two.owner])
+
+
+def test_a_spool_written_before_owners_existed_is_taken(tmp_path):
+    path = str(tmp_path / "spool.db")
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE spool (stream TEXT NOT NULL, key TEXT NOT NULL, wire TEXT NOT NULL, data BLOB NOT NULL,"
+        " weight INTEGER NOT NULL, seq INTEGER PRIMARY KEY AUTOINCREMENT, UNIQUE (stream, key));"
+        "INSERT INTO spool (stream, key, wire, data, weight) VALUES ('s', 'old', 'ingestion', x'7b7d', 3);"
+    )
+    db.close()
+    spool = Spool(path, "s")
+    loaded, _ = spool.load("ingestion")
+    assert [(r.key, r.data, r.weight) for r in loaded] == [("old", b"{}", 3)]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Python 3.12+ warns about fork() with threads
+def test_a_forked_child_has_its_own_owner_and_leaves_the_parent_s_lock_held(tmp_path):
+    """The child closes its copy of the parent's lock; unlocking it would free the parent's records."""
+    path = str(tmp_path / "spool.db")
+    parent = Spool(path, "s")
+    parent.add(records("p"), "ingestion")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            child = parent.forked()
+            child.add(records("c"), "ingestion")
+            report = {"owner": child.owner, "loaded": [r.key for r in child.load("ingestion")[0]]}
+            os.write(write_end, json.dumps(report).encode())
+            code = 0
+        finally:
+            os._exit(code)  # dies: its lock goes with it
+    os.close(write_end)
+    ready, _, _ = select.select([read_end], [], [], 30)
+    assert ready, "the forked child never reported"
+    report = json.loads(os.read(read_end, 65536).decode())
+    os.close(read_end)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert report["owner"] not in ("", parent.owner) and report["loaded"] == ["c"]  # not the parent's "p"
+    later = Spool(path, "s")
+    assert [r.key for r in later.load("ingestion")[0]] == ["c"]  # the dead child's; the parent still holds "p"
+    parent.release()
+    assert [r.key for r in later.load("ingestion")[0]] == ["p", "c"]  # in the order they were spooled
