@@ -30,7 +30,7 @@ from .config import LangfuseConfig
 from .errors import BusEventError, ConfigError, DirigentLangfuseError, LangfuseStatusError, LangfuseTransportError
 from .faults import parse_fault
 from .otel import choose_transport
-from .receiver import DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY, Receiver, parse_listen
+from .receiver import DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY, MAX_REQUEST_BYTES, Receiver, parse_listen
 from .registry import StreamFactoryRegistry, StreamSet
 from .render import render_all
 from .specs import load_stream_specs
@@ -235,7 +235,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
         print(f"receive: {exc}", file=sys.stderr)
         return 2
     receiver = Receiver(host, port, db=args.db, public_key=args.public_key, secret_key=args.secret_key,
-                        version=args.server_version)
+                        version=args.server_version, max_request_bytes=args.max_request_bytes)
     receiver.faults.add(*faults)
     stop = threading.Event()
     try:
@@ -355,6 +355,8 @@ def _parser() -> argparse.ArgumentParser:
     receive.add_argument("--public-key", default=DEFAULT_PUBLIC_KEY)
     receive.add_argument("--secret-key", default=DEFAULT_SECRET_KEY)
     receive.add_argument("--server-version", default="3.120.0", help="version /api/public/health reports")
+    receive.add_argument("--max-request-bytes", type=int, default=MAX_REQUEST_BYTES, metavar="N",
+                         help=f"larger request bodies get 413 (default {MAX_REQUEST_BYTES}, Langfuse Cloud's 5 MB)")
     receive.add_argument("--fault", action="append", metavar="SPEC",
                          help="schedule a fault: 503*5, 429:2*3, slow:1.5*2, reset*1, partial:500/3*1, 503~30")
     receive.set_defaults(func=cmd_receive)

@@ -2,6 +2,8 @@
 
 It answers the endpoints a client of Langfuse's public API uses, the way Langfuse does:
 
+- bodies over `max_request_bytes` (Langfuse Cloud's 5 MB by default), as sent or once inflated,
+  get 413; a bad `Content-Length` or gzip body gets 400; chunked bodies are read;
 - `POST /api/public/ingestion`: basic auth (401), `{"batch": [...]}` or 400, then 207 with
   `successes` and `errors` per item (an item that is not a valid `IngestionEvent` gets 400);
 - `POST /api/public/otel/v1/traces`: OTLP/JSON, gzip or not (protobuf when the optional
@@ -17,13 +19,13 @@ that clients see refused connections. Nagle's algorithm is off on every connecti
 from __future__ import annotations
 
 import base64
-import gzip
 import hmac
 import json
 import logging
 import socket
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PUBLIC_KEY = "pk-lf-local"
 DEFAULT_SECRET_KEY = "sk-lf-local"
+MAX_REQUEST_BYTES = 5 * 1024 * 1024  # Langfuse Cloud's documented limit: 5 MB per request
 
 
 def _decode_protobuf(data: bytes) -> Dict[str, Any]:
@@ -57,6 +60,28 @@ def _decode_protobuf(data: bytes) -> Dict[str, Any]:
                     if span.get(key):
                         span[key] = base64.b64decode(span[key]).hex()
     return out
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Every gzip member of `data`, never inflating more than `limit` bytes (a gzip bomb gets 413,
+    not the receiver's memory). ValueError or zlib.error when it is not complete, valid gzip."""
+    out: List[bytes] = []
+    total = 0
+    while data:
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        chunk = inflate.decompress(data, limit + 1 - total)
+        total += len(chunk)
+        if total > limit or inflate.unconsumed_tail:
+            raise _TooLarge()
+        if not inflate.eof:
+            raise ValueError("truncated gzip")
+        out.append(chunk)
+        data = inflate.unused_data
+    return b"".join(out)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -86,20 +111,80 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(401, {"message": "Invalid credentials. Confirm that you've configured the correct host."})
         return False
 
+    def _refuse(self, code: int, message: str) -> None:
+        """Answer and close: the rest of the body (if any) is never read."""
+        self.close_connection = True
+        self._send(code, {"message": message}, {"Connection": "close"})
+
     def _body(self) -> Optional[bytes]:
-        length = int(self.headers.get("Content-Length") or 0)
-        data = self.rfile.read(length) if length else b""
+        """The request body, decompressed; None once a 400 or 413 has been answered. Bodies over
+        `max_request_bytes`, as sent or decompressed, get 413, as Langfuse's own limit would."""
         receiver = self.server.receiver
+        limit = receiver.max_request_bytes
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            data = self._chunked(limit)
+            if data is None:
+                return None
+            length = len(data)
+        else:
+            raw = self.headers.get("Content-Length")
+            try:
+                length = int(raw) if raw is not None else 0
+            except ValueError:
+                length = -1
+            if length < 0:
+                self._refuse(400, f"invalid Content-Length {raw!r}")
+                return None
+            if length > limit:
+                self._drain(length)
+                self._refuse(413, f"Request body of {length} bytes exceeds the limit of {limit} bytes")
+                return None
+            data = self.rfile.read(length) if length else b""
         if length > receiver.max_body:
             receiver.max_body = length
         receiver.store.bump("bytes_received", length)
         if self.headers.get("Content-Encoding", "").lower() == "gzip":
             try:
-                data = gzip.decompress(data)
-            except (OSError, EOFError):
+                data = _gunzip(data, limit)
+            except _TooLarge:
+                self._refuse(413, f"Request body exceeds the limit of {limit} bytes once decompressed")
+                return None
+            except (ValueError, zlib.error):
                 self._send(400, {"message": "body is not valid gzip"})
                 return None
         return data
+
+    def _drain(self, length: int) -> None:
+        """Read and discard a refused body (up to 64 MiB), as servers do before closing: a client
+        still sending when the socket closes would see a reset instead of the 413."""
+        left = length if length <= 64 * 1024 * 1024 else 0
+        while left > 0:
+            got = self.rfile.read(min(left, 65536))
+            if not got:
+                break
+            left -= len(got)
+
+    def _chunked(self, limit: int) -> Optional[bytes]:
+        """A `Transfer-Encoding: chunked` body, within `limit`."""
+        parts: List[bytes] = []
+        total = 0
+        while True:
+            line = self.rfile.readline(1026)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                self._refuse(400, "malformed chunked body")
+                return None
+            if size == 0:
+                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):  # trailers
+                    pass
+                return b"".join(parts)
+            total += size
+            if total > limit:
+                self._refuse(413, f"Request body exceeds the limit of {limit} bytes")
+                return None
+            parts.append(self.rfile.read(size))
+            self.rfile.readline(3)  # the chunk's CRLF
 
     def _fault(self) -> Optional[Fault]:
         fault = self.server.receiver.faults.next()
@@ -220,8 +305,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if path == "/api/public/traces":
             query = parse_qs(parts.query)
-            page = max(1, int((query.get("page") or ["1"])[0]))
-            limit = max(1, min(100, int((query.get("limit") or ["50"])[0])))
+            try:
+                page = max(1, int((query.get("page") or ["1"])[0]))
+                limit = max(1, min(100, int((query.get("limit") or ["50"])[0])))
+            except ValueError:
+                self._send(400, {"message": "page and limit must be integers"})
+                return
             traces = receiver.store.traces()
             chunk = traces[(page - 1) * limit : page * limit]
             self._send(
@@ -290,8 +379,10 @@ class Receiver:
         public_key: str = DEFAULT_PUBLIC_KEY,
         secret_key: str = DEFAULT_SECRET_KEY,
         version: str = "3.120.0",
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         self.host = host
+        self.max_request_bytes = max_request_bytes
         self.port = port
         self.store = Store(db)
         self.faults = FaultPlan()

@@ -223,6 +223,22 @@ def test_oversized_items_are_truncated_and_requests_split(fast_receiver, transpo
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_receiver_s_own_body_limit_splits_requests_until_they_fit(transport, no_secrets_logged, caplog):
+    """Not an injected 413: the receiver's limit (Langfuse's is 5 MB) is below the stream's
+    `max_request_bytes`, and over OTel it is the inflated body that is too large."""
+    with Receiver(max_request_bytes=150_000) as receiver:
+        limits = dict(max_item_bytes=64_000, max_request_bytes=1_000_000)
+        stream = LangfuseStream(config(receiver.url, transport=transport, **limits, **FAST), name="limit")
+        caller = Caller(stream)
+        caller.feed(session("big-1", messages=6, tools=1, big=300_000))
+        caller.feed(session("small-1", messages=3))
+        assert stream.shutdown(15).status is OutcomeStatus.DELIVERED
+        check("receiver limit 413", transport, receiver, stream, caller.max_block)
+        assert len(receiver.store.traces()) == 2
+        assert any("413" in r.getMessage() and "splitting" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_eight_producers_at_full_speed_with_a_small_queue(fast_receiver, transport, no_secrets_logged):
     receiver = fast_receiver
     stream = LangfuseStream(config(receiver.url, transport=transport, max_queue_items=400, **FAST), name="eight")
@@ -453,12 +469,12 @@ def test_a_living_process_s_spooled_records_are_never_taken_by_another(fast_rece
     spool = str(tmp_path / "spool.db")
     receiver.faults.add(Fault.status(503, seconds=120))
     with spooling_process(receiver, spool, "ingestion") as first:
-        receiver.faults.clear()
+        # Langfuse still refuses: the living process keeps its records, and so must the new stream.
         beside = LangfuseStream(config(receiver.url, transport="ingestion", spool_path=spool, **FAST), name="spooled")
-        assert beside.shutdown(15).status is OutcomeStatus.DELIVERED
-        assert beside.stats().items_accepted == 0
-        assert receiver.store.envelope_count() == 0
+        assert beside.shutdown(2).status is OutcomeStatus.DELIVERED  # it had nothing of its own
+        assert beside.stats().items_accepted == 0 and beside.stats().requests == 0
         assert beside._worker.spool.count() == first["spooled"]  # still the living process's
+    receiver.faults.clear()
     restarted = LangfuseStream(config(receiver.url, transport="ingestion", spool_path=spool, **FAST), name="spooled")
     assert restarted.shutdown(15).status is OutcomeStatus.DELIVERED
     assert restarted.stats().items_delivered == first["accepted"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import socket
@@ -217,3 +218,68 @@ def test_spans_within_one_millisecond_are_not_duplicates_but_a_span_resent_under
     assert receiver.store.counters()["duplicates"] == 0
     assert export(span("03" * 8, t + 1000)) == 200  # the first one again under another span id: a client's bug
     assert receiver.store.counters()["duplicates"] == 1
+
+
+# -- request limits and odd bodies ------------------------------------------------------------------
+
+
+def raw_post(receiver: Receiver, head: str, body: bytes = b"") -> bytes:
+    """One request written by hand on a socket (what `requests` would refuse to send); the answer."""
+    with socket.create_connection((receiver.host, receiver.port), timeout=5) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while True:
+            got = sock.recv(65536)
+            if not got:
+                return answer
+            answer += got
+
+
+AUTH_HEADER = "Authorization: Basic " + base64.b64encode(b"pk-lf-local:sk-lf-local").decode()
+
+
+@pytest.mark.parametrize("length", ["abc", "-5"])
+def test_a_content_length_that_is_not_a_size_gets_400(receiver, length):
+    answer = raw_post(receiver, f"POST /api/public/ingestion HTTP/1.1\nHost: x\n{AUTH_HEADER}\nContent-Length: {length}\n")
+    assert answer.startswith(b"HTTP/1.1 400") and b"Content-Length" in answer
+
+
+def test_a_body_over_the_limit_gets_413_as_sent_or_once_inflated():
+    with Receiver(max_request_bytes=10_000) as receiver:
+        url = receiver.url + "/api/public/ingestion"
+        big = json.dumps({"batch": [{"x": "y" * 20_000}]}).encode()
+        response = requests.post(url, data=big, auth=AUTH, timeout=5)
+        assert response.status_code == 413 and "10000" in response.json()["message"]
+        bomb = gzip.compress(b'{"batch": [' + b" " * 5_000_000 + b"]}", 9)  # 5 MB inflated, 5 kB sent
+        assert len(bomb) < 10_000
+        response = requests.post(url, data=bomb, auth=AUTH, headers={"Content-Encoding": "gzip"}, timeout=5)
+        assert response.status_code == 413 and "decompressed" in response.json()["message"]
+        small = gzip.compress(json.dumps({"batch": session_items()}).encode())
+        response = requests.post(url, data=small, auth=AUTH, headers={"Content-Encoding": "gzip"}, timeout=5)
+        assert response.status_code == 207 and not response.json()["errors"]
+
+
+def test_truncated_gzip_gets_400(receiver):
+    body = gzip.compress(json.dumps({"batch": session_items()}).encode())[:-10]
+    response = requests.post(receiver.url + "/api/public/ingestion", data=body, auth=AUTH,
+                             headers={"Content-Encoding": "gzip"}, timeout=5)
+    assert response.status_code == 400 and "gzip" in response.json()["message"]
+
+
+def test_a_chunked_body_is_read(receiver):
+    items = session_items()
+
+    def chunks():
+        text = json.dumps({"batch": items}).encode()
+        for start in range(0, len(text), 100):
+            yield text[start:start + 100]
+
+    response = requests.post(receiver.url + "/api/public/ingestion", data=chunks(), auth=AUTH, timeout=5)
+    assert response.status_code == 207 and len(response.json()["successes"]) == len(items)
+    assert receiver.store.envelope_count() == len(items)
+
+
+def test_a_page_that_is_not_a_number_gets_400(receiver):
+    response = requests.get(receiver.url + "/api/public/traces?page=two", auth=AUTH, timeout=5)
+    assert response.status_code == 400
