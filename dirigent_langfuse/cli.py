@@ -29,6 +29,7 @@ from .client import LangfuseClient
 from .config import LangfuseConfig
 from .errors import BusEventError, ConfigError, DirigentLangfuseError, LangfuseStatusError, LangfuseTransportError
 from .faults import parse_fault
+from .masking import resolve as resolve_mask
 from .otel import choose_transport
 from .receiver import DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY, MAX_REQUEST_BYTES, Receiver, parse_listen
 from .registry import StreamFactoryRegistry, StreamSet
@@ -284,6 +285,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _check_one(name: str, params: Mapping[str, Any]) -> Tuple[bool, str]:
     try:
         config = LangfuseConfig.from_params(params, stream=name)
+        if config.mask:
+            resolve_mask(config.mask, stream=name)  # as the stream would, when it is made
     except ConfigError as exc:
         return False, f"configuration: {exc}"
     client = LangfuseClient(config)

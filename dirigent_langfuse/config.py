@@ -27,6 +27,7 @@ _ENV = {
 }
 # Optional ones, read as Langfuse's SDKs read them.
 _ENV_OPTIONAL = {"environment": "LANGFUSE_TRACING_ENVIRONMENT", "release": "LANGFUSE_RELEASE"}
+_ENV_SAMPLE_RATE = "LANGFUSE_SAMPLE_RATE"
 
 
 def _host(value: str) -> str:
@@ -83,6 +84,17 @@ def _environment(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -
         )
 
 
+def _fraction(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError(f"must be a number from 0 to 1, got {value!r}", key=attribute.name)
+
+
+def _mask_spec(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    """'package.module:function', imported when the stream is made (see masking.py)."""
+    if value is not None and not (isinstance(value, str) and re.fullmatch(r"[\w.]+:[\w.]+", value)):
+        raise ConfigError(f"must be 'package.module:function', got {value!r}", key=attribute.name)
+
+
 def _one_of(*choices: str) -> Any:
     def check(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
         if value not in choices:
@@ -101,7 +113,9 @@ class LangfuseConfig:
     re-sends of an item a 207 refused with a 5xx or 429, before it is dropped), each request
     bounded by `connect_timeout` and `read_timeout`. Bounds: the caller's queue holds
     `max_queue_items` (beyond, `on_event` answers FAILED(OVERFLOW) and counts the drop); failed
-    batches wait in a retry buffer of `max_buffer_items` / `max_buffer_bytes`.
+    batches wait in a retry buffer of `max_buffer_items` / `max_buffer_bytes`. Sampling:
+    `sample_rate` of the sessions are mirrored, each kept or left out whole (see sampling.py).
+    Masking: `mask` names a function applied to what leaves the process (see masking.py).
     """
 
     host: str = attrs.field(converter=_host)
@@ -137,6 +151,8 @@ class LangfuseConfig:
     release: Optional[str] = attrs.field(default=None, validator=_opt_text)
     atexit_flush: bool = attrs.field(default=True, validator=_bool)
     fork_wait: float = attrs.field(default=1.0, validator=_non_negative)
+    sample_rate: float = attrs.field(default=1.0, validator=_fraction)
+    mask: Optional[str] = attrs.field(default=None, validator=_mask_spec)
 
     def __attrs_post_init__(self) -> None:
         if self.unavailable_after < self.degraded_after:
@@ -171,6 +187,13 @@ class LangfuseConfig:
         for key, var in _ENV_OPTIONAL.items():
             if values.get(key) is None and env.get(var):
                 values[key] = env[var]
+        if values.get("sample_rate") is None and env.get(_ENV_SAMPLE_RATE):
+            text = env[_ENV_SAMPLE_RATE]
+            try:
+                values["sample_rate"] = float(text)
+            except ValueError:
+                raise ConfigError(f"from {_ENV_SAMPLE_RATE} must be a number from 0 to 1, got {text!r}",
+                                  stream=stream, key="sample_rate") from None
         try:
             return cls(**values)
         except ConfigError as exc:

@@ -36,6 +36,7 @@ from .client import LangfuseClient
 from .config import LangfuseConfig
 from .encoding import as_text, shrink_fields, utf8
 from .mapping import iso_time, merge_into, uuid5_hex
+from .masking import Masker
 from .transport import IngestionTransport, NotChosen, Record, Report
 
 __all__ = ["OtelTransport", "AutoTransport", "otel_trace_id", "span_id", "choose_transport"]
@@ -209,9 +210,12 @@ class OtelTransport:
 
     name = "otel"
 
-    def __init__(self, client: LangfuseClient, config: LangfuseConfig, clock: Any = time.time) -> None:
+    def __init__(
+        self, client: LangfuseClient, config: LangfuseConfig, masker: Optional[Masker] = None, clock: Any = time.time
+    ) -> None:
         self.client = client
         self.config = config
+        self.masker = masker
         self.max_open = config.max_open_observations
         self.max_item_bytes = config.max_item_bytes
         self._clock = clock
@@ -345,6 +349,10 @@ class OtelTransport:
             body["metadata"] = meta
         is_root = key.startswith("session\x1f")
         sid = session_span_id(obs.trace) if is_root else span_id(key)
+        if self.masker is not None:  # the span is written from a masked copy; the fold keeps its own
+            masked = self.masker.body(body)
+            if masked is not body:
+                obs, body = _Open(obs.kind, obs.trace, masked, obs.weight), masked
         data = utf8(self.span(obs, sid, is_root))
         truncated = False
         if len(data) > self.max_item_bytes:
@@ -372,8 +380,14 @@ class OtelTransport:
             parts.append(_str_kv(TRACE_USER_ID, info["userId"]))
         if info.get("tags"):
             parts.append(_list_kv(TRACE_TAGS, [str(t) for t in info["tags"]]))
-        for mkey, mvalue in (info.get("metadata") or {}).items():
-            parts.append(_str_kv(f"{TRACE_METADATA}.{mkey}", mvalue))
+        meta = info.get("metadata")
+        if meta is not None and self.masker is not None:
+            meta = self.masker.value(meta)
+        if isinstance(meta, dict):
+            for mkey, mvalue in meta.items():
+                parts.append(_str_kv(f"{TRACE_METADATA}.{mkey}", mvalue))
+        elif meta is not None:  # a mask answered something else than a mapping: sent whole
+            parts.append(_str_kv(TRACE_METADATA, meta))
         if self._static:
             parts.append(self._static)
         text = ",".join(parts)
@@ -394,7 +408,9 @@ class OtelTransport:
             if value is not None and value != "" and (value or not is_map):
                 attrs.append(head + _quote(value if type(value) is str else as_text(value)) + "}}")
         meta = get("metadata")
-        if meta:
+        if meta is not None and not isinstance(meta, dict):  # a mask answered something else: sent whole
+            attrs.append(_str_kv(OBS_METADATA, meta))
+        elif meta:
             for mkey, mvalue in meta.items():
                 head = _meta_heads.get(mkey) or _meta_head(mkey)
                 attrs.append(head + _quote(mvalue if type(mvalue) is str else as_text(mvalue)) + "}}")
@@ -452,9 +468,10 @@ class AutoTransport:
     asks again later, unless `guess` (at shutdown), which takes `otel`.
     """
 
-    def __init__(self, client: LangfuseClient, config: LangfuseConfig) -> None:
+    def __init__(self, client: LangfuseClient, config: LangfuseConfig, masker: Optional[Masker] = None) -> None:
         self.client = client
         self.config = config
+        self.masker = masker
         self._chosen: Any = None
 
     @property
@@ -482,9 +499,9 @@ class AutoTransport:
                     self.config.host, choice,
                 )
             if choice == "ingestion":
-                self._chosen = IngestionTransport(self.client, self.config)
+                self._chosen = IngestionTransport(self.client, self.config, self.masker)
             else:
-                self._chosen = OtelTransport(self.client, self.config)
+                self._chosen = OtelTransport(self.client, self.config, self.masker)
         return self._chosen
 
     def prepare(self, items: Sequence[Dict[str, Any]]) -> List[Record]:

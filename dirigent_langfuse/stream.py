@@ -21,7 +21,10 @@ from .bus import BusEvent, UnknownEvent
 from .client import LangfuseClient
 from .config import LangfuseConfig
 from .mapping import MappingState, bus_event_to_items, maps
+from .masking import Masker
+from .masking import resolve as resolve_mask
 from .pending import PendingBuffer
+from .sampling import sampled_in
 from .streams import (
     Health,
     HealthTracker,
@@ -40,15 +43,15 @@ log = logging.getLogger(__name__)
 _ONE_QUEUED = StreamOutcome.accepted("1 item(s) queued")  # the usual answer; outcomes are immutable
 
 
-def make_transport(config: LangfuseConfig, client: LangfuseClient) -> Any:
+def make_transport(config: LangfuseConfig, client: LangfuseClient, masker: Optional[Masker] = None) -> Any:
     """The transport `config.transport` names; "auto" decides on the worker thread, once."""
     if config.transport == "ingestion":
-        return IngestionTransport(client, config)
+        return IngestionTransport(client, config, masker)
     from .otel import AutoTransport, OtelTransport
 
     if config.transport == "otel":
-        return OtelTransport(client, config)
-    return AutoTransport(client, config)
+        return OtelTransport(client, config, masker)
+    return AutoTransport(client, config, masker)
 
 
 class LangfuseStream(SessionStream):
@@ -62,7 +65,10 @@ class LangfuseStream(SessionStream):
         client: Optional[LangfuseClient] = None,
         transport: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        mask: Optional[Callable[..., Any]] = None,
     ) -> None:
+        """`mask`: a function called as `mask(data=value)` on every input, output, metadata and
+        status message before it leaves the process (see masking.py); it wins over `config.mask`."""
         self.name = name
         self.config = config
         self.client = client or LangfuseClient(config)
@@ -71,7 +77,14 @@ class LangfuseStream(SessionStream):
         self._pending = PendingBuffer(
             config.pending_max_keys, config.pending_max_events_per_key, config.pending_ttl, clock=clock, name=name
         )
-        self.transport = transport if transport is not None else make_transport(config, self.client)
+        if mask is None and config.mask:
+            mask = resolve_mask(config.mask, stream=name)
+        self._masker = Masker(mask, name) if mask is not None else None
+        if transport is None:
+            transport = make_transport(config, self.client, self._masker)
+        elif getattr(transport, "masker", False) is None:  # a transport made by the caller masks too
+            transport.masker = self._masker
+        self.transport = transport
         spool = None
         if config.spool_path:
             from .spool import Spool
@@ -83,6 +96,7 @@ class LangfuseStream(SessionStream):
         self._final: Optional[StreamOutcome] = None
         self.events_seen = 0
         self.events_skipped = 0
+        self.events_sampled_out = 0
         self.events_held = 0
         self.events_failed = 0
         self._atexit: Optional[Callable[[], None]] = None
@@ -145,6 +159,10 @@ class LangfuseStream(SessionStream):
             return StreamOutcome.accepted("held until the host binds its scroll")
         events: List[BusEvent] = self._pending.release(event)
         released = len(events)
+        if self.config.sample_rate < 1.0 and not sampled_in(event.scroll_id, self.config.sample_rate):
+            with self._lock:
+                self.events_sampled_out += released + 1
+            return StreamOutcome.skipped(f"session sampled out (sample_rate {self.config.sample_rate:g})")
         if released:
             events = [attrs.evolve(e, scroll_id=event.scroll_id) for e in events]
         events.append(event)
@@ -217,6 +235,7 @@ class LangfuseStream(SessionStream):
         return StreamStats(
             events_seen=self.events_seen,
             events_skipped=self.events_skipped,
+            events_sampled_out=self.events_sampled_out,
             events_held=len(self._pending),
             events_failed=self.events_failed,
             events_dropped=dict(self._pending.dropped),
@@ -225,6 +244,7 @@ class LangfuseStream(SessionStream):
             items_pending=counts["pending"],
             items_failed=sum(dropped.values()),
             items_truncated=counts["truncated"],
+            mask_failures=self._masker.failures if self._masker is not None else 0,
             dropped=dropped,
             batches=counts["batches"],
             requests=counts["requests"],

@@ -139,11 +139,13 @@ class StreamStats:
     (pending: queued, in the retry buffer, in flight, or kept open by the OTel transport).
     Items refused at once because the queue was full count as accepted and dropped
     (`queue_full`). Events held for a late bind are not items yet: what happens to them is in
-    `events_held` (still held) and `events_dropped` (by reason).
+    `events_held` (still held) and `events_dropped` (by reason). Events of sessions left out by
+    sampling never become items: they are counted in `events_sampled_out`.
     """
 
     events_seen: int = 0
     events_skipped: int = 0
+    events_sampled_out: int = 0
     events_held: int = 0
     events_failed: int = 0
     events_dropped: Mapping[str, int] = attrs.field(factory=dict)
@@ -152,6 +154,7 @@ class StreamStats:
     items_pending: int = 0
     items_failed: int = 0
     items_truncated: int = 0
+    mask_failures: int = 0
     dropped: Mapping[str, int] = attrs.field(factory=dict)
     batches: int = 0
     requests: int = 0

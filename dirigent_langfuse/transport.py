@@ -19,6 +19,7 @@ from .client import LangfuseClient
 from .config import LangfuseConfig
 from .encoding import encode_item
 from .errors import LangfuseError, LangfuseStatusError, LangfuseTransportError
+from .masking import Masker
 
 __all__ = ["Record", "Report", "IngestionTransport", "NotChosen"]
 
@@ -72,8 +73,9 @@ class IngestionTransport:
     name = "ingestion"
     envelope = (b'{"batch":[', b"]}")
 
-    def __init__(self, client: LangfuseClient, config: LangfuseConfig) -> None:
+    def __init__(self, client: LangfuseClient, config: LangfuseConfig, masker: Optional[Masker] = None) -> None:
         self.client = client
+        self.masker = masker
         self.max_item_bytes = config.max_item_bytes
         self.max_retries = config.max_retries
         self.environment = config.environment
@@ -82,7 +84,10 @@ class IngestionTransport:
     def prepare(self, items: Sequence[Dict[str, Any]]) -> List[Record]:
         out = []
         stamp = self.environment or self.release
+        masker = self.masker
         for item in items:
+            if masker is not None and isinstance(item.get("body"), dict):
+                item = dict(item, body=masker.body(item["body"]))
             if stamp:
                 _stamp(item, self.environment, self.release)
             data, truncated = encode_item(item, self.max_item_bytes)

@@ -33,6 +33,7 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequenc
 from .config import LangfuseConfig
 from .errors import LangfuseError
 from .streams import HealthTracker, Health
+from .throttle import Throttled
 from .transport import NotChosen, Record, Report, request_error
 
 __all__ = ["Worker", "FlushResult"]
@@ -57,29 +58,6 @@ def weak_hook(method: Callable[[], None]) -> Callable[[], None]:
             bound()
 
     return hook
-
-
-class _Throttled:
-    """Logs a recurring condition once, then at most once per `every` seconds with a count."""
-
-    def __init__(self, every: float = 60.0) -> None:
-        self.every = every
-        self._last: Dict[str, float] = {}
-        self._count: Dict[str, int] = {}
-
-    def __call__(self, key: str, level: int, msg: str, *args: Any) -> None:
-        now = time.monotonic()
-        count = self._count.get(key, 0) + 1
-        last = self._last.get(key)
-        if last is not None and now - last < self.every:
-            self._count[key] = count
-            return
-        self._last[key] = now
-        self._count[key] = 0
-        if count > 1:
-            msg += " (%d times since the last report)"
-            args = args + (count,)
-        log.log(level, msg, *args)
 
 
 class FlushResult:
@@ -113,7 +91,7 @@ class Worker:
         self.spool = spool
         self._clock = clock
         self._random = random
-        self._throttled = _Throttled()
+        self._throttled = Throttled(log)
         self._init_state()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(

@@ -129,6 +129,8 @@ def test_check_good_keys_bad_keys_unreachable(tmp_path, receiver):
     port = free_port()
     gone = run("check", "--config", str(write_config(tmp_path / "gone.toml", f"http://127.0.0.1:{port}")))
     assert gone.returncode == 1 and "cannot reach" in gone.stdout
+    unmaskable = run("check", "--config", str(write_config(tmp_path / "mask.toml", receiver.url, mask="no_such.module:scrub")))
+    assert unmaskable.returncode == 1 and "mask" in unmaskable.stdout and "cannot import" in unmaskable.stdout
     broken = tmp_path / "broken.toml"
     broken.write_text("[[streams]]\nname = 3\n")
     result = run("check", "--config", str(broken))

@@ -1,0 +1,139 @@
+"""Masking: the host's `mask(data=...)` over inputs, outputs, metadata and status messages, on
+the worker thread, over both transports; a mask that raises never lets the value through."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, List
+
+import pytest
+
+from dirigent_langfuse import ConfigError, LangfuseConfig, LangfuseStream, OutcomeStatus
+from dirigent_langfuse.masking import FAILED, Masker
+
+from .helpers import completed, config, created, ended, started, tool_call, tool_update
+
+SECRET = "sk-live-4c1d2e"
+TRANSPORTS = ["ingestion", "otel"]
+
+
+def scrub(data: Any) -> Any:
+    """A mask as Langfuse's docs write one: recursive, strings rewritten."""
+    if isinstance(data, str):
+        return data.replace(SECRET, "[redacted]")
+    if isinstance(data, dict):
+        return {k: scrub(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [scrub(v) for v in data]
+    return data
+
+
+def broken(data: Any) -> Any:
+    raise ValueError(f"cannot mask {data!r}")  # quotes the data: it must never reach a log
+
+
+def session(scroll: str) -> List[Any]:
+    return [
+        created(scroll, t=0, metadata={"deploy_key": SECRET}),
+        started("m1", scroll, t=1, input=[{"role": "user", "content": f"deploy with {SECRET}"}]),
+        tool_call("c1", scroll, t=1.1, title="Run deploy", rawInput={"command": f"deploy --token {SECRET}"}),
+        tool_update("c1", "failed", scroll, t=1.2, rawOutput={"stderr": f"bad token {SECRET}"}),
+        completed("m1", scroll, t=2, output=f"I used {SECRET}", error=f"the key {SECRET} expired"),
+        ended(scroll, t=3),
+    ]
+
+
+def everything(receiver: Any) -> str:
+    return json.dumps([receiver.store.traces(), receiver.store.observations()], default=str)
+
+
+def test_the_masker_masks_only_what_is_set_and_leaves_the_original_alone(caplog):
+    body = {"name": "n", "input": {"k": SECRET}, "output": None, "metadata": {"m": SECRET}}
+    masked = Masker(scrub).body(body)
+    assert masked == {"name": "n", "input": {"k": "[redacted]"}, "output": None, "metadata": {"m": "[redacted]"}}
+    assert body["input"] == {"k": SECRET}  # the host's object and the mapping's are untouched
+    plain = {"name": "n", "startTime": "t"}
+    assert Masker(broken).body(plain) is plain  # nothing to mask: no call, no copy
+    masker = Masker(broken, "s")
+    with caplog.at_level(logging.ERROR):
+        assert masker.body(body) == {"name": "n", "input": FAILED, "output": None, "metadata": FAILED}
+    assert masker.failures == 2
+    text = caplog.text
+    assert "ValueError" in text and SECRET not in text
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_nothing_masked_leaves_the_process_over_either_transport(receiver, transport, no_secrets_logged):
+    stream = LangfuseStream(config(receiver.url, transport=transport, flush_interval=0.02), mask=scrub)
+    for event in session("s1"):
+        assert stream.on_event(event).status is OutcomeStatus.ACCEPTED
+    assert stream.shutdown(10).status is OutcomeStatus.DELIVERED
+    stored = everything(receiver)
+    assert SECRET not in stored and "[redacted]" in stored
+    assert "Run deploy" in stored  # names are not masked
+    observations = receiver.store.observations()
+    assert len(observations) == (2 if transport == "ingestion" else 3)  # OTel adds the session's root span
+    assert all(o.get("endTime") for o in observations)
+    assert stream.stats().mask_failures == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_mask_that_raises_sends_the_fallback_counts_and_logs_without_the_data(receiver, transport, caplog):
+    stream = LangfuseStream(config(receiver.url, transport=transport, flush_interval=0.02), mask=broken)
+    for event in session("s2"):
+        stream.on_event(event)
+    assert stream.shutdown(10).status is OutcomeStatus.DELIVERED
+    stored = everything(receiver)
+    assert SECRET not in stored and FAILED in stored
+    stats = stream.stats()
+    assert stats.mask_failures > 0 and stats.items_delivered == stats.items_accepted
+    assert "ValueError" in caplog.text and SECRET not in caplog.text
+    # the sessions still end as sessions: the transport reads its own fields, not the masked ones
+    assert all(o.get("endTime") and "incomplete" not in json.dumps(o) for o in receiver.store.observations())
+
+
+def test_over_otel_a_mask_that_answers_a_string_for_metadata_still_ends_the_session(receiver):
+    stream = LangfuseStream(config(receiver.url, transport="otel", flush_interval=0.02), mask=lambda data: "REDACTED")
+    for event in session("s3"):
+        stream.on_event(event)
+    assert stream.shutdown(10).status is OutcomeStatus.DELIVERED
+    assert SECRET not in everything(receiver)
+    observations = receiver.store.observations()
+    assert len(observations) == 3  # the session's root span, the message and the tool call
+    assert all("incomplete" not in json.dumps(o) for o in observations)
+
+
+def test_masked_ingestion_items_are_still_valid_events(receiver, validate_item):
+    stream = LangfuseStream(config(receiver.url, transport="ingestion", flush_interval=0.02), mask=lambda data: "REDACTED")
+    for event in session("s4"):
+        stream.on_event(event)
+    assert stream.shutdown(10).status is OutcomeStatus.DELIVERED
+    items = receiver.store.items()
+    assert items and SECRET not in json.dumps(items)
+    for item in items:
+        validate_item(item)
+
+
+def test_mask_from_the_config_names_a_function(receiver):
+    cfg = LangfuseConfig.from_params(
+        {"host": receiver.url, "public_key": "pk-lf-local", "secret_key": "sk-lf-local",
+         "transport": "ingestion", "mask": "tests.test_masking:scrub"}, env={})
+    stream = LangfuseStream(cfg)
+    for event in session("s5"):
+        stream.on_event(event)
+    assert stream.shutdown(10).ok
+    assert SECRET not in everything(receiver)
+
+
+@pytest.mark.parametrize("spec, problem", [
+    ("no_colon", "package.module:function"),
+    ("tests.test_masking", "package.module:function"),
+    ("no.such.module:f", "cannot import"),
+    ("tests.test_masking:nope", "cannot import"),
+    ("tests.test_masking:SECRET", "not callable"),
+])
+def test_a_mask_that_cannot_be_used_is_a_config_error_naming_it(spec, problem):
+    with pytest.raises(ConfigError) as info:  # a bad form fails in the config, the rest when the stream is made
+        LangfuseStream(LangfuseConfig(host="http://x", public_key="pk", secret_key="sk", mask=spec), name="s")
+    assert info.value.key == "mask" and problem in str(info.value)
