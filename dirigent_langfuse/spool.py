@@ -209,7 +209,7 @@ class Spool:
             return _NoSpool()  # type: ignore[return-value]
         try:
             return Spool(self.path, self.stream)
-        except ConfigError as exc:
+        except Exception as exc:  # in a fork hook: never leave the child writing under the parent's owner
             log.error("stream %r: the forked child goes on without the spool: %s", self.stream, exc)
             return _NoSpool()  # type: ignore[return-value]
 
