@@ -79,6 +79,9 @@ class Spool:
         self._pid = os.getpid()
         self.owner = ""
         self._owner_fd: Optional[int] = None
+        if self.path == ":memory:" or not self.path.strip():
+            raise ConfigError(f"must be a file path (a spool in memory would not survive a crash), got {self.path!r}",
+                              stream=stream, key="spool_path")
         try:
             self._db()  # fail early, on the caller's thread, for a path that cannot be opened
             self._take_owner()
@@ -116,7 +119,11 @@ class Spool:
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
             if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(spool)")}:  # a spool from 0.x
-                db.execute("ALTER TABLE spool ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+                try:
+                    db.execute("ALTER TABLE spool ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+                except sqlite3.OperationalError:  # another process added it first
+                    if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(spool)")}:
+                        raise
             self._local.db = db
         return db
 

@@ -92,3 +92,40 @@ def test_a_forked_child_has_its_own_owner_and_leaves_the_parent_s_lock_held(tmp_
     assert [r.key for r in later.load("ingestion")[0]] == ["c"]  # the dead child's; the parent still holds "p"
     parent.release()
     assert [r.key for r in later.load("ingestion")[0]] == ["p", "c"]  # in the order they were spooled
+
+
+def test_two_processes_upgrading_an_old_spool_at_once_both_open_it(tmp_path):
+    path = str(tmp_path / "spool.db")
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE spool (stream TEXT NOT NULL, key TEXT NOT NULL, wire TEXT NOT NULL, data BLOB NOT NULL,"
+        " weight INTEGER NOT NULL, seq INTEGER PRIMARY KEY AUTOINCREMENT, UNIQUE (stream, key));"
+    )
+    db.close()
+    first = Spool(path, "s")
+    # the second saw the old table before the first altered it: its ALTER fails, and must be ignored
+    original = sqlite3.Connection.execute
+    stale = {"done": False}
+
+    class Stale(sqlite3.Connection):
+        def execute(self, sql, *args):  # type: ignore[override]
+            if sql.startswith("PRAGMA table_info") and not stale["done"]:
+                stale["done"] = True
+                return iter([(0, "stream"), (1, "key")])
+            return original(self, sql, *args)
+
+    connect = sqlite3.connect
+    try:
+        sqlite3.connect = lambda *a, **k: connect(*a, factory=Stale, **k)  # type: ignore[assignment]
+        second = Spool(path, "s")
+    finally:
+        sqlite3.connect = connect  # type: ignore[assignment]
+    assert stale["done"] and second.owner and second.owner != first.owner
+
+
+def test_a_spool_in_memory_is_refused_naming_spool_path():
+    from dirigent_langfuse import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        Spool(":memory:", "s")
+    assert info.value.key == "spool_path"
