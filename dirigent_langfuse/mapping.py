@@ -35,7 +35,7 @@ from .bus import (
     SessionUpdate,
 )
 
-__all__ = ["bus_event_to_items", "maps", "merge_body", "MappingState", "observation_id", "envelope_id", "iso_time", "Item"]
+__all__ = ["bus_event_to_items", "maps", "streams_text", "merge_body", "MappingState", "observation_id", "envelope_id", "iso_time", "Item"]
 
 Item = Dict[str, Any]
 NAMESPACE = uuid.UUID("6f1d3a52-5c1e-4d8b-9a77-0c4e1b6a2f10")
@@ -162,12 +162,18 @@ def _prune(body: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class _Scroll:
-    __slots__ = ("message", "tools", "seen")
+    __slots__ = ("message", "tools", "seen", "text", "chars")
 
     def __init__(self, seen: float) -> None:
         self.message: Optional[str] = None
         self.tools: Dict[str, Optional[str]] = {}
         self.seen = seen
+        self.text: Optional[Dict[str, List[str]]] = None  # the message in progress's chunks, by field
+        self.chars = 0
+
+
+_NO_TEXT: Dict[str, str] = {}  # never changed
+_CUT = "\n[dirigent_langfuse: later chunks were not kept: the mapping's text buffer was full]"
 
 
 class MappingState:
@@ -176,6 +182,11 @@ class MappingState:
     At most `max_scrolls` scrolls and `max_tools` tool calls per scroll are remembered; a scroll
     untouched for `ttl` seconds, or ended, is forgotten. Forgetting only costs parent links:
     a later tool call hangs off the trace instead of its message.
+
+    The text streamed for the message in progress (ACP `agent_message_chunk` and
+    `agent_thought_chunk`) is kept until the message completes: at most `max_message_chars` per
+    message and `max_text_chars` over all scrolls; beyond, later chunks are not kept and the text
+    says so.
     """
 
     def __init__(
@@ -184,9 +195,14 @@ class MappingState:
         max_tools: int = 10_000,
         ttl: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        max_message_chars: int = 1_000_000,
+        max_text_chars: int = 16_000_000,
     ) -> None:
         self.max_scrolls = max_scrolls
         self.max_tools = max_tools
+        self.max_message_chars = max_message_chars
+        self.max_text_chars = max_text_chars
+        self.text_chars = 0
         self.ttl = ttl
         self._clock = clock
         self._scrolls: "OrderedDict[str, _Scroll]" = OrderedDict()
@@ -211,7 +227,9 @@ class MappingState:
         return entry
 
     def forget(self, scroll_id: str) -> None:
-        self._scrolls.pop(scroll_id, None)
+        entry = self._scrolls.pop(scroll_id, None)
+        if entry is not None:
+            self.take_text(entry)
 
     def _expire(self, now: float) -> None:
         scrolls = self._scrolls
@@ -219,8 +237,41 @@ class MappingState:
             oldest_id, oldest = next(iter(scrolls.items()))
             if len(scrolls) > self.max_scrolls or now - oldest.seen > self.ttl:
                 del scrolls[oldest_id]
+                self.take_text(oldest)
             else:
                 break
+
+    def add_text(self, entry: _Scroll, field: str, text: str) -> None:
+        """Keep a chunk of the message in progress's `field` ("output" or "thought"), within bounds."""
+        if entry.text is None:
+            entry.text = {}
+        parts = entry.text.setdefault(field, [])
+        if parts and parts[-1] is _CUT:
+            return
+        room = min(self.max_message_chars - entry.chars, self.max_text_chars - self.text_chars)
+        if len(text) > room:
+            text = text[:max(0, room)]
+            if text:
+                parts.append(text)
+            parts.append(_CUT)
+        else:
+            parts.append(text)
+        entry.chars += len(text)
+        self.text_chars += len(text)
+
+    def take_text(self, entry: _Scroll) -> Dict[str, str]:
+        """The kept text of the message in progress, by field, and forget it (read-only)."""
+        text = entry.text
+        if text is None:
+            return _NO_TEXT
+        entry.text = None
+        self.text_chars -= entry.chars
+        entry.chars = 0
+        return {field: "".join(parts) for field, parts in text.items()}
+
+    def in_message(self, scroll_id: str) -> bool:
+        entry = self._scrolls.get(scroll_id)
+        return entry is not None and entry.message is not None
 
     def _reset_after_fork(self) -> None:
         self.lock = threading.RLock()
@@ -261,7 +312,10 @@ def _trace(event: SessionCreated, scroll_id: str) -> List[Item]:
 def _message_started(event: MessageStarted, scroll_id: str, state: Optional[MappingState]) -> List[Item]:
     obs = observation_id(scroll_id, "msg", event.message_id)
     if state is not None:
-        state.scroll(scroll_id).message = obs
+        entry = state.scroll(scroll_id)
+        if entry.message != obs:
+            state.take_text(entry)  # chunks of a message that never completed
+        entry.message = obs
     params = event.model_parameters
     body = _prune(
         {
@@ -295,21 +349,29 @@ def _usage_details(event: MessageCompleted) -> Optional[Dict[str, int]]:
 
 def _message_completed(event: MessageCompleted, scroll_id: str, state: Optional[MappingState]) -> List[Item]:
     obs = observation_id(scroll_id, "msg", event.message_id)
+    streamed: Dict[str, str] = {}
     if state is not None:
         entry = state.scroll(scroll_id)
         if entry.message == obs:
             entry.message = None
+            streamed = state.take_text(entry)
+    output = event.output
+    if output is None:
+        output = streamed.get("output") or None  # the host sent the answer only as chunks
+    metadata = {"stop_reason": event.stop_reason} if event.stop_reason else {}
+    if streamed.get("thought"):
+        metadata["thought"] = streamed["thought"]
     body = _prune(
         {
             "id": obs,
             "traceId": scroll_id,
             "endTime": iso_time(event.at),
-            "output": event.output,
+            "output": output,
             "usageDetails": _usage_details(event),
             "costDetails": {"total": float(event.cost_usd)} if event.cost_usd is not None else None,
             "level": "ERROR" if event.error else None,
             "statusMessage": event.error,
-            "metadata": {"stop_reason": event.stop_reason} if event.stop_reason else None,
+            "metadata": metadata or None,
         }
     )
     return [_item(event, 0, "generation-update", body)]
@@ -405,6 +467,39 @@ def _plan(event: SessionUpdate, scroll_id: str, state: Optional[MappingState]) -
     return [_item(event, 0, "event-create", body)]
 
 
+_CHUNKS = {"agent_message_chunk": "output", "agent_thought_chunk": "thought"}
+
+
+def _chunk_text(block: Any) -> str:
+    """An ACP `ContentBlock` as text: its text, or a short marker for an image, audio or resource."""
+    if not isinstance(block, dict):
+        return ""
+    kind = block.get("type")
+    if kind == "text":
+        text = block.get("text")
+        return text if isinstance(text, str) else ""
+    if kind == "resource_link":
+        return f"[resource_link: {block.get('uri') or block.get('name') or '?'}]"
+    if kind == "resource":
+        inner = block.get("resource")
+        if isinstance(inner, dict) and isinstance(inner.get("text"), str):
+            return inner["text"]
+        return f"[resource: {inner.get('uri') if isinstance(inner, dict) else '?'}]"
+    if isinstance(kind, str) and kind:
+        return f"[{kind}: {block.get('mimeType') or '?'}]"
+    return ""
+
+
+def _chunk(event: SessionUpdate, scroll_id: str, state: Optional[MappingState], field: str) -> List[Item]:
+    """Keeps the chunk's text for the message in progress; it goes out with `MessageCompleted`."""
+    if state is not None:
+        entry = state.scroll(scroll_id)
+        text = _chunk_text(event.update.get("content"))
+        if entry.message is not None and text:
+            state.add_text(entry, field, text)
+    return []
+
+
 def _session_ended(event: SessionEnded, scroll_id: str, state: Optional[MappingState]) -> List[Item]:
     if state is not None:
         state.forget(scroll_id)
@@ -439,6 +534,9 @@ def _map(event: BusEvent, scroll_id: str, state: Optional[MappingState]) -> List
             return _tool_call(event, scroll_id, state, is_update=True)
         if kind == "plan":
             return _plan(event, scroll_id, state)
+        field = _CHUNKS.get(kind)
+        if field is not None:
+            return _chunk(event, scroll_id, state, field)
         return []
     if isinstance(event, SessionCreated):
         return _trace(event, scroll_id)
@@ -447,11 +545,17 @@ def _map(event: BusEvent, scroll_id: str, state: Optional[MappingState]) -> List
     return []
 
 
-_MAPPED_UPDATES = frozenset({"tool_call", "tool_call_update", "plan"})
+_MAPPED_UPDATES = frozenset({"tool_call", "tool_call_update", "plan", *_CHUNKS})
 
 
 def maps(event: BusEvent) -> bool:
-    """True when the event yields items once bound (so an unbound one is worth holding)."""
+    """True when the event yields items once bound, or text for its message's output (so an
+    unbound one is worth holding)."""
     if isinstance(event, (SessionCreated, MessageStarted, MessageCompleted, SessionEnded)):
         return True
     return isinstance(event, SessionUpdate) and event.kind in _MAPPED_UPDATES
+
+
+def streams_text(event: BusEvent) -> bool:
+    """True for the ACP chunks whose text the mapping keeps for the message in progress."""
+    return isinstance(event, SessionUpdate) and event.kind in _CHUNKS

@@ -20,7 +20,7 @@ import attrs
 from .bus import BusEvent, UnknownEvent
 from .client import LangfuseClient
 from .config import LangfuseConfig
-from .mapping import MappingState, bus_event_to_items, maps
+from .mapping import MappingState, bus_event_to_items, maps, streams_text
 from .masking import Masker
 from .masking import resolve as resolve_mask
 from .pending import PendingBuffer
@@ -41,6 +41,7 @@ __all__ = ["LangfuseStream", "make_transport"]
 log = logging.getLogger(__name__)
 
 _ONE_QUEUED = StreamOutcome.accepted("1 item(s) queued")  # the usual answer; outcomes are immutable
+_TEXT_KEPT = StreamOutcome.accepted("text kept for the message's output")
 
 
 def make_transport(config: LangfuseConfig, client: LangfuseClient, masker: Optional[Masker] = None) -> Any:
@@ -170,6 +171,8 @@ class LangfuseStream(SessionStream):
         for each in events:
             items.extend(bus_event_to_items(each, self._state))
         if not items:
+            if streams_text(event) and self._state.in_message(event.scroll_id):
+                return _TEXT_KEPT
             self._count("events_skipped")
             return StreamOutcome.skipped("nothing to send for this event")
         if not self._worker.submit(items):

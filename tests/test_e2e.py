@@ -139,3 +139,29 @@ def test_items_with_environment_and_release_are_valid_ingestion_events(receiver,
     assert any("environment" in i["body"] for i in items) and any("release" in i["body"] for i in items)
     for item in items:
         validate_item(item)
+
+
+@pytest.mark.parametrize("transport", ["ingestion", "otel"])
+def test_an_answer_streamed_as_chunks_arrives_as_the_generation_s_output(receiver, transport):
+    """ACP agents stream their answer; a host that sends no `output` of its own still shows it,
+    also when the first chunks arrive before the scroll is bound."""
+    from .helpers import bound, created, ended, update
+
+    def chunk(text, scroll, t, kind="agent_message_chunk"):
+        return update({"sessionUpdate": kind, "content": {"type": "text", "text": text}}, scroll, t=t)
+
+    early = [created(None, t=0), started("m1", None, t=1), chunk("The cache ", None, 1.1)]
+    late = [bound("scroll-c", t=1.2), chunk("expires too early.", "scroll-c", 1.3),
+            chunk("check the clock", "scroll-c", 1.4, "agent_thought_chunk"), completed("m1", "scroll-c", t=2),
+            ended("scroll-c", t=3)]
+    s = stream(receiver.url, transport=transport, flush_interval=0.05)
+    for event in early:
+        assert s.on_event(event).status is OutcomeStatus.ACCEPTED
+    outcomes = [s.on_event(event) for event in late]
+    assert all(o.status is OutcomeStatus.ACCEPTED for o in outcomes), outcomes
+    assert outcomes[1].detail == "text kept for the message's output"
+    assert s.shutdown(10).status is OutcomeStatus.DELIVERED
+    assert s.stats().events_skipped == 0
+    (generation,) = [o for o in receiver.store.observations() if o["type"] == "GENERATION"]
+    assert generation["output"] == "The cache expires too early."
+    assert generation["metadata"]["thought"] == "check the clock"

@@ -266,3 +266,75 @@ def test_example_session_items_all_validate(validate_item):
 def test_the_spec_validator_can_fail(validate_item, item):
     with pytest.raises(AssertionError):
         validate_item(item)
+
+
+# -- streamed text (ACP agent_message_chunk / agent_thought_chunk) -----------------------------------
+
+
+def chunk(text, kind="agent_message_chunk", t=1.2, scroll="scroll-1", block=None):
+    return update({"sessionUpdate": kind, "content": block or {"type": "text", "text": text}}, scroll, t=t)
+
+
+def test_chunks_become_the_output_and_thought_when_the_host_sends_none(validate_item):
+    state = MappingState()
+    items = items_of(started("m1", t=1), chunk("Hel"), chunk("ponder", "agent_thought_chunk"), chunk("lo"),
+                     completed("m1", t=2), state=state)
+    *_, done = items
+    assert [i["type"] for i in items] == ["generation-create", "generation-update"]
+    assert done["body"]["output"] == "Hello" and done["body"]["metadata"]["thought"] == "ponder"
+    validate_item(done)
+    assert state.text_chars == 0  # given away with the message
+
+
+def test_the_host_s_own_output_wins_and_the_chunks_are_forgotten():
+    state = MappingState()
+    *_, done = items_of(started("m1", t=1), chunk("streamed"), completed("m1", t=2, output="final"), state=state)
+    assert done["body"]["output"] == "final" and "thought" not in (done["body"].get("metadata") or {})
+    assert state.text_chars == 0
+
+
+def test_chunks_outside_a_message_are_not_kept_and_an_abandoned_message_s_text_is_dropped():
+    state = MappingState()
+    items_of(chunk("before any message"), state=state)
+    assert state.text_chars == 0
+    items_of(started("m1", t=1), chunk("never completed"), state=state)
+    assert state.text_chars == len("never completed")
+    *_, done = items_of(started("m2", t=3), chunk("second"), completed("m2", t=4), state=state)
+    assert done["body"]["output"] == "second" and state.text_chars == 0
+
+
+def test_kept_text_is_bounded_per_message_and_overall_and_says_so():
+    from dirigent_langfuse.mapping import _CUT
+
+    state = MappingState(max_message_chars=10, max_text_chars=15)
+    *_, done = items_of(started("m1", t=1), chunk("abcdefgh"), chunk("ijklmnop"), chunk("more"), completed("m1", t=2),
+                        state=state)
+    assert done["body"]["output"] == "abcdefghij" + _CUT
+    items_of(started("m1", "s-a", t=1), chunk("0123456789", scroll="s-a"), state=state)
+    *_, other = items_of(started("m1", "s-b", t=1), chunk("0123456789", scroll="s-b"), completed("m1", "s-b", t=2),
+                         state=state)
+    assert other["body"]["output"] == "01234" + _CUT  # the overall budget left room for 5
+    assert state.text_chars == 10
+
+
+def test_a_forgotten_scroll_gives_its_text_back():
+    now = [0.0]
+    state = MappingState(ttl=10, clock=lambda: now[0])
+    items_of(started("m1", "s-a", t=1), chunk("abandoned", scroll="s-a"), state=state)
+    items_of(started("m1", "s-b", t=1), chunk("ended", scroll="s-b"), ended("s-b", t=2), state=state)
+    assert state.text_chars == len("abandoned")
+    now[0] = 20.0
+    items_of(started("m1", "s-c", t=3), state=state)  # expiry runs on the next touch
+    assert state.text_chars == 0
+
+
+@pytest.mark.parametrize("block, text", [
+    ({"type": "image", "data": "AAAA", "mimeType": "image/png"}, "[image: image/png]"),
+    ({"type": "resource_link", "uri": "file:///a.py", "name": "a.py"}, "[resource_link: file:///a.py]"),
+    ({"type": "resource", "resource": {"uri": "file:///b.py", "text": "print(1)"}}, "print(1)"),
+    ({"type": "resource", "resource": {"uri": "file:///c.bin", "blob": "AA=="}}, "[resource: file:///c.bin]"),
+    ("not a block", None),
+])
+def test_content_blocks_other_than_text(block, text):
+    *_, done = items_of(started("m1", t=1), chunk(None, block=block), completed("m1", t=2))
+    assert done["body"].get("output") == text
