@@ -11,8 +11,9 @@ Promises:
 - A mask that raises never lets the value through: the value becomes `FAILED`, the failure is
   counted (`stats().mask_failures`) and logged (throttled) with the exception's type only, since
   its message could quote the very data being masked.
-- A mask may answer any type: what is not JSON is encoded by the usual fallbacks, and metadata
-  that is no longer a mapping is sent whole, as one value.
+- A mask may answer any type: what is not JSON is encoded by the usual fallbacks, metadata that
+  is no longer a mapping is sent whole, as one value, and a status message that is no longer a
+  string is sent as text (Langfuse's schema refuses anything else, and the whole item with it).
 - `resolve("package.module:function")` turns a config's `mask` into the function, with a
   `ConfigError` naming `mask` when it cannot.
 """
@@ -23,6 +24,7 @@ import importlib
 import logging
 from typing import Any, Callable, Dict, Optional
 
+from .encoding import as_text
 from .errors import ConfigError
 from .throttle import Throttled
 
@@ -81,5 +83,8 @@ class Masker:
             if value is not None:
                 if out is body:
                     out = dict(body)
-                out[field] = self.value(value)
+                masked = self.value(value)
+                if field == "statusMessage" and masked is not None and not isinstance(masked, str):
+                    masked = as_text(masked)  # Langfuse's schema: a string, or the whole item is refused
+                out[field] = masked
         return out

@@ -104,8 +104,9 @@ def test_over_otel_a_mask_that_answers_a_string_for_metadata_still_ends_the_sess
     assert all("incomplete" not in json.dumps(o) for o in observations)
 
 
-def test_masked_ingestion_items_are_still_valid_events(receiver, validate_item):
-    stream = LangfuseStream(config(receiver.url, transport="ingestion", flush_interval=0.02), mask=lambda data: "REDACTED")
+@pytest.mark.parametrize("answer", ["REDACTED", {"masked": True}, 42, None])
+def test_masked_ingestion_items_are_still_valid_events(receiver, validate_item, answer):
+    stream = LangfuseStream(config(receiver.url, transport="ingestion", flush_interval=0.02), mask=lambda data: answer)
     for event in session("s4"):
         stream.on_event(event)
     assert stream.shutdown(10).status is OutcomeStatus.DELIVERED
