@@ -299,6 +299,8 @@ class LangfuseClient:
             data = response.json()
         except ValueError:
             data = None
+        if not (isinstance(data, dict) and ("successes" in data or "errors" in data)):
+            raise _not_langfuse(response, INGESTION_PATH)
         if isinstance(data, dict):
             for entry in data.get("successes") or ():
                 if isinstance(entry, dict) and isinstance(entry.get("id"), str):
@@ -336,6 +338,8 @@ class LangfuseClient:
             data = response.json()
         except ValueError:
             data = None
+        if data is None and response.content.strip():  # OTLP allows an empty answer, not a page
+            raise _not_langfuse(response, OTEL_PATH)
         if isinstance(data, dict) and isinstance(data.get("partialSuccess"), dict):
             partial = data["partialSuccess"]
             try:
@@ -386,6 +390,18 @@ class LangfuseClient:
             self.send_otlp(b'{"resourceSpans":[]}', compress=False)
         else:
             self.send_ingestion_body(b'{"batch":[]}', 0)
+
+
+def _not_langfuse(response: requests.Response, path: str) -> LangfuseTransportError:
+    """A 2xx that is not Langfuse's answer: the items must not count as delivered."""
+    kind = _short(response.headers.get("Content-Type") or "no Content-Type", 60)
+    start = _short(response.content[:80].decode("utf-8", "replace").strip(), 80)
+    error = LangfuseTransportError(
+        f"POST {path}: HTTP {response.status_code} with a body that is not Langfuse's answer ({kind}: {start!r}); "
+        f"is host the URL Langfuse is served at, or does a proxy answer for it?"
+    )
+    error.retries = _retries(response)
+    return error
 
 
 def _describe(exc: BaseException) -> str:

@@ -82,6 +82,8 @@ class LangfuseStatusError(LangfuseError):
 
 
 class LangfuseTransportError(LangfuseError):
-    """No HTTP answer: connection refused or reset, DNS, TLS, or a timeout."""
+    """No answer from Langfuse: connection refused or reset, DNS, TLS, a timeout, or an HTTP 2xx
+    whose body is not Langfuse's answer (a proxy's or a web server's page: `host` is wrong, or
+    something in between answers for it). The items were not taken: they are kept and retried."""
 
     retryable = True

@@ -6,10 +6,12 @@ starts. Kinds:
 - `status`: answer `code` (with `Retry-After` when `retry_after` is set; an HTML body for 502);
 - `slow`: wait `delay` seconds, then answer normally;
 - `reset`: close the connection without an answer;
-- `partial`: answer 207 with every `every`-th item failed with `code` (ingestion only).
+- `partial`: answer 207 with every `every`-th item failed with `code` (ingestion only);
+- `page`: answer 200 with an HTML page, as a sign-in proxy or a captive portal answers for a host
+  it stands in front of: not Langfuse's answer, so nothing in it was delivered.
 
 The command-line form (`receive --fault ...`, repeatable) is `KIND[:ARG][*N | ~S]`:
-`503*5`, `429:2*3` (Retry-After 2), `slow:1.5*2`, `reset*1`, `partial:500/3*1`, `503~30`
+`503*5`, `429:2*3` (Retry-After 2), `slow:1.5*2`, `reset*1`, `partial:500/3*1`, `page*2`, `503~30`
 (every POST for 30 s). Faults run in the order given.
 """
 
@@ -28,7 +30,7 @@ __all__ = ["Fault", "FaultPlan", "parse_fault"]
 
 @attrs.frozen(kw_only=True)
 class Fault:
-    kind: str = attrs.field(validator=attrs.validators.in_(("status", "slow", "reset", "partial")))
+    kind: str = attrs.field(validator=attrs.validators.in_(("status", "slow", "reset", "partial", "page")))
     code: int = 503
     retry_after: Optional[float] = None
     delay: float = 0.0
@@ -49,18 +51,22 @@ class Fault:
         return cls(kind="reset", times=times, seconds=seconds)
 
     @classmethod
+    def page(cls, times: int = 1, seconds: Optional[float] = None) -> "Fault":
+        return cls(kind="page", code=200, times=times, seconds=seconds)
+
+    @classmethod
     def partial(cls, code: int = 500, every: int = 2, times: int = 1) -> "Fault":
         return cls(kind="partial", code=code, every=every, times=times)
 
 
-_SPEC = re.compile(r"^(?P<kind>\d{3}|slow|reset|partial)(?::(?P<arg>[^*~]+))?(?:\*(?P<times>\d+)|~(?P<secs>[\d.]+))?$")
+_SPEC = re.compile(r"^(?P<kind>\d{3}|slow|reset|partial|page)(?::(?P<arg>[^*~]+))?(?:\*(?P<times>\d+)|~(?P<secs>[\d.]+))?$")
 
 
 def parse_fault(text: str) -> Fault:
     """A `Fault` from its command-line form; ValueError saying what is wrong."""
     match = _SPEC.match(text.strip())
     if not match:
-        raise ValueError(f"bad fault {text!r}: expected KIND[:ARG][*N|~S], e.g. 503*5, 429:2*3, slow:1.5*2, reset*1, partial:500/3*1")
+        raise ValueError(f"bad fault {text!r}: expected KIND[:ARG][*N|~S], e.g. 503*5, 429:2*3, slow:1.5*2, reset*1, partial:500/3*1, page*2")
     kind, arg = match["kind"], match["arg"]
     times = int(match["times"]) if match["times"] else 1
     seconds = float(match["secs"]) if match["secs"] else None
@@ -71,6 +77,8 @@ def parse_fault(text: str) -> Fault:
             return Fault.slow(float(arg or 1.0), times, seconds)
         if kind == "reset":
             return Fault.reset(times, seconds)
+        if kind == "page":
+            return Fault.page(times, seconds)
         code, _, every = (arg or "500/2").partition("/")
         return Fault.partial(int(code), int(every or 2), times)
     except ValueError:

@@ -209,6 +209,9 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(fault.code, {"message": f"injected fault {fault.code}"}, headers)
             return fault
+        if fault.kind == "page":
+            self._send(200, None, raw=b"<html><head><title>Sign in</title></head><body>Please sign in</body></html>")
+            return fault
         return fault  # partial: applied by the ingestion handler
 
     # -- routes ----------------------------------------------------------------------------------

@@ -115,12 +115,29 @@ def test_proxy_html_502_never_crashes_the_client():
 
 
 @responses.activate
-def test_garbage_2xx_bodies_are_not_errors():
+def test_a_2xx_that_is_not_langfuse_s_answer_is_an_error_never_a_delivery():
+    """A sign-in proxy, a captive portal or a web server answering for the host: 200 with a page.
+    Counting that as delivered would lose the items without a word."""
+    responses.add("POST", URL, status=200, body="<html><body>Please sign in</body></html>", content_type="text/html")
     responses.add("POST", URL, status=207, body="not json at all")
-    result = make().send([])
-    assert result.status == 207 and result.errors == ()
+    responses.add("POST", URL, status=200, json={"ok": True})
+    for _ in range(3):
+        with pytest.raises(LangfuseTransportError) as info:
+            make().send([])
+        assert "not Langfuse's answer" in str(info.value) and "is host" in str(info.value)
     responses.add("POST", URL, status=207, json={"successes": "?", "errors": [{"no": "id"}, 5]})
-    assert make().send([]).errors == ()
+    assert make().send([]).errors == ()  # Langfuse's answer, oddly filled: tolerated
+
+
+@responses.activate
+def test_over_otel_an_empty_answer_is_fine_and_a_page_is_an_error():
+    otel = URL.replace("/api/public/ingestion", "/api/public/otel/v1/traces")
+    responses.add("POST", otel, status=200, body=b"")
+    assert make().send_otlp(b'{"resourceSpans":[]}').rejected == 0
+    responses.add("POST", otel, status=200, body="<html>Sign in</html>", content_type="text/html")
+    with pytest.raises(LangfuseTransportError) as info:
+        make().send_otlp(b'{"resourceSpans":[]}')
+    assert "text/html" in str(info.value) and "Sign in" in str(info.value)
 
 
 @responses.activate

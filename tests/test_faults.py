@@ -156,6 +156,23 @@ def test_flapping(fast_receiver, transport, no_secrets_logged):
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_sign_in_page_answering_200_is_not_a_delivery(fast_receiver, transport, no_secrets_logged):
+    """Something in front of Langfuse answers 200 with HTML for a while: those requests did not
+    reach Langfuse, so their items are kept and re-sent, and the reason is in last_error."""
+    receiver = fast_receiver
+    receiver.faults.add(Fault.page(times=4))
+    stream = LangfuseStream(config(receiver.url, transport=transport, **FAST), name="page")
+    caller = Caller(stream)
+    caller.feed(session("page-1"))
+    wait_worker(stream, lambda w: w.failed_requests >= 1)
+    assert "not Langfuse's answer" in (stream.stats().last_error or "")
+    caller.feed(session("page-2"))
+    assert stream.shutdown(15).status is OutcomeStatus.DELIVERED
+    assert len(receiver.store.traces()) == 2
+    check("200 sign-in page", transport, receiver, stream, caller.max_block)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_answers_slower_than_the_read_timeout(fast_receiver, transport, no_secrets_logged):
     receiver = fast_receiver
     receiver.faults.add(Fault.slow(0.8, times=3))
