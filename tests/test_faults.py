@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple
 
 import pytest
 
@@ -223,16 +223,21 @@ def test_429_storm_honours_retry_after_and_grows_batches(fast_receiver, transpor
     check("429 storm", transport, receiver, stream, caller.max_block)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_oversized_items_are_truncated_and_requests_split(fast_receiver, transport, no_secrets_logged):
-    receiver = fast_receiver
-    receiver.faults.add(Fault.status(413, times=1))
-    limits = dict(max_item_bytes=64_000, max_request_bytes=200_000)
+def big_and_small(receiver: Receiver, transport: str, **limits: Any) -> Tuple[LangfuseStream, Caller]:
+    """A session whose inputs (300 kB each) exceed `max_item_bytes`, then a small one, delivered."""
     stream = LangfuseStream(config(receiver.url, transport=transport, **limits, **FAST), name="big")
     caller = Caller(stream)
     caller.feed(session("big-1", messages=6, tools=1, big=300_000))
     caller.feed(session("small-1", messages=3))
     assert stream.shutdown(15).status is OutcomeStatus.DELIVERED
+    return stream, caller
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_oversized_items_are_truncated_and_requests_split(fast_receiver, transport, no_secrets_logged):
+    receiver = fast_receiver
+    receiver.faults.add(Fault.status(413, times=1))
+    stream, caller = big_and_small(receiver, transport, max_item_bytes=64_000, max_request_bytes=200_000)
     stats = stream.stats()
     assert stats.items_truncated >= 6
     assert receiver.max_body <= 200_000 + 64_000  # one item may ride alone; bodies are split
@@ -244,12 +249,7 @@ def test_a_receiver_s_own_body_limit_splits_requests_until_they_fit(transport, n
     """Not an injected 413: the receiver's limit (Langfuse's is 5 MB) is below the stream's
     `max_request_bytes`, and over OTel it is the inflated body that is too large."""
     with Receiver(max_request_bytes=150_000) as receiver:
-        limits = dict(max_item_bytes=64_000, max_request_bytes=1_000_000)
-        stream = LangfuseStream(config(receiver.url, transport=transport, **limits, **FAST), name="limit")
-        caller = Caller(stream)
-        caller.feed(session("big-1", messages=6, tools=1, big=300_000))
-        caller.feed(session("small-1", messages=3))
-        assert stream.shutdown(15).status is OutcomeStatus.DELIVERED
+        stream, caller = big_and_small(receiver, transport, max_item_bytes=64_000, max_request_bytes=1_000_000)
         check("receiver limit 413", transport, receiver, stream, caller.max_block)
         assert len(receiver.store.traces()) == 2
         assert any("413" in r.getMessage() and "splitting" in r.getMessage() for r in caplog.records)
@@ -324,9 +324,10 @@ def test_auto_loads_a_waiting_spool_once_langfuse_answers_without_any_new_event(
 # -- processes ------------------------------------------------------------------------------------------
 
 
-def fork_child(stream: LangfuseStream, scroll: str, locks: Iterable[Any] = ()) -> Dict[str, Any]:
-    """Forks with `locks` held; the child feeds one session through `stream`, shuts it down and
-    reports its outcome and counts. Fails the test if the child hangs."""
+def fork_reporting(child: Callable[[], Dict[str, Any]], locks: Iterable[Any] = (), linger: bool = False) -> Tuple[int, Dict[str, Any]]:
+    """Forks with `locks` held; the child runs `child()` and writes what it returns back, then exits
+    (or, with `linger`, lives until it is killed). Returns (pid, report); fails the test if the
+    child never reports."""
     read_end, write_end = os.pipe()
     with contextlib.ExitStack() as held:
         for lock in locks:
@@ -336,23 +337,34 @@ def fork_child(stream: LangfuseStream, scroll: str, locks: Iterable[Any] = ()) -
         code = 1
         try:
             os.close(read_end)
-            child = Caller(stream)
-            child.feed(session(scroll))
-            outcome = stream.shutdown(10)
-            stats = stream.stats()
-            report = {"ok": outcome.ok, "detail": outcome.detail, "accepted": stats.items_accepted,
-                      "delivered": stats.items_delivered, "dropped": stats.dropped, "max_block": child.max_block}
-            os.write(write_end, json.dumps(report).encode())
+            os.write(write_end, json.dumps(child()).encode())
             code = 0
+            while linger:
+                signal.pause()  # until kill -9
         finally:
             os._exit(code)
     os.close(write_end)
     ready, _, _ = select.select([read_end], [], [], 30)
     if not ready:
         os.kill(pid, signal.SIGKILL)
-        pytest.fail("the forked child hung")
+        pytest.fail("the forked child never reported")
     report: Dict[str, Any] = json.loads(os.read(read_end, 65536).decode())
     os.close(read_end)
+    return pid, report
+
+
+def fork_child(stream: LangfuseStream, scroll: str, locks: Iterable[Any] = ()) -> Dict[str, Any]:
+    """The child feeds one session through `stream`, shuts it down and reports its outcome and counts."""
+
+    def child() -> Dict[str, Any]:
+        caller = Caller(stream)
+        caller.feed(session(scroll))
+        outcome = stream.shutdown(10)
+        stats = stream.stats()
+        return {"ok": outcome.ok, "detail": outcome.detail, "accepted": stats.items_accepted,
+                "delivered": stats.items_delivered, "dropped": stats.dropped, "max_block": caller.max_block}
+
+    pid, report = fork_reporting(child, locks)
     assert os.waitpid(pid, 0)[1] == 0
     return report
 
@@ -502,30 +514,16 @@ def test_a_living_process_s_spooled_records_are_never_taken_by_another(fast_rece
 def fork_spooling_child(stream: LangfuseStream, scroll: str) -> Tuple[int, Dict[str, Any]]:
     """Forks a child that feeds one session Langfuse refuses, waits until all of it is in the
     spool, reports, and then lives until it is killed. Returns (pid, report)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        try:
-            os.close(read_end)
-            child = Caller(stream)
-            child.feed(session(scroll))
-            w = stream._worker
-            with w._lock:
-                w._done.wait_for(lambda: w.processed >= w.accepted and not w._busy and w.failed_requests > 0, 30)
-            report = {"accepted": w.accepted, "spooled": w.spool.count(), "max_block": child.max_block}
-            os.write(write_end, json.dumps(report).encode())
-            while True:
-                signal.pause()  # until kill -9
-        finally:
-            os._exit(1)
-    os.close(write_end)
-    ready, _, _ = select.select([read_end], [], [], 30)
-    if not ready:
-        os.kill(pid, signal.SIGKILL)
-        pytest.fail("the forked child never reported")
-    report: Dict[str, Any] = json.loads(os.read(read_end, 65536).decode())
-    os.close(read_end)
-    return pid, report
+
+    def child() -> Dict[str, Any]:
+        caller = Caller(stream)
+        caller.feed(session(scroll))
+        w = stream._worker
+        with w._lock:
+            w._done.wait_for(lambda: w.processed >= w.accepted and not w._busy and w.failed_requests > 0, 30)
+        return {"accepted": w.accepted, "spooled": w.spool.count(), "max_block": caller.max_block}
+
+    return fork_reporting(child, linger=True)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Python 3.12+ warns about fork() with threads

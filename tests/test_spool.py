@@ -19,6 +19,18 @@ def records(*keys: str) -> list:
     return [Record(k, f'{{"id":"{k}"}}'.encode(), 1) for k in keys]
 
 
+def old_spool(tmp_path, rows: str = "") -> str:
+    """A spool file as versions before owners wrote it (no `owner` column), with `rows` inserted."""
+    path = str(tmp_path / "spool.db")
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE spool (stream TEXT NOT NULL, key TEXT NOT NULL, wire TEXT NOT NULL, data BLOB NOT NULL,"
+        " weight INTEGER NOT NULL, seq INTEGER PRIMARY KEY AUTOINCREMENT, UNIQUE (stream, key));" + rows
+    )
+    db.close()
+    return path
+
+
 def test_a_living_owner_s_records_are_not_taken_and_a_released_one_s_are(tmp_path):
     path = str(tmp_path / "spool.db")
     first = Spool(path, "s")
@@ -50,14 +62,7 @@ def test_only_its_own_stream_s_orphans_are_claimed_and_dead_owners_lock_files_go
 
 
 def test_a_spool_written_before_owners_existed_is_taken(tmp_path):
-    path = str(tmp_path / "spool.db")
-    db = sqlite3.connect(path)
-    db.executescript(
-        "CREATE TABLE spool (stream TEXT NOT NULL, key TEXT NOT NULL, wire TEXT NOT NULL, data BLOB NOT NULL,"
-        " weight INTEGER NOT NULL, seq INTEGER PRIMARY KEY AUTOINCREMENT, UNIQUE (stream, key));"
-        "INSERT INTO spool (stream, key, wire, data, weight) VALUES ('s', 'old', 'ingestion', x'7b7d', 3);"
-    )
-    db.close()
+    path = old_spool(tmp_path, "INSERT INTO spool (stream, key, wire, data, weight) VALUES ('s', 'old', 'ingestion', x'7b7d', 3);")
     spool = Spool(path, "s")
     loaded, _ = spool.load("ingestion")
     assert [(r.key, r.data, r.weight) for r in loaded] == [("old", b"{}", 3)]
@@ -95,13 +100,7 @@ def test_a_forked_child_has_its_own_owner_and_leaves_the_parent_s_lock_held(tmp_
 
 
 def test_two_processes_upgrading_an_old_spool_at_once_both_open_it(tmp_path):
-    path = str(tmp_path / "spool.db")
-    db = sqlite3.connect(path)
-    db.executescript(
-        "CREATE TABLE spool (stream TEXT NOT NULL, key TEXT NOT NULL, wire TEXT NOT NULL, data BLOB NOT NULL,"
-        " weight INTEGER NOT NULL, seq INTEGER PRIMARY KEY AUTOINCREMENT, UNIQUE (stream, key));"
-    )
-    db.close()
+    path = old_spool(tmp_path)
     first = Spool(path, "s")
     # the second saw the old table before the first altered it: its ALTER fails, and must be ignored
     original = sqlite3.Connection.execute
