@@ -162,7 +162,7 @@ def _prune(body: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class _Scroll:
-    __slots__ = ("message", "tools", "seen", "text", "chars")
+    __slots__ = ("message", "tools", "seen", "text", "chars", "first")
 
     def __init__(self, seen: float) -> None:
         self.message: Optional[str] = None
@@ -170,6 +170,7 @@ class _Scroll:
         self.seen = seen
         self.text: Optional[Dict[str, List[str]]] = None  # the message in progress's chunks, by field
         self.chars = 0
+        self.first: Optional[str] = None  # when its first chunk came: the completion's start
 
 
 _NO_TEXT: Dict[str, str] = {}  # never changed
@@ -260,14 +261,18 @@ class MappingState:
         self.text_chars += len(text)
 
     def take_text(self, entry: _Scroll) -> Dict[str, str]:
-        """The kept text of the message in progress, by field, and forget it (read-only)."""
-        text = entry.text
-        if text is None:
+        """What was streamed for the message in progress (its text by field, and `first`: when the
+        first chunk came), and forget it. The answer is read-only."""
+        text, first = entry.text, entry.first
+        if text is None and first is None:
             return _NO_TEXT
-        entry.text = None
+        entry.text = entry.first = None
         self.text_chars -= entry.chars
         entry.chars = 0
-        return {field: "".join(parts) for field, parts in text.items()}
+        out = {field: "".join(parts) for field, parts in (text or {}).items()}
+        if first is not None:
+            out["first"] = first
+        return out
 
     def in_message(self, scroll_id: str) -> bool:
         entry = self._scrolls.get(scroll_id)
@@ -367,6 +372,7 @@ def _message_completed(event: MessageCompleted, scroll_id: str, state: Optional[
             "traceId": scroll_id,
             "endTime": iso_time(event.at),
             "output": output,
+            "completionStartTime": streamed.get("first"),
             "usageDetails": _usage_details(event),
             "costDetails": {"total": float(event.cost_usd)} if event.cost_usd is not None else None,
             "level": "ERROR" if event.error else None,
@@ -494,9 +500,12 @@ def _chunk(event: SessionUpdate, scroll_id: str, state: Optional[MappingState], 
     """Keeps the chunk's text for the message in progress; it goes out with `MessageCompleted`."""
     if state is not None:
         entry = state.scroll(scroll_id)
-        text = _chunk_text(event.update.get("content"))
-        if entry.message is not None and text:
-            state.add_text(entry, field, text)
+        if entry.message is not None:
+            if entry.first is None:
+                entry.first = iso_time(event.at)
+            text = _chunk_text(event.update.get("content"))
+            if text:
+                state.add_text(entry, field, text)
     return []
 
 

@@ -203,6 +203,16 @@ def _json(value: Any) -> Any:
     return value
 
 
+def _completion_start(value: Any) -> Optional[str]:
+    """As Langfuse reads it: JSON text of a time (`"\"2026-...Z\""`, as its SDKs write it); a bare
+    time is not JSON, and Langfuse then keeps none."""
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, str) else None
+
+
 def _prefixed(attrs: Dict[str, Any], prefix: str) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     whole = attrs.get(prefix)
@@ -291,6 +301,7 @@ def decode_span(span: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         "statusMessage": attrs.get("langfuse.observation.status_message") or status.get("message") or None,
         "metadata": _prefixed(attrs, "langfuse.observation.metadata") or None,
         "environment": attrs.get("langfuse.environment"),
+        "completionStartTime": _completion_start(attrs.get("langfuse.observation.completion_start_time")),
     }
     trace: Dict[str, Any] = {
         "id": trace_id,

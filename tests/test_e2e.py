@@ -165,3 +165,4 @@ def test_an_answer_streamed_as_chunks_arrives_as_the_generation_s_output(receive
     (generation,) = [o for o in receiver.store.observations() if o["type"] == "GENERATION"]
     assert generation["output"] == "The cache expires too early."
     assert generation["metadata"]["thought"] == "check the clock"
+    assert generation["completionStartTime"] == "2026-11-25T09:00:01.100Z"  # the first chunk's time

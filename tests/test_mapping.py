@@ -282,6 +282,7 @@ def test_chunks_become_the_output_and_thought_when_the_host_sends_none(validate_
     *_, done = items
     assert [i["type"] for i in items] == ["generation-create", "generation-update"]
     assert done["body"]["output"] == "Hello" and done["body"]["metadata"]["thought"] == "ponder"
+    assert done["body"]["completionStartTime"] == iso_time(at(1.2))  # the first chunk: time to first token
     validate_item(done)
     assert state.text_chars == 0  # given away with the message
 
@@ -290,6 +291,7 @@ def test_the_host_s_own_output_wins_and_the_chunks_are_forgotten():
     state = MappingState()
     *_, done = items_of(started("m1", t=1), chunk("streamed"), completed("m1", t=2, output="final"), state=state)
     assert done["body"]["output"] == "final" and "thought" not in (done["body"].get("metadata") or {})
+    assert done["body"]["completionStartTime"] == iso_time(at(1.2))  # known from the chunks all the same
     assert state.text_chars == 0
 
 
@@ -299,8 +301,11 @@ def test_chunks_outside_a_message_are_not_kept_and_an_abandoned_message_s_text_i
     assert state.text_chars == 0
     items_of(started("m1", t=1), chunk("never completed"), state=state)
     assert state.text_chars == len("never completed")
-    *_, done = items_of(started("m2", t=3), chunk("second"), completed("m2", t=4), state=state)
+    *_, done = items_of(started("m2", t=3), chunk("second", t=3.5), completed("m2", t=4), state=state)
     assert done["body"]["output"] == "second" and state.text_chars == 0
+    assert done["body"]["completionStartTime"] == iso_time(at(3.5))  # not the abandoned message's
+    *_, plain = items_of(started("m3", t=5), completed("m3", t=6, output="x"), state=state)
+    assert "completionStartTime" not in plain["body"]  # nothing streamed: nothing claimed
 
 
 def test_kept_text_is_bounded_per_message_and_overall_and_says_so():

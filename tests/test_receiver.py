@@ -284,3 +284,11 @@ def test_a_chunked_body_is_read(receiver):
 def test_a_page_that_is_not_a_number_gets_400(receiver):
     response = requests.get(receiver.url + "/api/public/traces?page=two", auth=AUTH, timeout=5)
     assert response.status_code == 400
+
+
+def test_completion_start_time_is_read_from_spans_as_langfuse_reads_it():
+    from dirigent_langfuse.wire import _completion_start
+
+    assert _completion_start('"2026-11-25T09:00:01.100Z"') == "2026-11-25T09:00:01.100Z"  # JSON text, as SDKs write
+    assert _completion_start("2026-11-25T09:00:01.100Z") is None  # a bare time is not JSON: Langfuse keeps none
+    assert _completion_start(None) is None
