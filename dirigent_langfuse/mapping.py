@@ -162,7 +162,7 @@ def _prune(body: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class _Scroll:
-    __slots__ = ("message", "tools", "seen", "text", "chars", "first")
+    __slots__ = ("message", "tools", "seen", "text", "chars", "first", "input", "output")
 
     def __init__(self, seen: float) -> None:
         self.message: Optional[str] = None
@@ -171,6 +171,8 @@ class _Scroll:
         self.text: Optional[Dict[str, List[str]]] = None  # the message in progress's chunks, by field
         self.chars = 0
         self.first: Optional[str] = None  # when its first chunk came: the completion's start
+        self.input: Any = None  # the session's first message's input, and its latest output: the
+        self.output: Any = None  # trace's input and output at SessionEnded
 
 
 _NO_TEXT: Dict[str, str] = {}  # never changed
@@ -274,6 +276,10 @@ class MappingState:
             out["first"] = first
         return out
 
+    def get(self, scroll_id: str) -> Optional[_Scroll]:
+        """The scroll's entry, without touching it (no expiry, no move)."""
+        return self._scrolls.get(scroll_id)
+
     def in_message(self, scroll_id: str) -> bool:
         entry = self._scrolls.get(scroll_id)
         return entry is not None and entry.message is not None
@@ -321,6 +327,8 @@ def _message_started(event: MessageStarted, scroll_id: str, state: Optional[Mapp
         if entry.message != obs:
             state.take_text(entry)  # chunks of a message that never completed
         entry.message = obs
+        if entry.input is None:
+            entry.input = event.input
     params = event.model_parameters
     body = _prune(
         {
@@ -363,6 +371,8 @@ def _message_completed(event: MessageCompleted, scroll_id: str, state: Optional[
     output = event.output
     if output is None:
         output = streamed.get("output") or None  # the host sent the answer only as chunks
+    if output is not None and state is not None:
+        state.scroll(scroll_id).output = output
     metadata = {"stop_reason": event.stop_reason} if event.stop_reason else {}
     if streamed.get("thought"):
         metadata["thought"] = streamed["thought"]
@@ -510,12 +520,18 @@ def _chunk(event: SessionUpdate, scroll_id: str, state: Optional[MappingState], 
 
 
 def _session_ended(event: SessionEnded, scroll_id: str, state: Optional[MappingState]) -> List[Item]:
-    if state is not None:
-        state.forget(scroll_id)
-    body = {
+    body: Dict[str, Any] = {
         "id": scroll_id,
         "metadata": _prune({"ended_at": iso_time(event.at), "end_reason": event.reason or "ended"}),
     }
+    if state is not None:
+        entry = state.get(scroll_id)
+        if entry is not None:  # the session's first input and last answer: the trace's, as Langfuse lists it
+            if entry.input is not None:
+                body["input"] = entry.input
+            if entry.output is not None:
+                body["output"] = entry.output
+        state.forget(scroll_id)
     return [_item(event, 0, "trace-create", body)]
 
 

@@ -53,6 +53,8 @@ TRACE_USER_ID = "user.id"
 TRACE_SESSION_ID = "session.id"
 TRACE_TAGS = "langfuse.trace.tags"
 TRACE_METADATA = "langfuse.trace.metadata"
+TRACE_INPUT = "langfuse.trace.input"
+TRACE_OUTPUT = "langfuse.trace.output"
 OBS_TYPE = "langfuse.observation.type"
 OBS_METADATA = "langfuse.observation.metadata"
 OBS_LEVEL = "langfuse.observation.level"
@@ -177,6 +179,7 @@ def _str_kv(key: str, value: Any) -> str:
 # The heads a span writes each time: its type, and (body field, head, a map left out when empty).
 _TYPE_HEAD = _head(OBS_TYPE)
 _COMPLETION_START_HEAD = _head(OBS_COMPLETION_START)
+_TRACE_IO_HEADS = (("input", _head(TRACE_INPUT)), ("output", _head(TRACE_OUTPUT)))
 _OBS_HEADS = tuple((field, _head(attr), field in _OBS_MAPS) for field, attr in _OBS_FIELDS)
 _meta_heads: Dict[Any, str] = {}
 
@@ -324,6 +327,9 @@ class OtelTransport:
         if ended:
             root.body["endTime"] = meta.get("ended_at")
             root.body["statusMessage"] = meta.get("end_reason")
+            for field in ("input", "output"):  # the session's first input and last answer
+                if body.get(field) is not None:
+                    root.body[field] = body[field]
             del self._open[root_key]
             out.append(self._emit(root_key, root))
             # The session is over: its spans so far carried the trace's attributes; forget them.
@@ -408,6 +414,11 @@ class OtelTransport:
             value = get(field)
             if value is not None and value != "" and (value or not is_map):
                 attrs.append(head + _quote(value if type(value) is str else as_text(value)) + "}}")
+        if is_root:  # the trace's input and output are the session's (its root span's)
+            for field, head in _TRACE_IO_HEADS:
+                value = get(field)
+                if value is not None:
+                    attrs.append(head + _quote(value if type(value) is str else as_text(value)) + "}}")
         first = get("completionStartTime")
         if first:  # JSON text of the time, as Langfuse's SDKs write it and its server reads it
             attrs.append(_COMPLETION_START_HEAD + _quote(_quote(str(first))) + "}}")

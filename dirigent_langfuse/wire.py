@@ -311,6 +311,8 @@ def decode_span(span: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         "sessionId": attrs.get("session.id") or attrs.get("langfuse.session.id"),
         "tags": attrs.get("langfuse.trace.tags"),
         "metadata": _prefixed(attrs, "langfuse.trace.metadata") or None,
+        "input": _json(attrs.get("langfuse.trace.input")),
+        "output": _json(attrs.get("langfuse.trace.output")),
         "environment": attrs.get("langfuse.environment"),
         "release": attrs.get("langfuse.release"),
     }

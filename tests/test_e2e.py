@@ -166,3 +166,17 @@ def test_an_answer_streamed_as_chunks_arrives_as_the_generation_s_output(receive
     assert generation["output"] == "The cache expires too early."
     assert generation["metadata"]["thought"] == "check the clock"
     assert generation["completionStartTime"] == "2026-11-25T09:00:01.100Z"  # the first chunk's time
+
+
+@pytest.mark.parametrize("transport", ["ingestion", "otel"])
+def test_the_trace_shows_the_session_s_first_input_and_last_answer(receiver, transport):
+    from .helpers import created, ended
+
+    s = stream(receiver.url, transport=transport, flush_interval=0.05)
+    for event in (created("scroll-io", t=0), started("m1", "scroll-io", t=1, input=[{"role": "user", "content": "why?"}]),
+                  completed("m1", "scroll-io", t=2, output="because"), started("m2", "scroll-io", t=3, input="and?"),
+                  completed("m2", "scroll-io", t=4, output="done"), ended("scroll-io", t=5)):
+        s.on_event(event)
+    assert s.shutdown(10).status is OutcomeStatus.DELIVERED
+    (trace,) = receiver.store.traces()
+    assert trace["input"] == [{"role": "user", "content": "why?"}] and trace["output"] == "done"

@@ -343,3 +343,18 @@ def test_a_forgotten_scroll_gives_its_text_back():
 def test_content_blocks_other_than_text(block, text):
     *_, done = items_of(started("m1", t=1), chunk(None, block=block), completed("m1", t=2))
     assert done["body"].get("output") == text
+
+
+def test_the_session_s_first_input_and_last_answer_become_the_trace_s_at_its_end(validate_item):
+    state = MappingState()
+    items = items_of(created(t=0), started("m1", t=1, input=[{"role": "user", "content": "fix the test"}]),
+                     completed("m1", t=2, output="looking"), started("m2", t=3, input=[{"role": "user", "content": "go on"}]),
+                     chunk("fixed", t=3.5), completed("m2", t=4), ended(t=5), state=state)
+    end = items[-1]
+    assert end["type"] == "trace-create"
+    assert end["body"]["input"] == [{"role": "user", "content": "fix the test"}]
+    assert end["body"]["output"] == "fixed"  # the last answer, streamed as chunks
+    validate_item(end)
+    assert len(state) == 0
+    (bare,) = bus_event_to_items(ended(t=5))  # without a state there is nothing to tell
+    assert "input" not in bare["body"] and "output" not in bare["body"]
