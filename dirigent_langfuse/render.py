@@ -1,7 +1,7 @@
 """Traces as text trees, the way Langfuse's trace view lays them out.
 
     trace "fix the flaky test" (scroll-1)  session=native-1  user=dev@example.com  tags=demo
-    ├─ GENERATION assistant message   +0.00s   2.10s  claude-sonnet-4  in 1200 / out 310  $0.0081
+    ├─ GENERATION assistant message   +0.00s   2.10s  first token 0.40s  claude-sonnet-4  in 1200 / out 310  $0.0081
     │  ├─ TOOL Run tests              +0.40s   1.20s
     │  └─ TOOL Edit file              +1.70s   0.10s  ✗ ERROR: permission denied
     └─ EVENT plan                     +2.20s
@@ -44,6 +44,9 @@ def _line(obs: Dict[str, Any], origin: Optional[datetime]) -> str:
         parts.append(f"{duration:.2f}s")
     elif end is None and (obs.get("type") or "") != "EVENT":
         parts.append("… (not ended)")
+    first_token = _seconds(start, _time(obs.get("completionStartTime")))
+    if first_token is not None:
+        parts.append(f"first token {first_token:.2f}s")
     if obs.get("model"):
         parts.append(str(obs["model"]))
     usage = obs.get("usageDetails") or {}

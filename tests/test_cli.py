@@ -46,7 +46,7 @@ def test_demo_prints_trees_and_a_summary(transport):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "Fix the flaky cache test" in out  # the trace's name
-    assert re.search(r"GENERATION assistant message  \+0\.20s  6\.80s  claude-sonnet-4-5  in 4210 / out 388 .*\$0\.0243", out)
+    assert re.search(r"GENERATION assistant message  \+0\.20s  6\.80s  first token 1\.40s  claude-sonnet-4-5  in 4210 / out 388 .*\$0\.0243", out)
     assert re.search(r"TOOL Run pytest -q  \+9\.00s  3\.50s", out)  # a tool span with offset and duration
     assert "TOOL Edit shop_api/cache.py  +8.00s  0.30s  ✗ ERROR: EACCES" in out  # the failed tool call
     assert "EVENT plan" in out and "ended: error" in out
