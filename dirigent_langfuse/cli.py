@@ -235,8 +235,16 @@ def cmd_receive(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"receive: {exc}", file=sys.stderr)
         return 2
-    receiver = Receiver(host, port, db=args.db, public_key=args.public_key, secret_key=args.secret_key,
-                        version=args.server_version, max_request_bytes=args.max_request_bytes)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("receive: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    try:
+        receiver = Receiver(host, port, db=args.db, public_key=args.public_key, secret_key=args.secret_key,
+                            version=args.server_version, max_request_bytes=args.max_request_bytes,
+                            tls=(args.tls_cert, args.tls_key) if args.tls_cert else None)
+    except OSError as exc:  # ssl.SSLError too
+        print(f"receive: cannot load the TLS certificate and key: {exc}", file=sys.stderr)
+        return 2
     receiver.faults.add(*faults)
     stop = threading.Event()
     try:
@@ -358,6 +366,8 @@ def _parser() -> argparse.ArgumentParser:
     receive.add_argument("--public-key", default=DEFAULT_PUBLIC_KEY)
     receive.add_argument("--secret-key", default=DEFAULT_SECRET_KEY)
     receive.add_argument("--server-version", default="3.120.0", help="version /api/public/health reports")
+    receive.add_argument("--tls-cert", metavar="PEM", help="serve https:// with this certificate (and --tls-key)")
+    receive.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     receive.add_argument("--max-request-bytes", type=int, default=MAX_REQUEST_BYTES, metavar="N",
                          help=f"larger request bodies get 413 (default {MAX_REQUEST_BYTES}, Langfuse Cloud's 5 MB)")
     receive.add_argument("--fault", action="append", metavar="SPEC",

@@ -222,6 +222,8 @@ class LangfuseClient:
             self._verify = settings.get("verify", True)
         else:
             self._proxies, self._verify = dict(session.proxies), session.verify
+        if self.config.ca_bundle:  # the stream's own CA (a self-hosted Langfuse behind a private CA)
+            self._verify = self.config.ca_bundle
         # The session's own headers (User-Agent and requests' defaults) plus basic auth, built once.
         self._headers: Dict[str, str] = {
             k: v if isinstance(v, str) else v.decode("latin-1") for k, v in session.headers.items()

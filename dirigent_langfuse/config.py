@@ -84,6 +84,15 @@ def _environment(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -
         )
 
 
+def _ca_bundle(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"must be the path of a CA certificate file or directory, got {value!r}", key=attribute.name)
+    if not os.path.exists(value):
+        raise ConfigError(f"no such file or directory: {value!r}", key=attribute.name)
+
+
 def _fraction(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ConfigError(f"must be a number from 0 to 1, got {value!r}", key=attribute.name)
@@ -153,6 +162,7 @@ class LangfuseConfig:
     fork_wait: float = attrs.field(default=1.0, validator=_non_negative)
     sample_rate: float = attrs.field(default=1.0, validator=_fraction)
     mask: Optional[str] = attrs.field(default=None, validator=_mask_spec)
+    ca_bundle: Optional[str] = attrs.field(default=None, validator=_ca_bundle)
 
     def __attrs_post_init__(self) -> None:
         if self.unavailable_after < self.degraded_after:

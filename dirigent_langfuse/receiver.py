@@ -23,6 +23,7 @@ import hmac
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 import zlib
@@ -88,6 +89,13 @@ class _Handler(BaseHTTPRequestHandler):
     server: "_Server"
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10)
+            self.request.do_handshake()  # a failure ends this connection only (handle_error)
+            self.request.settimeout(None)
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: the store counts requests
         log.debug("receiver: " + format, *args)
@@ -339,6 +347,13 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
     receiver: "Receiver"
+    tls: Optional[ssl.SSLContext] = None
+
+    def get_request(self) -> Tuple[socket.socket, Any]:
+        sock, address = self.socket.accept()
+        if self.tls is not None:  # the handshake runs on the connection's own thread, never in accept
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -383,9 +398,15 @@ class Receiver:
         secret_key: str = DEFAULT_SECRET_KEY,
         version: str = "3.120.0",
         max_request_bytes: int = MAX_REQUEST_BYTES,
+        tls: Optional[Tuple[str, str]] = None,
     ) -> None:
+        """`tls`: (certificate file, key file), both PEM: serve https:// with them."""
         self.host = host
         self.max_request_bytes = max_request_bytes
+        self.tls: Optional[ssl.SSLContext] = None
+        if tls is not None:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(*tls)
         self.port = port
         self.store = Store(db)
         self.faults = FaultPlan()
@@ -402,11 +423,12 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def start(self) -> "Receiver":
         server = _Server((self.host, self.port), _Handler)
         server.receiver = self
+        server.tls = self.tls
         self.port = server.server_address[1]
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
