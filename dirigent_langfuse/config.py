@@ -28,6 +28,8 @@ _ENV = {
 # Optional ones, read as Langfuse's SDKs read them.
 _ENV_OPTIONAL = {"environment": "LANGFUSE_TRACING_ENVIRONMENT", "release": "LANGFUSE_RELEASE"}
 _ENV_SAMPLE_RATE = "LANGFUSE_SAMPLE_RATE"
+_ENV_ENABLED = "LANGFUSE_TRACING_ENABLED"
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
 def _host(value: str) -> str:
@@ -125,6 +127,8 @@ class LangfuseConfig:
     batches wait in a retry buffer of `max_buffer_items` / `max_buffer_bytes`. Sampling:
     `sample_rate` of the sessions are mirrored, each kept or left out whole (see sampling.py).
     Masking: `mask` names a function applied to what leaves the process (see masking.py).
+    `tracing_enabled = false` (or `LANGFUSE_TRACING_ENABLED=false`) turns the stream off: every
+    event is SKIPPED, nothing is queued, no thread starts and nothing is sent.
     """
 
     host: str = attrs.field(converter=_host)
@@ -161,6 +165,7 @@ class LangfuseConfig:
     atexit_flush: bool = attrs.field(default=True, validator=_bool)
     fork_wait: float = attrs.field(default=1.0, validator=_non_negative)
     sample_rate: float = attrs.field(default=1.0, validator=_fraction)
+    tracing_enabled: bool = attrs.field(default=True, validator=_bool)
     mask: Optional[str] = attrs.field(default=None, validator=_mask_spec)
     ca_bundle: Optional[str] = attrs.field(default=None, validator=_ca_bundle)
 
@@ -197,6 +202,12 @@ class LangfuseConfig:
         for key, var in _ENV_OPTIONAL.items():
             if values.get(key) is None and env.get(var):
                 values[key] = env[var]
+        if values.get("tracing_enabled") is None and env.get(_ENV_ENABLED):
+            text = env[_ENV_ENABLED]
+            if text.strip().lower() not in _BOOLS:
+                raise ConfigError(f"from {_ENV_ENABLED} must be true or false, got {text!r}",
+                                  stream=stream, key="tracing_enabled")
+            values["tracing_enabled"] = _BOOLS[text.strip().lower()]
         if values.get("sample_rate") is None and env.get(_ENV_SAMPLE_RATE):
             text = env[_ENV_SAMPLE_RATE]
             try:

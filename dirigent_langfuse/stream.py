@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _ONE_QUEUED = StreamOutcome.accepted("1 item(s) queued")  # the usual answer; outcomes are immutable
 _TEXT_KEPT = StreamOutcome.accepted("text kept for the message's output")
+_DISABLED = StreamOutcome.skipped("tracing is disabled (tracing_enabled = false)")
 
 
 def make_transport(config: LangfuseConfig, client: LangfuseClient, masker: Optional[Masker] = None) -> Any:
@@ -87,7 +88,7 @@ class LangfuseStream(SessionStream):
             transport.masker = self._masker
         self.transport = transport
         spool = None
-        if config.spool_path:
+        if config.spool_path and config.tracing_enabled:  # disabled: not even an old spool is re-sent
             from .spool import Spool
 
             spool = Spool(config.spool_path, stream=name)
@@ -142,6 +143,9 @@ class LangfuseStream(SessionStream):
         if closed:
             self._count("events_failed")
             return StreamOutcome.failed(StreamError.CLOSED, "stream is shut down")
+        if not self.config.tracing_enabled:
+            self._count("events_skipped")
+            return _DISABLED
         if not isinstance(event, BusEvent):
             self._count("events_failed")
             return StreamOutcome.failed(StreamError.INVALID, f"not a BusEvent: {type(event).__name__}")

@@ -433,3 +433,39 @@ def test_a_fork_goes_ahead_after_fork_wait_when_a_step_does_not_end(server):
     unblock.set()
     assert stream.flush(5).ok
     stream.shutdown(1)
+
+
+@pytest.mark.parametrize("value", ["false", "0", "off", "No"])
+def test_tracing_disabled_from_the_environment_sends_nothing_and_starts_nothing(receiver, tmp_path, value):
+    from dirigent_langfuse.spool import Spool
+    from dirigent_langfuse.transport import Record
+
+    spool_path = str(tmp_path / "spool.db")
+    left = Spool(spool_path, "off")
+    left.add([Record("k", b'{"id":"k"}', 1)], "ingestion")
+    left.release()  # an earlier run's record: a disabled stream must not send it either
+    params = {"host": receiver.url, "public_key": "pk-lf-local", "secret_key": "sk-lf-local", "transport": "ingestion",
+              "spool_path": spool_path, "atexit_flush": False}
+    cfg = LangfuseConfig.from_params(params, env={"LANGFUSE_TRACING_ENABLED": value})
+    assert cfg.tracing_enabled is False
+    stream = LangfuseStream(cfg, name="off")
+    before = threading.active_count()
+    for event in (created(), started("m1", t=1), completed("m1", t=2)):
+        outcome = stream.on_event(event)
+        assert outcome.status is OutcomeStatus.SKIPPED and "disabled" in outcome.detail
+    assert threading.active_count() == before
+    assert stream.shutdown(5).ok
+    stats = stream.stats()
+    assert stats.events_skipped == 3 and stats.items_accepted == 0 and stats.requests == 0
+    assert receiver.store.counters().get("requests", 0) == 0
+
+
+def test_tracing_enabled_from_the_environment_must_be_a_boolean():
+    from dirigent_langfuse import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        LangfuseConfig.from_params({"host": "http://x", "public_key": "pk", "secret_key": "sk"},
+                                   env={"LANGFUSE_TRACING_ENABLED": "maybe"})
+    assert info.value.key == "tracing_enabled" and "LANGFUSE_TRACING_ENABLED" in str(info.value)
+    assert LangfuseConfig.from_params({"host": "http://x", "public_key": "pk", "secret_key": "sk", "tracing_enabled": True},
+                                      env={"LANGFUSE_TRACING_ENABLED": "false"}).tracing_enabled is True
