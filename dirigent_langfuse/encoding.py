@@ -30,6 +30,7 @@ import datetime as _dt
 import decimal
 import enum
 import json
+import logging
 import math
 import uuid
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -38,9 +39,12 @@ import attrs
 
 __all__ = ["encode_item", "dumps", "to_jsonable", "truncate_text", "TRUNCATION_MARKER"]
 
+log = logging.getLogger(__name__)
+
 TRUNCATION_MARKER = "…[truncated by dirigent_langfuse: {size} bytes in all]"
 _REPR_LIMIT = 1000
 _TRUNCATABLE = ("input", "output", "metadata")
+UNENCODABLE = "<dirigent_langfuse could not encode this field ({error}); see its log>"
 
 
 def _float(value: float) -> Any:
@@ -176,7 +180,7 @@ def as_text(value: Any) -> str:
 def shrink_fields(fields: Dict[str, Any], names: Tuple[str, ...], excess: int) -> bool:
     """Cut the largest of `names` in `fields` (in place) until `excess` bytes are saved."""
     sizes = sorted(
-        ((len(as_text(fields[n]).encode()), n) for n in names if fields.get(n) is not None), reverse=True
+        ((len(utf8(as_text(fields[n]))), n) for n in names if fields.get(n) is not None), reverse=True
     )
     changed = False
     for size, name in sizes:
@@ -184,17 +188,32 @@ def shrink_fields(fields: Dict[str, Any], names: Tuple[str, ...], excess: int) -
             break
         keep = max(0, size - excess - len(TRUNCATION_MARKER) - 16)
         fields[name] = truncate_text(as_text(fields[name]), keep)
-        excess -= size - len(fields[name].encode())
+        excess -= size - len(utf8(fields[name]))
         changed = True
     return changed
 
 
 def encode_item(item: Dict[str, Any], max_bytes: int) -> Tuple[bytes, bool]:
     """(JSON bytes, truncated?) for one ingestion item, at most about `max_bytes` long."""
-    data = dumps(item)
-    if len(data) <= max_bytes:
-        return data, False
-    body = dict(item.get("body") or {})
-    shrink_fields(body, _TRUNCATABLE, len(data) - max_bytes)
-    data = dumps(dict(item, body=body))
-    return data, True
+    try:
+        data = dumps(item)
+        if len(data) <= max_bytes:
+            return data, False
+        body = dict(item.get("body") or {})
+        shrink_fields(body, _TRUNCATABLE, len(data) - max_bytes)
+        return dumps(dict(item, body=body)), True
+    except Exception as exc:  # a bug of ours: the item still goes, without what could not be encoded
+        body = unencodable(item.get("body"), exc)
+        return dumps(dict(item, body=body)), True
+
+
+def unencodable(body: Any, exc: BaseException) -> Dict[str, Any]:
+    """`body` with input, output and metadata replaced by a marker, after encoding them failed:
+    the observation still arrives (and is counted), and the failure is logged with its traceback."""
+    log.error("could not encode an item's input, output or metadata (%s); they are sent as a marker",
+              type(exc).__name__, exc_info=(type(exc), exc, exc.__traceback__))
+    out = dict(body) if isinstance(body, dict) else {}
+    for name in _TRUNCATABLE:
+        if out.get(name) is not None:
+            out[name] = UNENCODABLE.format(error=type(exc).__name__)
+    return out

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import __version__
 from .client import LangfuseClient
 from .config import LangfuseConfig
-from .encoding import as_text, shrink_fields, utf8
+from .encoding import as_text, shrink_fields, unencodable, utf8
 from .mapping import iso_time, merge_into, uuid5_hex
 from .masking import Masker
 from .transport import IngestionTransport, NotChosen, Record, Report
@@ -360,14 +360,18 @@ class OtelTransport:
             masked = self.masker.body(body)
             if masked is not body:
                 obs, body = _Open(obs.kind, obs.trace, masked, obs.weight), masked
-        data = utf8(self.span(obs, sid, is_root))
-        truncated = False
-        if len(data) > self.max_item_bytes:
-            fields = {"input": body.get("input"), "output": body.get("output"), "metadata": body.get("metadata")}
-            shrink_fields(fields, ("input", "output", "metadata"), len(data) - self.max_item_bytes)
-            body.update({k: v for k, v in fields.items() if v is not None})
+        try:
             data = utf8(self.span(obs, sid, is_root))
-            truncated = True
+            truncated = False
+            if len(data) > self.max_item_bytes:
+                fields = {"input": body.get("input"), "output": body.get("output"), "metadata": body.get("metadata")}
+                shrink_fields(fields, ("input", "output", "metadata"), len(data) - self.max_item_bytes)
+                body.update({k: v for k, v in fields.items() if v is not None})
+                data = utf8(self.span(obs, sid, is_root))
+                truncated = True
+        except Exception as exc:  # a bug of ours: the span still goes (and counts), without those fields
+            obs = _Open(obs.kind, obs.trace, unencodable(body, exc), obs.weight)
+            data, truncated = utf8(self.span(obs, sid, is_root)), True
         return Record(obs.trace + "/" + sid, data, obs.weight, truncated)
 
     def _trace_attrs(self, scroll: str) -> str:

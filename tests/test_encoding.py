@@ -121,3 +121,49 @@ def test_odd_payloads_through_a_live_stream_all_arrive(receiver, validate_item):
     assert stats.items_delivered == len(odd) and stats.items_truncated == 1
     for item in receiver.store.items():
         validate_item(item)
+
+
+def test_an_oversized_item_with_a_lone_surrogate_elsewhere_is_still_truncated():
+    """Found by tests/test_random.py: measuring the fields to cut encoded them strictly."""
+    from dirigent_langfuse.encoding import encode_item
+
+    item = {"id": "i", "type": "span-create", "body": {"input": "x" * 100_000, "output": "bad \ud800 text"}}
+    data, truncated = encode_item(item, 10_000)
+    assert truncated and len(data) < 12_000
+
+
+def test_a_bug_while_encoding_sends_the_item_without_the_fields_never_drops_it(monkeypatch, caplog):
+    """Whatever fails while encoding input, output or metadata (here: the truncation itself),
+    the item or span still goes, counted, with a marker, and the traceback is logged."""
+    from dirigent_langfuse import encoding
+    from dirigent_langfuse.encoding import encode_item
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(encoding, "shrink_fields", broken)
+    item = {"id": "i", "type": "span-create", "body": {"id": "b", "input": "x" * 5000, "name": "kept"}}
+    data, truncated = encode_item(item, 1000)
+    body = json.loads(data)["body"]
+    assert truncated and body["name"] == "kept" and "could not encode" in body["input"]
+    assert "RuntimeError" in caplog.text
+
+
+def test_over_otel_a_bug_while_encoding_a_span_still_sends_it(monkeypatch, caplog):
+    from dirigent_langfuse import otel
+    from dirigent_langfuse.client import LangfuseClient
+    from dirigent_langfuse.mapping import MappingState, bus_event_to_items
+
+    from .helpers import completed, config, started
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(otel, "shrink_fields", broken)
+    cfg = config("http://127.0.0.1:9", transport="otel", max_item_bytes=2000, max_request_bytes=100_000)
+    transport = otel.OtelTransport(LangfuseClient(cfg), cfg)
+    state = MappingState()
+    items = bus_event_to_items(started("m1", input="x" * 5000), state) + bus_event_to_items(completed("m1", t=1), state)
+    (record,) = transport.prepare(items)
+    assert record.weight == 2 and record.truncated and b"could not encode" in record.data
+    assert "RuntimeError" in caplog.text
