@@ -59,6 +59,10 @@ _OBSERVATION_TYPES = {
 }
 
 
+def _digest(value: Any) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 class _View:
     """Traces and observations merged from the log, as Langfuse would show them."""
 
@@ -179,9 +183,32 @@ class Store:
 
     def add_export(self, export: bytes, spans: Iterable[Tuple[int, Dict[str, Any]]], received: float) -> None:
         """Store an OTLP/JSON export as it came (decompressed) and, per checked span (its index in
-        `wire.otlp_spans(export)`, the span), a log row pointing into it."""
-        rows = [(f"span:{span['traceId'].lower()}:{span['spanId'].lower()}", _SPAN_REF, index) for index, span in spans]
+        `wire.otlp_spans(export)`, the span), a log row pointing into it.
+
+        A span id seen before with the same content is a re-send (counted, changes nothing); with
+        other content it is an upsert, as Langfuse takes it: merged over the earlier one (a later
+        non-null field wins, and the trace keeps what earlier spans said of it)."""
+        spans = list(spans)
+        keys = [f"span:{span['traceId'].lower()}:{span['spanId'].lower()}" for _, span in spans]
+        with self._lock:
+            known = self._known(keys)
+        rows = []
+        for key, (index, span) in zip(keys, spans):
+            earlier = known.get(key)
+            if earlier is not None and earlier != span:
+                key = f"{key}#{_digest(span)}"  # another version of the span: merged in arrival order
+            rows.append((key, _SPAN_REF, index))
         self._add_body(export, rows, received, "spans_received")
+
+    def _known(self, keys: List[str]) -> Dict[str, Dict[str, Any]]:
+        """The stored spans (their first version) of those of `keys` seen before."""
+        found = self._db.execute(
+            f"SELECT key, kind, json FROM log WHERE key IN ({','.join('?' * len(keys))})", keys
+        ).fetchall() if keys else []
+        if not found:
+            return {}
+        read = self._reader()
+        return {key: read(kind, text) for key, kind, text in found}
 
     def _add_body(self, body: bytes, rows: List[Tuple[str, str, int]], received: float, counter: str) -> None:
         """One transaction: the body, then its (key, kind, index) rows in the log, each saying

@@ -221,6 +221,33 @@ def test_spans_within_one_millisecond_are_not_duplicates_but_a_span_resent_under
     assert receiver.store.counters()["duplicates"] == 1
 
 
+def test_a_span_id_sent_again_with_other_content_is_an_upsert_and_the_trace_keeps_its_name(receiver):
+    """Found by tests/test_random.py: the receiver kept the first version of a span id and ignored
+    the rest, so when a version without the trace's name arrived first (two requests in flight),
+    the trace stayed nameless. Langfuse upserts: later non-null fields win, the trace keeps its name."""
+    def span(name_attr: bool, output: str) -> Dict[str, Any]:
+        attributes = [{"key": "langfuse.observation.type", "value": {"stringValue": "generation"}},
+                      {"key": "langfuse.observation.output", "value": {"stringValue": output}}]
+        if name_attr:
+            attributes.append({"key": "langfuse.trace.name", "value": {"stringValue": "named"}})
+        return {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "g", "startTimeUnixNano": "1764061200000000000",
+                "endTimeUnixNano": "1764061201000000000", "attributes": attributes}
+
+    def export(one: Dict[str, Any]) -> None:
+        body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [one]}]}]}).encode()
+        assert requests.post(receiver.url + "/api/public/otel/v1/traces", data=body, auth=AUTH, timeout=5,
+                             headers={"Content-Type": "application/json"}).status_code == 200
+
+    export(span(False, "later version, arrived first"))
+    export(span(True, "earlier version"))
+    export(span(True, "earlier version"))  # the same content again: a re-send, changes nothing
+    (trace,) = receiver.store.traces()
+    assert trace["name"] == "named"
+    (obs,) = receiver.store.observations()
+    assert obs["output"] == "earlier version"  # the last one processed wins, as in Langfuse
+    assert receiver.store.counters()["resent"] == 1 and receiver.store.counters()["duplicates"] == 0
+
+
 # -- request limits and odd bodies ------------------------------------------------------------------
 
 
