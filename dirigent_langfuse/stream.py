@@ -196,12 +196,17 @@ class LangfuseStream(SessionStream):
     def _outcome(self, result: FlushResult, what: str) -> StreamOutcome:
         if result.ok:
             return StreamOutcome.delivered(f"{what}: everything delivered")
-        kind = self._worker.last_error_kind or ""
-        error = StreamError.STATUS if kind.startswith("status_") and kind != "status_429" else StreamError.TRANSPORT
+        kinds = [self._worker.last_error_kind or ""] + list(result.dropped)
+        refused = any((k.startswith("status_") and k != "status_429") or k == "otel_rejected" for k in kinds)
+        error = StreamError.STATUS if refused else StreamError.TRANSPORT
         if result.timed_out:
-            return StreamOutcome.failed(error, f"{what} timed out; {result.pending} item(s) not yet delivered")
-        detail = f"{what}: {result.pending} item(s) not delivered"
-        if result.error:
+            detail = f"{what} timed out; {result.pending} item(s) not yet delivered"
+        else:
+            detail = f"{what}: {result.pending} item(s) not delivered"
+        if result.dropped:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(result.dropped.items()))
+            detail += f"; {sum(result.dropped.values())} item(s) dropped ({reasons})"
+        if result.error and not result.timed_out:
             detail += f"; last error: {result.error}"
         return StreamOutcome.failed(error, detail)
 

@@ -61,13 +61,19 @@ def weak_hook(method: Callable[[], None]) -> Callable[[], None]:
 
 
 class FlushResult:
-    __slots__ = ("ok", "timed_out", "pending", "error")
+    """`dropped`: the items dropped (by reason, `queue_full` aside) since the flush began, or for
+    a shutdown in the stream's whole life: what the caller was told ACCEPTED and did not arrive."""
 
-    def __init__(self, ok: bool, timed_out: bool, pending: int, error: Optional[str]) -> None:
+    __slots__ = ("ok", "timed_out", "pending", "error", "dropped")
+
+    def __init__(
+        self, ok: bool, timed_out: bool, pending: int, error: Optional[str], dropped: Optional[Dict[str, int]] = None
+    ) -> None:
         self.ok = ok
         self.timed_out = timed_out
         self.pending = pending
         self.error = error
+        self.dropped = dropped or {}
 
 
 class Worker:
@@ -282,7 +288,7 @@ class Worker:
             target = self.accepted - self.dropped.get("queue_full", 0)
             failures = self.failed_requests
             refusals = self.refusing_requests
-            drops = self._drops()
+            drops = dict(self.dropped)
             self._flush_requests += 1
             self._force = True
             self._work.notify_all()
@@ -299,18 +305,22 @@ class Worker:
                     self._done.wait(min(left, 0.5))
             finally:
                 self._flush_requests -= 1
-            failed = attempted or self._drops() > drops
-            ok = not failed and not self._outbox
-            return FlushResult(ok, False, self.pending, None if ok else self.last_error)
+            dropped = self._drops_since(drops)
+            ok = not attempted and not dropped and not self._outbox
+            return FlushResult(ok, False, self.pending, None if ok else self.last_error, dropped)
 
     def _drops(self) -> int:
         return sum(n for reason, n in self.dropped.items() if reason != "queue_full")
+
+    def _drops_since(self, before: Dict[str, int]) -> Dict[str, int]:
+        """Drops by reason since `before` (a copy of `dropped`), `queue_full` aside: the caller
+        was told of those at once (FAILED(OVERFLOW))."""
+        return {r: n - before.get(r, 0) for r, n in self.dropped.items() if r != "queue_full" and n > before.get(r, 0)}
 
     def shutdown(self, timeout: float) -> FlushResult:
         """Deliver what can be delivered before `timeout`; drop (counted) or spool the rest."""
         deadline = self._clock() + timeout
         with self._lock:
-            drops = self._drops()
             self._closing = True
             self._force = True
             if self._deadline is None or deadline < self._deadline:
@@ -326,10 +336,11 @@ class Worker:
         with self._lock:
             self._stopped = True
             timed_out = any(t.is_alive() for t in self._threads)
-            ok = self.pending == 0 and self._drops() == drops and not timed_out
+            dropped = self._drops_since({})  # the whole life: the last word on what was accepted
+            ok = self.pending == 0 and not dropped and not timed_out
             if self.spool is not None and not timed_out:
                 self.spool.release()  # what is left in it is the next start's
-            return FlushResult(ok, timed_out, self.pending, None if ok else self.last_error)
+            return FlushResult(ok, timed_out, self.pending, None if ok else self.last_error, dropped)
 
     # -- worker side ------------------------------------------------------------------------------
 
@@ -603,6 +614,7 @@ class Worker:
                 self.batches += 1
             for record, why, message in report.dropped:
                 self.dropped[why] += record.weight
+                self.last_error = f"Langfuse refused item(s) for good ({why}): {message or 'no message'}"
                 key = f"{why}:{message}"
                 if key not in self._seen_messages and len(self._seen_messages) < 1000:
                     self._seen_messages[key] = 1

@@ -156,7 +156,11 @@ def test_an_item_refused_in_every_207_is_dropped_after_max_retries(server, caplo
     stream.on_event(started("after"))
     assert stream.flush(5).status is OutcomeStatus.DELIVERED
     assert stream._worker._allowed() == stream.config.max_inflight  # back to full speed
-    assert stream.shutdown(5).ok  # (its threads joined: every log line is written)
+    final = stream.shutdown(5)  # (its threads joined: every log line is written)
+    # the last word on the stream's life names what was accepted and never arrived
+    assert final.status is OutcomeStatus.FAILED and final.error is StreamError.STATUS
+    assert "1 item(s) dropped (status_500 1)" in final.detail and "boom" in final.detail
+    assert stream.stats().last_error.startswith("Langfuse refused item(s) for good (status_500): boom")
     (line,) = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert "boom" in line and "3 times" in line
 
