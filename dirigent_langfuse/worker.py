@@ -309,9 +309,6 @@ class Worker:
             ok = not attempted and not dropped and not self._outbox
             return FlushResult(ok, False, self.pending, None if ok else self.last_error, dropped)
 
-    def _drops(self) -> int:
-        return sum(n for reason, n in self.dropped.items() if reason != "queue_full")
-
     def _drops_since(self, before: Dict[str, int]) -> Dict[str, int]:
         """Drops by reason since `before` (a copy of `dropped`), `queue_full` aside: the caller
         was told of those at once (FAILED(OVERFLOW))."""
