@@ -8,8 +8,9 @@ updates into it, and emits a span when its observation ends. What a user sees in
   a UUID, else uuid5(scroll_id). Trace attributes (`langfuse.trace.name`, `session.id`,
   `user.id`, `langfuse.trace.tags`, `langfuse.trace.metadata.*`) ride on every span, so the trace
   is named as soon as its first span lands;
-- a root span of type `agent` for the session itself, from `SessionCreated` to `SessionEnded`;
-  messages are `generation` spans under it, tool calls `tool` spans under their message, plans
+- a root span of type `agent` for the session itself, from `SessionCreated` to `SessionEnded`,
+  with the session's first input and last answer as its own and the trace's input and output;
+  messages are `generation` spans under it (with `completion_start_time` when chunks streamed), tool calls `tool` spans under their message, plans
   `event` spans;
 - an observation still open at `shutdown()` (or pushed out of a full table) is emitted ended at
   that moment, with level WARNING, a status message saying so and
