@@ -427,7 +427,9 @@ class Worker:
                     self._busy = True
                     self._stepping += 1
                     return "prepare", []
-                if main and closing and not self._outbox and self.transport.open_count():
+                if main and closing and self.transport.open_count():
+                    # Nothing more will end them: emit them now, so that what Langfuse cannot take
+                    # before the deadline reaches the spool (or is counted), with the rest.
                     self._busy = True
                     self._stepping += 1
                     return "prepare", None
@@ -670,7 +672,17 @@ class Worker:
         with self._lock:
             if not self._closing:
                 return
+        left_open: List[Record] = []
+        if self.transport.open_count():  # OTel observations the deadline left open: not lost either
+            try:
+                left_open = self.transport.close_open(self._clock())
+            except Exception:  # never let a bug hide them: they are counted below all the same
+                log.exception("stream %r: could not close the observations still open", self.name)
+            if left_open and self.spool is not None:
+                self.spool.add(left_open, self.transport.name)
+        with self._lock:
             left_queue = len(self._queue)
+            self._outbox.extend(left_open)
             left_outbox = sum(r.weight for r in self._outbox)
             self._queue.clear()
             spooled = self.spool is not None

@@ -553,6 +553,33 @@ def test_a_preload_worker_killed_with_kill_9_is_re_sent_by_its_replacement(fast_
     assert max(first["max_block"], second["max_block"]) < BOUND
 
 
+@pytest.mark.parametrize("spooled", [True, False])
+def test_otel_observations_open_at_a_shutdown_during_an_outage_are_spooled_or_counted(fast_receiver, tmp_path, spooled):
+    """Found by tests/test_random.py: the observations a session left open were emitted at
+    shutdown only once everything else had been sent, so during an outage they never were: not
+    spooled, not counted, pending for ever."""
+    receiver = fast_receiver
+    receiver.faults.add(Fault.status(503, seconds=60))
+    extra = {"spool_path": str(tmp_path / "spool.db")} if spooled else {}
+    stream = LangfuseStream(config(receiver.url, transport="otel", **extra, **FAST), name="open")
+    for event in session("open-1")[:-3]:  # the session, its last message and tool call never end
+        stream.on_event(event)
+    stream.shutdown(0.3)
+    for thread in list(stream._worker._threads):
+        thread.join(30)
+    stats = stream.stats()
+    assert stats.items_delivered == 0
+    if not spooled:
+        assert stats.items_pending == 0 and stats.dropped == {"shutdown": stats.items_accepted}
+        return
+    assert stats.items_pending == stats.items_accepted  # all of it waits in the spool
+    receiver.faults.clear()
+    restarted = LangfuseStream(config(receiver.url, transport="otel", **extra, **FAST), name="open")
+    assert restarted.shutdown(15).ok and restarted.stats().items_delivered == stats.items_accepted
+    incomplete = [o for o in receiver.store.observations() if (o.get("metadata") or {}).get("incomplete") == "true"]
+    assert len(incomplete) == 3  # the session's root span, the open message and its open tool call
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_shutdown_is_bounded_when_langfuse_hangs(fast_receiver, transport, no_secrets_logged):
     receiver = fast_receiver
