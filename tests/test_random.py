@@ -57,7 +57,7 @@ def odd(rng: random.Random) -> Any:
     ])
 
 
-def one_session(rng: random.Random, n: int) -> List[Any]:
+def one_session(rng: random.Random, n: int, replays: bool = True) -> List[Any]:
     scroll, native = f"r{n}", f"native-{n}"
     late = rng.random() < 0.3  # the first events arrive before the scroll is bound
     binding = rng.randint(1, 4) if late else 0
@@ -107,7 +107,7 @@ def one_session(rng: random.Random, n: int) -> List[Any]:
         bind()
     if rng.random() < 0.8:  # some sessions never end: their observations close at shutdown
         add(lambda native, t: ended(sid(), native=native, t=t))
-        if rng.random() < 0.15:  # the host replays the session (same events, same ids)
+        if replays and rng.random() < 0.15:  # the host replays the session (same events, same ids)
             events.extend([e for e in events if e.scroll_id])
     return events
 
@@ -211,3 +211,47 @@ def test_random_sessions_and_faults_keep_every_promise(seed, caplog):
         assert not unexpected, (what, unexpected)
         if mask is scrub:
             assert "chunk 0" not in str(receiver.store.observations())
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("RANDOM_SEEDS", "40")) // 4))
+def test_random_restarts_with_a_spool_deliver_everything_once(seed, tmp_path):
+    """A stream shuts down while Langfuse is down (its deadline short), leaving records in the
+    spool; the next start (same spool, same name) sends them once Langfuse is back. Across both,
+    every accepted item is delivered once or counted."""
+    rng = random.Random(10_000 + seed)
+    transport = rng.choice(["ingestion", "otel"])
+    spool = str(tmp_path / "spool.db")
+    knobs: Dict[str, Any] = dict(
+        transport=transport, spool_path=spool, batch_size=rng.choice([1, 4, 32]), max_inflight=rng.choice([1, 2]),
+        flush_interval=0.02, backoff_base=0.001, backoff_max=0.002, retry_backoff_max=0.05,
+        connect_timeout=0.5, read_timeout=2.0,
+    )
+    # (no replays: the spool keeps one record per id, so a replayed item waits there once)
+    sessions = [one_session(rng, n, replays=False) for n in range(rng.randint(1, 4))]
+    with Receiver() as receiver:
+        first = LangfuseStream(config(receiver.url, **knobs), name="svc")
+        up_to = rng.randint(0, sum(len(s) for s in sessions))
+        events = [e for s in sessions for e in s]
+        for event in events[:up_to]:  # some go through while Langfuse is up
+            first.on_event(event)
+        first.flush(5)
+        receiver.faults.add(Fault.status(503, seconds=60))  # then it goes down for good
+        for event in events[up_to:]:
+            first.on_event(event)
+        first.shutdown(rng.choice([0.05, 0.3]))
+        for thread in list(first._worker._threads):  # past its deadline, the worker still counts and spools
+            thread.join(30)
+        a = first.stats()
+        receiver.faults.clear()
+        second = LangfuseStream(config(receiver.url, **knobs), name="svc")
+        assert second.shutdown(20).ok
+        b = second.stats()
+        what = dict(seed=seed, transport=transport, first=a.as_dict(), second=b.as_dict())
+        # what the first left undelivered and undropped was in the spool, and the second sent it all
+        assert b.items_accepted == a.items_pending == b.items_delivered, what
+        assert set(a.dropped) <= {"shutdown"}, what  # only what never reached the spool (the queue)
+        assert second._worker.spool.count() == 0, what
+        assert receiver.store.counters().get("duplicates", 0) == 0, what
+        if transport == "ingestion":
+            landed = receiver.store.envelope_count() + receiver.store.counters().get("resent", 0)
+            assert receiver.store.envelope_count() <= a.items_delivered + b.items_delivered <= landed, what
