@@ -4,9 +4,10 @@ Each seed draws a transport, a mix of features (late binds, streamed chunks, pla
 oversized payloads, a mask, sampling, several producer threads) and a schedule of transient
 faults, then checks what must hold whatever the mix: every accepted item delivered or counted,
 nothing pending after shutdown, nothing duplicated, no bug in the worker, no unexpected error
-logged, and every session that was kept arrived as a trace, named. It found three bugs (see
-tests/test_encoding.py and tests/test_receiver.py); `RANDOM_SEEDS=1000 python -m pytest
-tests/test_random.py` searches wider.
+logged, and every session that was kept arrived as a trace, named. A second test restarts a
+stream on its spool after a shutdown during an outage. They found five bugs, each now with a test
+of its own (tests/test_encoding.py, test_receiver.py, test_stream.py, test_faults.py);
+`RANDOM_SEEDS=1000 python -m pytest tests/test_random.py` searches wider.
 """
 
 from __future__ import annotations
