@@ -153,6 +153,8 @@ class LangfuseConfig:
     pending_max_keys: int = attrs.field(default=1000, validator=_whole)
     pending_max_events_per_key: int = attrs.field(default=1000, validator=_whole)
     pending_ttl: float = attrs.field(default=600.0, validator=_positive)
+    max_sessions: int = attrs.field(default=10_000, validator=_whole)
+    session_ttl: float = attrs.field(default=86_400.0, validator=_positive)
     max_open_observations: int = attrs.field(default=10_000, validator=_whole)
     max_buffer_items: int = attrs.field(default=100_000, validator=_whole)
     max_buffer_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_whole)

@@ -428,7 +428,7 @@ def _tool_call(event: SessionUpdate, scroll_id: str, state: Optional[MappingStat
     status = update.get("status")
     at = iso_time(event.at)
     body: Dict[str, Any] = {"id": obs, "traceId": scroll_id, "type": "TOOL"}
-    if not (is_update and seen):
+    if not is_update:
         body["name"] = update.get("title") or "tool call"
         body["startTime"] = at
         if parent is not None:
@@ -448,7 +448,9 @@ def _tool_call(event: SessionUpdate, scroll_id: str, state: Optional[MappingStat
     elif update.get("content") is not None and is_update:
         body["output"] = update["content"]
     body["metadata"] = _tool_metadata(event, update)
-    kind = "observation-update" if (is_update and seen) else "observation-create"
+    # An update is an update even when its tool_call is unknown here (sent by an earlier process,
+    # or before a restart): a create would overwrite the call's start, name and parent in Langfuse.
+    kind = "observation-update" if is_update else "observation-create"
     return [_item(event, 0, kind, body)]
 
 

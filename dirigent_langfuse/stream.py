@@ -75,7 +75,7 @@ class LangfuseStream(SessionStream):
         self.config = config
         self.client = client or LangfuseClient(config)
         self._health = HealthTracker(config.degraded_after, config.unavailable_after)
-        self._state = MappingState(max_scrolls=config.pending_max_keys * 10, ttl=config.pending_ttl, clock=clock)
+        self._state = MappingState(max_scrolls=config.max_sessions, ttl=config.session_ttl, clock=clock)
         self._pending = PendingBuffer(
             config.pending_max_keys, config.pending_max_events_per_key, config.pending_ttl, clock=clock, name=name
         )

@@ -180,3 +180,30 @@ def test_the_trace_shows_the_session_s_first_input_and_last_answer(receiver, tra
     assert s.shutdown(10).status is OutcomeStatus.DELIVERED
     (trace,) = receiver.store.traces()
     assert trace["input"] == [{"role": "user", "content": "why?"}] and trace["output"] == "done"
+
+
+@pytest.mark.parametrize("transport", ["ingestion", "otel"])
+def test_a_tool_call_that_runs_for_an_hour_keeps_its_start_parent_and_the_session_its_input(receiver, transport):
+    """Agents wait: a build runs for an hour, a user reads for a while before the next prompt.
+    Before, the mapping forgot a session untouched for ten minutes (`pending_ttl`), so the
+    tool call's end came as a new call (start = end, no parent) and the trace's input was a
+    later message's."""
+    from .helpers import created, ended, tool_call, tool_update
+
+    now = [0.0]
+    s = stream(receiver.url, transport=transport, flush_interval=0.05)
+    s._state._clock = lambda: now[0]  # the mapping's clock: an hour passes without an event
+    for event in (created("scroll-long", t=0), started("m1", "scroll-long", t=1, input="build it"),
+                  tool_call("build", "scroll-long", t=2, title="make all")):
+        s.on_event(event)
+    now[0] = 3600.0
+    s.on_event(started("m0", "scroll-other", t=3600))  # another session's event lets the expiry run
+    for event in (tool_update("build", "completed", "scroll-long", t=3602, rawOutput="ok"),
+                  completed("m1", "scroll-long", t=3603, output="built"), ended("scroll-long", t=3604)):
+        s.on_event(event)
+    assert s.shutdown(10).status is OutcomeStatus.DELIVERED
+    trace = [t for t in receiver.store.traces() if t.get("name") == "a session"][0]
+    assert trace["input"] == "build it"
+    (tool,) = [o for o in receiver.store.observations(trace["id"]) if o["type"] == "TOOL"]
+    assert tool["name"] == "make all" and tool["startTime"] == "2026-11-25T09:00:02.000Z"
+    assert tool["endTime"] == "2026-11-25T10:00:02.000Z" and tool.get("parentObservationId")

@@ -176,12 +176,15 @@ def test_failed_tool_call_is_level_error(validate_item):
     assert failed_no_text["body"]["statusMessage"] == "tool call failed"
 
 
-def test_update_without_its_create_is_still_a_valid_span(validate_item):
+def test_an_update_whose_tool_call_is_unknown_here_is_still_an_update(validate_item):
+    """Its tool_call went out from an earlier process (a restart mid-session): a create would
+    overwrite the call's start time, name and parent in Langfuse with guesses."""
     (item,) = items_of(tool_update("never-seen", "completed", rawOutput="x", t=3))
     validate_item(item)
     body = item["body"]
-    assert item["type"] == "observation-create" and body["type"] == "TOOL"
-    assert body["name"] == "tool call" and body["startTime"] == body["endTime"] == "2026-11-25T09:00:03.000Z"
+    assert item["type"] == "observation-update" and body["type"] == "TOOL"
+    assert body["endTime"] == "2026-11-25T09:00:03.000Z" and body["output"] == "x"
+    assert not {"startTime", "name", "parentObservationId"} & set(body)
 
 
 def test_tool_call_without_id_is_skipped():
