@@ -55,8 +55,12 @@ CREATE TABLE IF NOT EXISTS spool (
 
 
 def _lock(path: str) -> Optional[int]:
-    """An fd holding the exclusive lock on `path`, or None when a living process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    """An fd holding the exclusive lock on `path`, or None when a living process holds it (or
+    when the file is another user's: whether its owner lives cannot be told, so it is left alone)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except PermissionError:
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -128,3 +128,26 @@ def test_a_spool_in_memory_is_refused_naming_spool_path():
     with pytest.raises(ConfigError) as info:
         Spool(":memory:", "s")
     assert info.value.key == "spool_path"
+
+
+def test_an_owner_file_that_cannot_be_opened_is_left_alone_not_the_end_of_the_spool(tmp_path, monkeypatch):
+    """Another user's process shares the spool: its lock file cannot be opened here. Before, that
+    raised while claiming orphans and turned this stream's spool off."""
+    path = str(tmp_path / "spool.db")
+    other = Spool(path, "s")
+    other.add(records("theirs"), "ingestion")
+    other.release()
+    mine = Spool(path, "s")
+    real_open = os.open
+
+    def refuse(name, *args, **kwargs):
+        if str(name).endswith(other.owner):
+            raise PermissionError(13, "Permission denied", name)
+        return real_open(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    assert mine.load("ingestion") == ([], 0)  # not taken: whether its owner lives cannot be told
+    mine.add(records("ours"), "ingestion")
+    monkeypatch.undo()
+    assert not mine._broken  # the spool goes on; once the file can be opened, the orphan is taken
+    assert [r.key for r in mine.load("ingestion")[0]] == ["theirs", "ours"]
