@@ -16,7 +16,9 @@ updates into it, and emits a span when its observation ends. What a user sees in
   that moment, with level WARNING, a status message saying so and
   `langfuse.observation.metadata.incomplete = "true"`: never silently lost.
 
-Span and trace ids derive from the observation ids, so a replay re-sends the same spans.
+Span and trace ids derive from the observation ids, so a replay re-sends the same spans; an end
+replayed alone too, since the start, parent and name of the last `max_open_observations` ended
+observations are remembered.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ _quote: Any = getattr(json.encoder, "c_encode_basestring", None) or json.encoder
 
 
 _KEEP_FIRST = ("startTime", "parentObservationId")  # the create's start and parent win
+_BEGAN = ("id", "startTime", "parentObservationId", "name", "type")  # remembered once an observation ended
 _TYPES = {"generation-create": "generation", "generation-update": "generation", "span-create": "span", "span-update": "span"}
 
 
@@ -225,6 +228,9 @@ class OtelTransport:
         self.max_item_bytes = config.max_item_bytes
         self._clock = clock
         self._open: "collections.OrderedDict[str, _Open]" = collections.OrderedDict()
+        # What the observations that ended lately began with (start, parent, name), so that a
+        # replayed end re-sends their span as it was, not one that starts at its end.
+        self._ended: "collections.OrderedDict[str, _Open]" = collections.OrderedDict()
         self._traces: "collections.OrderedDict[str, Dict[str, Any]]" = collections.OrderedDict()
         resource = ",".join([
             _str_kv("service.name", "dirigent"),
@@ -284,7 +290,11 @@ class OtelTransport:
             out.append(self._emit(key, _Open("event", trace, dict(body, endTime=body.get("startTime")), 1)))
             return
         obs = self._open.get(key)
-        if obs is None:
+        if obs is None and kind.endswith("-update") and key in self._ended:
+            began = self._ended[key]  # ended already: a replayed or late end
+            obs = _Open(began.kind, trace, merge_into(dict(began.body), body, _KEEP_FIRST), 1)
+            self._open[key] = obs
+        elif obs is None:
             obs_type = str(body.get("type") or _TYPES.get(kind, "span")).lower()
             obs = _Open(obs_type, trace, dict(body), 1)
             if kind.endswith("-update"):
@@ -298,7 +308,14 @@ class OtelTransport:
             merge_into(obs.body, body, _KEEP_FIRST)  # obs.body is our own copy
         if obs.body.get("endTime"):
             del self._open[key]
+            self._remember(key, obs)
             out.append(self._emit(key, obs))
+
+    def _remember(self, key: str, obs: _Open) -> None:
+        self._ended[key] = _Open(obs.kind, obs.trace, {f: obs.body[f] for f in _BEGAN if obs.body.get(f) is not None}, 0)
+        self._ended.move_to_end(key)
+        while len(self._ended) > self.max_open:
+            self._ended.popitem(last=False)
 
     def _fold_trace(self, body: Dict[str, Any], out: List[Record]) -> None:
         scroll = body.get("id")
@@ -318,8 +335,11 @@ class OtelTransport:
         root = self._open.get(root_key)
         ended = "end_reason" in meta and "name" not in body
         if root is None:
-            start = body.get("timestamp") or meta.get("ended_at") or _now_iso(self._clock())
-            root = _Open("agent", scroll, {"id": root_key, "name": body.get("name") or "session", "startTime": start}, 1)
+            began = self._ended.get(root_key)  # a session that ended already, replayed
+            start = body.get("timestamp") or (began and began.body.get("startTime")) or meta.get("ended_at") \
+                or _now_iso(self._clock())
+            name = body.get("name") or (began and began.body.get("name")) or "session"
+            root = _Open("agent", scroll, {"id": root_key, "name": name, "startTime": start}, 1)
             self._open[root_key] = root
         else:
             root.weight += 1
@@ -332,6 +352,7 @@ class OtelTransport:
                 if body.get(field) is not None:
                     root.body[field] = body[field]
             del self._open[root_key]
+            self._remember(root_key, root)
             out.append(self._emit(root_key, root))
             # The session is over: its spans so far carried the trace's attributes; forget them.
             self._traces.pop(scroll, None)
@@ -467,6 +488,7 @@ class OtelTransport:
         self.client.reset()
         self._open.clear()
         self._traces.clear()
+        self._ended.clear()
 
 
 def major_version(version: Optional[str]) -> Optional[int]:

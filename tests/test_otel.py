@@ -403,3 +403,29 @@ def test_ended_sessions_leave_nothing_behind():
         items = [i for e in session_events(f"s{n}") for i in bus_event_to_items(e, state)]
         transport.prepare(items)
     assert transport.open_count() == 0 and transport.trace_count() == 0 and len(state) == 0
+
+
+def test_a_replayed_end_re_sends_the_span_as_it_was_not_one_starting_at_its_end():
+    """A host that re-sends an event (a retry on its side, a replay of a session's tail) after
+    the observation ended: the same span id must come with the same start, parent and name, or
+    Langfuse's upsert would move the observation's start to its end."""
+    events = session_events("scroll-r")
+    cfg = LangfuseConfig(host=HOST, public_key="pk", secret_key="sk-secret-value")
+    transport = OtelTransport(LangfuseClient(cfg), cfg)
+    state = MappingState()
+
+    def spans(evts: List[Any]) -> Dict[str, Dict[str, Any]]:
+        items = [item for event in evts for item in bus_event_to_items(event, state)]
+        records = transport.prepare(items)
+        return {s["spanId"]: s for s in json.loads(transport.body(records))["resourceSpans"][0]["scopeSpans"][0]["spans"]}
+
+    first = spans(events)
+    ends = [e for e in events if type(e).__name__ in ("MessageCompleted", "SessionEnded")
+            or getattr(e, "kind", "") == "tool_call_update"]
+    again = spans(ends)  # the tails replayed, after everything ended
+    assert again and set(again) <= set(first)
+    for span_id, span in again.items():
+        before = first[span_id]
+        assert (span["startTimeUnixNano"], span.get("parentSpanId"), span["name"]) == \
+               (before["startTimeUnixNano"], before.get("parentSpanId"), before["name"]), span["name"]
+        assert attr(span, "langfuse.observation.metadata.partial") is None
