@@ -17,8 +17,8 @@ updates into it, and emits a span when its observation ends. What a user sees in
   `langfuse.observation.metadata.incomplete = "true"`: never silently lost.
 
 Span and trace ids derive from the observation ids, so a replay re-sends the same spans; an end
-replayed alone too, since the start, parent and name of the last `max_open_observations` ended
-observations are remembered.
+replayed alone too, since the start, parent and name of the last 1,024 observations that ended are
+remembered.
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ _quote: Any = getattr(json.encoder, "c_encode_basestring", None) or json.encoder
 
 _KEEP_FIRST = ("startTime", "parentObservationId")  # the create's start and parent win
 _BEGAN = ("id", "startTime", "parentObservationId", "name", "type")  # remembered once an observation ended
+_ENDED_KEPT = 1024  # for that many: a bound, not a table growing with the sessions served
 _TYPES = {"generation-create": "generation", "generation-update": "generation", "span-create": "span", "span-update": "span"}
 
 
@@ -314,7 +315,7 @@ class OtelTransport:
     def _remember(self, key: str, obs: _Open) -> None:
         self._ended[key] = _Open(obs.kind, obs.trace, {f: obs.body[f] for f in _BEGAN if obs.body.get(f) is not None}, 0)
         self._ended.move_to_end(key)
-        while len(self._ended) > self.max_open:
+        while len(self._ended) > _ENDED_KEPT:
             self._ended.popitem(last=False)
 
     def _fold_trace(self, body: Dict[str, Any], out: List[Record]) -> None:
