@@ -303,21 +303,20 @@ class LangfuseClient:
             data = None
         if not (isinstance(data, dict) and ("successes" in data or "errors" in data)):
             raise _not_langfuse(response, INGESTION_PATH)
-        if isinstance(data, dict):
-            for entry in data.get("successes") or ():
-                if isinstance(entry, dict) and isinstance(entry.get("id"), str):
-                    successes.append(entry["id"])
-            for entry in data.get("errors") or ():
-                if isinstance(entry, dict) and isinstance(entry.get("id"), str):
-                    status = entry.get("status")
-                    message = entry.get("message") or entry.get("error") or ""
-                    errors.append(
-                        ItemError(
-                            entry["id"],
-                            int(status) if isinstance(status, (int, float)) else 500,
-                            _short(message if isinstance(message, str) else str(message)),
-                        )
+        for entry in data.get("successes") or ():
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                successes.append(entry["id"])
+        for entry in data.get("errors") or ():
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str):
+                status = entry.get("status")
+                message = entry.get("message") or entry.get("error") or ""
+                errors.append(
+                    ItemError(
+                        entry["id"],
+                        int(status) if isinstance(status, (int, float)) else 500,
+                        _short(message if isinstance(message, str) else str(message)),
                     )
+                )
         return IngestionResult(
             status=response.status_code,
             successes=tuple(successes),

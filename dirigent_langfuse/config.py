@@ -27,9 +27,21 @@ _ENV = {
 }
 # Optional ones, read as Langfuse's SDKs read them.
 _ENV_OPTIONAL = {"environment": "LANGFUSE_TRACING_ENVIRONMENT", "release": "LANGFUSE_RELEASE"}
-_ENV_SAMPLE_RATE = "LANGFUSE_SAMPLE_RATE"
-_ENV_ENABLED = "LANGFUSE_TRACING_ENABLED"
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def _env_bool(text: str) -> bool:
+    try:
+        return _BOOLS[text.strip().lower()]
+    except KeyError:
+        raise ValueError(text) from None
+
+
+# Optional ones that are not text: (variable, parse, what it must be).
+_ENV_PARSED = {
+    "tracing_enabled": ("LANGFUSE_TRACING_ENABLED", _env_bool, "true or false"),
+    "sample_rate": ("LANGFUSE_SAMPLE_RATE", float, "a number from 0 to 1"),
+}
 
 
 def _host(value: str) -> str:
@@ -204,19 +216,13 @@ class LangfuseConfig:
         for key, var in _ENV_OPTIONAL.items():
             if values.get(key) is None and env.get(var):
                 values[key] = env[var]
-        if values.get("tracing_enabled") is None and env.get(_ENV_ENABLED):
-            text = env[_ENV_ENABLED]
-            if text.strip().lower() not in _BOOLS:
-                raise ConfigError(f"from {_ENV_ENABLED} must be true or false, got {text!r}",
-                                  stream=stream, key="tracing_enabled")
-            values["tracing_enabled"] = _BOOLS[text.strip().lower()]
-        if values.get("sample_rate") is None and env.get(_ENV_SAMPLE_RATE):
-            text = env[_ENV_SAMPLE_RATE]
-            try:
-                values["sample_rate"] = float(text)
-            except ValueError:
-                raise ConfigError(f"from {_ENV_SAMPLE_RATE} must be a number from 0 to 1, got {text!r}",
-                                  stream=stream, key="sample_rate") from None
+        for key, (var, parse, expected) in _ENV_PARSED.items():
+            if values.get(key) is None and env.get(var):
+                text = env[var]
+                try:
+                    values[key] = parse(text)
+                except ValueError:
+                    raise ConfigError(f"from {var} must be {expected}, got {text!r}", stream=stream, key=key) from None
         try:
             return cls(**values)
         except ConfigError as exc:

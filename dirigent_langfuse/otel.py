@@ -183,8 +183,6 @@ def _str_kv(key: str, value: Any) -> str:
 
 # The heads a span writes each time: its type, and (body field, head, a map left out when empty).
 _TYPE_HEAD = _head(OBS_TYPE)
-_COMPLETION_START_HEAD = _head(OBS_COMPLETION_START)
-_TRACE_IO_HEADS = (("input", _head(TRACE_INPUT)), ("output", _head(TRACE_OUTPUT)))
 _OBS_HEADS = tuple((field, _head(attr), field in _OBS_MAPS) for field, attr in _OBS_FIELDS)
 _meta_heads: Dict[Any, str] = {}
 
@@ -442,13 +440,12 @@ class OtelTransport:
             if value is not None and value != "" and (value or not is_map):
                 attrs.append(head + _quote(value if type(value) is str else as_text(value)) + "}}")
         if is_root:  # the trace's input and output are the session's (its root span's)
-            for field, head in _TRACE_IO_HEADS:
-                value = get(field)
-                if value is not None:
-                    attrs.append(head + _quote(value if type(value) is str else as_text(value)) + "}}")
+            for field, key in (("input", TRACE_INPUT), ("output", TRACE_OUTPUT)):
+                if get(field) is not None:
+                    attrs.append(_str_kv(key, get(field)))
         first = get("completionStartTime")
         if first:  # JSON text of the time, as Langfuse's SDKs write it and its server reads it
-            attrs.append(_COMPLETION_START_HEAD + _quote(_quote(str(first))) + "}}")
+            attrs.append(_str_kv(OBS_COMPLETION_START, _quote(str(first))))
         meta = get("metadata")
         if meta is not None and not isinstance(meta, dict):  # a mask answered something else: sent whole
             attrs.append(_str_kv(OBS_METADATA, meta))

@@ -54,6 +54,10 @@ CREATE TABLE IF NOT EXISTS spool (
 """
 
 
+def _has_owners(db: sqlite3.Connection) -> bool:
+    return "owner" in {row[1] for row in db.execute("PRAGMA table_info(spool)")}
+
+
 def _lock(path: str) -> Optional[int]:
     """An fd holding the exclusive lock on `path`, or None when a living process holds it (or
     when the file is another user's: whether its owner lives cannot be told, so it is left alone)."""
@@ -122,11 +126,11 @@ class Spool:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
-            if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(spool)")}:  # a spool from 0.x
+            if not _has_owners(db):  # a spool from 0.x
                 try:
                     db.execute("ALTER TABLE spool ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
                 except sqlite3.OperationalError:  # another process added it first
-                    if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(spool)")}:
+                    if not _has_owners(db):
                         raise
             self._local.db = db
         return db

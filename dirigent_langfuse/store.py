@@ -60,7 +60,8 @@ _OBSERVATION_TYPES = {
 
 
 def _digest(value: Any) -> str:
-    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A fingerprint of `value`'s content, whatever the order of its keys."""
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class _View:
@@ -74,7 +75,7 @@ class _View:
 
     def _fingerprint(self, value: Any) -> bool:
         """True when this content was seen before under another id."""
-        digest = hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).digest()
+        digest = _digest(value)
         if digest in self._fingerprints:
             self.duplicates += 1
             return True
@@ -196,7 +197,7 @@ class Store:
         for key, (index, span) in zip(keys, spans):
             earlier = known.get(key)
             if earlier is not None and earlier != span:
-                key = f"{key}#{_digest(span)}"  # another version of the span: merged in arrival order
+                key = f"{key}#{_digest(span)[:16]}"  # another version of the span: merged in arrival order
             rows.append((key, _SPAN_REF, index))
         self._add_body(export, rows, received, "spans_received")
 

@@ -508,7 +508,7 @@ class Worker:
             except NotChosen as exc:
                 self._not_chosen(items, exc)
                 return
-            if self.spool is not None and not self._spool_loaded:  # it waited for the choice
+            if self._spool_waits():  # it waited for the choice
                 self._spool_loaded = True
                 self._load_spool()
         if items is None:
@@ -676,7 +676,7 @@ class Worker:
         if self.transport.open_count():  # OTel observations the deadline left open: not lost either
             try:
                 left_open = self.transport.close_open(self._clock())
-            except Exception:  # never let a bug hide them: they are counted below all the same
+            except Exception:  # a bug of ours: logged, and what is left below is still counted
                 log.exception("stream %r: could not close the observations still open", self.name)
             if left_open and self.spool is not None:
                 self.spool.add(left_open, self.transport.name)
