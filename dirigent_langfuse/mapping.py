@@ -34,6 +34,7 @@ from .bus import (
     SessionEnded,
     SessionUpdate,
 )
+from .snapshot import own
 
 __all__ = ["bus_event_to_items", "maps", "streams_text", "merge_body", "MappingState", "observation_id", "envelope_id", "iso_time", "Item"]
 
@@ -293,7 +294,7 @@ def _item(event: BusEvent, index: int, type_: str, body: Dict[str, Any]) -> Item
 
 
 def _trace(event: SessionCreated, scroll_id: str) -> List[Item]:
-    metadata: Dict[str, Any] = dict(event.metadata or {})
+    metadata: Dict[str, Any] = own(event.metadata) if event.metadata else {}
     metadata.update(
         _prune(
             {
@@ -326,9 +327,11 @@ def _message_started(event: MessageStarted, scroll_id: str, state: Optional[Mapp
         entry = state.scroll(scroll_id)
         if entry.message != obs:
             state.take_text(entry)  # chunks of a message that never completed
+    value = own(event.input)
+    if state is not None:
         entry.message = obs
         if entry.input is None:
-            entry.input = event.input
+            entry.input = value
     params = event.model_parameters
     body = _prune(
         {
@@ -340,7 +343,7 @@ def _message_started(event: MessageStarted, scroll_id: str, state: Optional[Mapp
             "modelParameters": {k: _map_value(v) for k, v in params.items() if v is not None} or None
             if params
             else None,
-            "input": event.input,
+            "input": value,
             "metadata": {"message_id": event.message_id, "role": event.role},
         }
     )
@@ -368,7 +371,7 @@ def _message_completed(event: MessageCompleted, scroll_id: str, state: Optional[
         if entry.message == obs:
             entry.message = None
             streamed = state.take_text(entry)
-    output = event.output
+    output = own(event.output)
     if output is None:
         output = streamed.get("output") or None  # the host sent the answer only as chunks
     if output is not None and state is not None:
@@ -399,7 +402,7 @@ def _tool_metadata(event: SessionUpdate, update: Dict[str, Any]) -> Dict[str, An
     for key in ("kind", "locations", "status", "toolCallId"):
         value = get(key)
         if value is not None:
-            meta[key] = value
+            meta[key] = own(value)
     meta["connector_id"] = event.connector_id
     meta["native_session_id"] = event.native_session_id
     return meta
@@ -407,8 +410,8 @@ def _tool_metadata(event: SessionUpdate, update: Dict[str, Any]) -> Dict[str, An
 
 def _tool_output(update: Dict[str, Any]) -> Any:
     if update.get("rawOutput") is not None:
-        return update["rawOutput"]
-    return update.get("content")
+        return own(update["rawOutput"])
+    return own(update.get("content"))
 
 
 def _tool_call(event: SessionUpdate, scroll_id: str, state: Optional[MappingState], is_update: bool) -> List[Item]:
@@ -436,7 +439,7 @@ def _tool_call(event: SessionUpdate, scroll_id: str, state: Optional[MappingStat
     elif update.get("title"):
         body["name"] = update["title"]
     if update.get("rawInput") is not None:
-        body["input"] = update["rawInput"]
+        body["input"] = own(update["rawInput"])
     if status in ("completed", "failed"):
         body["endTime"] = at
         output = _tool_output(update)
@@ -446,7 +449,7 @@ def _tool_call(event: SessionUpdate, scroll_id: str, state: Optional[MappingStat
             body["level"] = "ERROR"
             body["statusMessage"] = _failure_message(output)
     elif update.get("content") is not None and is_update:
-        body["output"] = update["content"]
+        body["output"] = own(update["content"])
     body["metadata"] = _tool_metadata(event, update)
     # An update is an update even when its tool_call is unknown here (sent by an earlier process,
     # or before a restart): a create would overwrite the call's start, name and parent in Langfuse.
@@ -469,7 +472,7 @@ def _failure_message(output: Any) -> str:
 
 
 def _plan(event: SessionUpdate, scroll_id: str, state: Optional[MappingState]) -> List[Item]:
-    entries = event.update.get("entries")
+    entries = own(event.update.get("entries"))
     parent = state.scroll(scroll_id).message if state is not None else None
     body = _prune(
         {

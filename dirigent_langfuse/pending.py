@@ -18,6 +18,7 @@ import time
 from typing import Callable, Deque, Dict, List, Tuple
 
 from .bus import BusEvent
+from .snapshot import own_event
 
 __all__ = ["PendingBuffer"]
 
@@ -84,7 +85,10 @@ class PendingBuffer:
             self._drop(key, held, "pending_expired", len(held.events))
 
     def hold(self, event: BusEvent) -> None:
+        """Keep `event` (its payloads copied as they are now: the host may change them before
+        the bind) until its key is bound."""
         key = self.key(event)
+        event = own_event(event)
         with self._lock:
             now = self._clock()
             self._expire(now)

@@ -207,3 +207,48 @@ def test_a_tool_call_that_runs_for_an_hour_keeps_its_start_parent_and_the_sessio
     (tool,) = [o for o in receiver.store.observations(trace["id"]) if o["type"] == "TOOL"]
     assert tool["name"] == "make all" and tool["startTime"] == "2026-11-25T09:00:02.000Z"
     assert tool["endTime"] == "2026-11-25T10:00:02.000Z" and tool.get("parentObservationId")
+
+
+@pytest.mark.parametrize("transport", ["ingestion", "otel"])
+def test_langfuse_shows_payloads_as_they_were_when_the_event_was_taken(receiver, transport):
+    """A host keeps its conversation in one list and appends the answer once the message is
+    sent; it keeps a metadata dict and a tool's arguments it updates later. Items are encoded on
+    the worker thread, later: before, Langfuse showed the host's later changes (the message's
+    input with its own answer in it), bound or held for the late bind."""
+    from .helpers import bound, created, ended, tool_call, tool_update
+
+    history = [{"role": "user", "content": "why?"}]
+    meta = {"team": "a", "labels": ["x"]}
+    args = {"command": "pytest", "flags": ["-q"]}
+    result = {"stdout": "ok", "lines": ["1 passed"]}
+    held_input = [{"role": "user", "content": "first"}]
+    s = stream(receiver.url, transport=transport, flush_interval=30)  # nothing encoded before shutdown
+    # held before the bind: changed before the bind releases it
+    s.on_event(created(None, t=0, metadata=meta))
+    s.on_event(started("m0", None, t=0.5, input=held_input))
+    held_input.append({"role": "assistant", "content": "later"})
+    meta["team"] = "changed"
+    meta["labels"].append("y")
+    s.on_event(bound("scroll-mut", t=0.6))
+    s.on_event(completed("m0", "scroll-mut", t=0.7, output="zero"))
+    s.on_event(started("m1", "scroll-mut", t=1, input=history))
+    history.append({"role": "assistant", "content": "because"})  # the host's next turn
+    s.on_event(tool_call("t1", "scroll-mut", t=2, rawInput=args))
+    args["flags"].append("--lf")
+    s.on_event(tool_update("t1", "completed", "scroll-mut", t=3, rawOutput=result))
+    result["lines"].append("and more")
+    s.on_event(completed("m1", "scroll-mut", t=4, output="because"))
+    s.on_event(ended("scroll-mut", t=5))
+    history.clear()
+    assert s.shutdown(10).status is OutcomeStatus.DELIVERED
+    (trace,) = receiver.store.traces()
+    labels = ["x"] if transport == "ingestion" else '["x"]'  # OTel attributes carry JSON text
+    assert trace["metadata"]["team"] == "a" and trace["metadata"]["labels"] == labels
+    assert trace["input"] == [{"role": "user", "content": "first"}]
+    by_name = {o.get("metadata", {}).get("message_id") or o["name"]: o for o in receiver.store.observations()}
+    assert by_name["m0"]["input"] == [{"role": "user", "content": "first"}]
+    assert by_name["m1"]["input"] == [{"role": "user", "content": "why?"}]
+    tool = by_name["Run tests"]
+    assert tool["input"] == {"command": "pytest", "flags": ["-q"]}
+    assert tool["output"] == {"stdout": "ok", "lines": ["1 passed"]}
+

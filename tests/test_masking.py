@@ -138,3 +138,21 @@ def test_a_mask_that_cannot_be_used_is_a_config_error_naming_it(spec, problem):
     with pytest.raises(ConfigError) as info:  # a bad form fails in the config, the rest when the stream is made
         LangfuseStream(LangfuseConfig(host="http://x", public_key="pk", secret_key="sk", mask=spec), name="s")
     assert info.value.key == "mask" and problem in str(info.value)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_mask_that_changes_its_argument_never_changes_the_host_s_payload(receiver, transport):
+    """The mask is given the stream's own copy of the payload, taken when the event was."""
+    def in_place(data):
+        if isinstance(data, dict) and "password" in data:
+            data["password"] = "***"  # as a quick mask does
+        return data
+
+    secret = {"user": "ada", "password": "hunter2"}
+    stream = LangfuseStream(config(receiver.url, transport=transport, flush_interval=30), mask=in_place)
+    stream.on_event(started("m1", "scroll-mask", t=1, input=secret))
+    stream.on_event(completed("m1", "scroll-mask", t=2, output="ok"))
+    assert stream.shutdown(10).status is OutcomeStatus.DELIVERED
+    assert secret == {"user": "ada", "password": "hunter2"}
+    (generation,) = [o for o in receiver.store.observations() if o["type"] == "GENERATION"]
+    assert generation["input"] == {"user": "ada", "password": "***"}

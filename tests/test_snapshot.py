@@ -1,0 +1,85 @@
+"""The copies of the host's payloads taken on its thread (dirigent_langfuse/snapshot.py)."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, List
+
+from dirigent_langfuse.encoding import dumps
+from dirigent_langfuse.snapshot import LIMIT, own, own_event
+
+from .helpers import created, started, tool_call
+
+
+def test_a_copy_shares_no_container_with_the_original():
+    original = {"messages": [{"role": "user", "content": "hi", "parts": ("a", ["b"])}], "tags": {"x"}, "raw": bytearray(b"ab")}
+    copy = own(original)
+    assert copy == {"messages": [{"role": "user", "content": "hi", "parts": ("a", ["b"])}], "tags": {"x"}, "raw": b"ab"}
+    original["messages"][0]["content"] = "changed"
+    original["messages"][0]["parts"][1].append("c")
+    original["messages"].append({})
+    original["tags"].add("y")
+    original["raw"].extend(b"cd")
+    original["new"] = 1
+    assert copy == {"messages": [{"role": "user", "content": "hi", "parts": ("a", ["b"])}], "tags": {"x"}, "raw": b"ab"}
+
+
+def test_leaves_and_unchangeable_values_are_the_same_objects():
+    for value in ("text", 3, 2.5, True, None, b"raw", frozenset({1}), ("a", 1, None)):
+        assert own(value) is value
+
+
+def test_subclasses_become_the_plain_containers_json_sees():
+    copy = own(collections.OrderedDict(a=collections.defaultdict(list, b=[1])))
+    assert type(copy) is dict and type(copy["a"]) is dict and copy == {"a": {"b": [1]}}
+    Point = collections.namedtuple("Point", "x y")
+    assert own([Point(1, [2])]) == [(1, [2])]
+
+
+def test_other_objects_are_kept_by_reference_for_the_worker_to_encode():
+    @dataclasses.dataclass
+    class Message:
+        text: str
+
+    message = Message("hi")
+    copy = own({"m": message})
+    assert copy["m"] is message
+
+
+def test_a_container_that_contains_itself_is_copied_to_a_bounded_depth_and_still_encodes():
+    loop: List[Any] = [1]
+    loop.append(loop)
+    copy = own(loop)
+    depth, node = 0, copy
+    while node is not loop:
+        depth, node = depth + 1, node[1]
+    assert depth == 100
+    assert b"<circular>" in dumps(copy)
+
+
+def test_a_container_that_would_go_past_the_limit_is_kept_by_reference():
+    """The host's thread copies at most LIMIT members of containers per payload."""
+    big = [[i] for i in range(LIMIT)]
+    payload = {"first": [1, 2], "big": big, "after": [3]}
+    copy = own(payload)
+    assert copy == payload
+    assert copy["first"] is not payload["first"] and copy["after"] is not payload["after"]
+    assert copy["big"] is big
+    tiny = [[1]]
+    assert own(tiny, limit=0) is tiny
+    small = [[i] for i in range(100)]
+    assert all(a is not b for a, b in zip(own(small, limit=200), small))
+    assert sum(a is b for a, b in zip(own(small, limit=150), small)) == 50  # copied until the budget ran out
+
+
+def test_own_event_copies_payload_fields_and_keeps_an_event_without_any():
+    plain = created(None, t=0)
+    assert own_event(plain) is plain
+    history = [{"role": "user", "content": "hi"}]
+    event = started("m1", None, input=history)
+    copy = own_event(event)
+    history.append({"role": "assistant"})
+    assert copy.input == [{"role": "user", "content": "hi"}] and copy.event_id == event.event_id and copy.at == event.at
+    update = tool_call("t1", None)
+    assert own_event(update).update == update.update and own_event(update).update is not update.update
