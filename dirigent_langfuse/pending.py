@@ -54,6 +54,7 @@ class PendingBuffer:
         self._lock = threading.Lock()
         self.dropped: Dict[str, int] = collections.Counter()
         self.held_total = 0
+        self._notices: List[Tuple[int, Key, str]] = []  # drops to log once the lock is free
 
     @staticmethod
     def key(event: BusEvent) -> Key:
@@ -67,6 +68,16 @@ class PendingBuffer:
         self.dropped[reason] += count
         if not held.logged:
             held.logged = True
+            self._notices.append((count, key, reason))
+
+    def _log_drops(self) -> None:
+        """Log the drops noted under the lock, without it: a log handler may call back into the
+        stream (a host that mirrors its log lines as events) and would wait for the lock for ever."""
+        if not self._notices:
+            return
+        with self._lock:
+            notices, self._notices = self._notices, []
+        for count, key, reason in notices:
             log.warning(
                 "stream %r: dropped %d unbound event(s) of connector %r session %r (%s)",
                 self.name, count, key[0], key[1], reason,
@@ -75,6 +86,7 @@ class PendingBuffer:
     def expire(self) -> None:
         with self._lock:
             self._expire(self._clock())
+        self._log_drops()
 
     def _expire(self, now: float) -> None:
         while self._keys:
@@ -103,6 +115,7 @@ class PendingBuffer:
                 self._drop(key, held, "pending_overflow", 1)
             held.events.append(event)
             self.held_total += 1
+        self._log_drops()
 
     def release(self, event: BusEvent) -> List[BusEvent]:
         """The events held for `event`'s key, in arrival order, now removed from the buffer."""
@@ -120,8 +133,10 @@ class PendingBuffer:
                 self._drop(key, held, reason, len(held.events))
                 total += len(held.events)
             self._keys.clear()
-            return total
+        self._log_drops()
+        return total
 
     def _reset_after_fork(self) -> None:
         self._lock = threading.Lock()
         self._keys.clear()
+        self._notices = []

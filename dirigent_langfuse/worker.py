@@ -133,6 +133,7 @@ class Worker:
         self._busy = False
         self._stepping = 0  # threads of ours inside a step (encoding, sending, logging about it)
         self._forking = False  # a fork is under way: _before_fork holds the lock, no step may start
+        self._forked_mid_step = False
         self._due = 0.0  # no request before this time (backoff, rate limit)
         self._prepare_due = 0.0  # while "auto" has not chosen: no new attempt before this time
         self._failures_in_row = 0
@@ -162,10 +163,11 @@ class Worker:
         if not (self._lock.acquire(True, wait) if wait > 0 else self._lock.acquire(False)):
             return
         self._forking = True
+        self._forked_mid_step = False
         while self._stepping:
             left = deadline - time.monotonic()
             if left <= 0:
-                log.debug("stream %r: forking while a step is still in progress", self.name)
+                self._forked_mid_step = True  # logged once the lock is free: never log holding it
                 break
             self._done.wait(left)
 
@@ -174,6 +176,8 @@ class Worker:
             self._forking = False
             self._work.notify_all()
             self._lock.release()
+            if self._forked_mid_step:
+                log.debug("stream %r: forked while a step was still in progress", self.name)
 
     @contextlib.contextmanager
     def _step(self) -> Iterator[None]:
@@ -521,11 +525,12 @@ class Worker:
             if items is not None:
                 self.processed += len(items)
             self.truncated += sum(1 for r in records if r.truncated)
-            self._add_to_outbox(records)
+            over = self._add_to_outbox(records)
             self._busy = False
             if records:
                 self._work.notify_all()
             self._done.notify_all()
+        self._overflowed(over)
 
     def _not_chosen(self, items: List[Dict[str, Any]], exc: NotChosen) -> None:
         """No transport yet: the items go back to the front of the queue, in order, and the health
@@ -548,9 +553,11 @@ class Worker:
             "stream %r: %s; %d items wait for the choice of transport", self.name, exc, waiting,
         )
 
-    def _add_to_outbox(self, records: Sequence[Record], front: bool = False) -> None:
+    def _add_to_outbox(self, records: Sequence[Record], front: bool = False) -> List[Record]:
+        """Add `records` (lock held); the oldest records it pushed out of a full buffer, counted
+        as dropped here, for `_overflowed` to take out of the spool and log once the lock is free."""
         if not records:
-            return
+            return []
         if self._outbox_since is None:
             self._outbox_since = self._clock()
         if front:
@@ -558,21 +565,27 @@ class Worker:
         else:
             self._outbox.extend(records)
         self._outbox_bytes += sum(len(r.data) for r in records)
-        over = 0
+        over: List[Record] = []
         while len(self._outbox) > self.config.max_buffer_items or (
             self._outbox_bytes > self.config.max_buffer_bytes and len(self._outbox) > 1
         ):
             old = self._outbox.popleft()
             self._outbox_bytes -= len(old.data)
             self.dropped["buffer_full"] += old.weight
-            over += old.weight
-            if self.spool is not None:
-                self.spool.remove([old.key])
-        if over:
-            self._throttled(
-                "buffer_full", logging.WARNING,
-                "stream %r: retry buffer full; dropped the %d oldest items", self.name, over,
-            )
+            over.append(old)
+        return over
+
+    def _overflowed(self, over: Sequence[Record]) -> None:
+        """After `_add_to_outbox`, without the lock: a disk write or a log line (whose handler may
+        call back into the stream) must never run while the host's `on_event` waits for the lock."""
+        if not over:
+            return
+        if self.spool is not None:
+            self.spool.remove([r.key for r in over])
+        self._throttled(
+            "buffer_full", logging.WARNING,
+            "stream %r: retry buffer full; dropped the %d oldest items", self.name, sum(r.weight for r in over),
+        )
 
     def _send(self, batch: List[Record]) -> None:
         try:
@@ -584,11 +597,12 @@ class Worker:
             if getattr(report.error, "status", None) == 413 and len(batch) > 1:
                 half = len(batch) // 2
                 with self._lock:
-                    self._add_to_outbox(batch, front=True)
+                    over = self._add_to_outbox(batch, front=True)
                     self._batch_limit = max(1, half)
                     self._inflight -= 1
                     self._work.notify_all()
                     self._done.notify_all()
+                self._overflowed(over)
                 log.info("stream %r: 413 for %d items; splitting", self.name, len(batch))
                 return
             if retryable:
@@ -604,6 +618,7 @@ class Worker:
         now = self._clock()
         delivered = sum(r.weight for r in report.delivered)
         to_log: List[Tuple[str, int, str]] = []
+        over: List[Record] = []
         with self._lock:
             self.requests += 1
             self.retries += report.retries
@@ -630,7 +645,7 @@ class Worker:
                 if self.last_error_kind == "status_429" and now >= self._due:
                     self.last_error_kind = None
             if report.retry:
-                self._add_to_outbox(report.retry, front=True)
+                over = self._add_to_outbox(report.retry, front=True)
                 if report.error is None:  # some items of a 207 asked to be retried
                     self._failures_in_row = max(self._failures_in_row, 1)
                     self.refusing_requests += 1
@@ -646,6 +661,7 @@ class Worker:
             self._inflight -= 1
             self._work.notify_all()
             self._done.notify_all()
+        self._overflowed(over)
         if self.spool is not None:
             finished = [r.key for r in report.delivered] + [r.key for r, _, _ in report.dropped]
             if finished:
@@ -716,8 +732,9 @@ class Worker:
             self.processed += n + other
             if other:
                 self.dropped["spool_other_wire"] += other
-            self._add_to_outbox(records)
+            over = self._add_to_outbox(records)
             self._done.notify_all()
+        self._overflowed(over)
         if records:
             log.info("stream %r: re-sending %d items found in the spool", self.name, n)
         if other:

@@ -252,3 +252,50 @@ def test_langfuse_shows_payloads_as_they_were_when_the_event_was_taken(receiver,
     assert tool["input"] == {"command": "pytest", "flags": ["-q"]}
     assert tool["output"] == {"stdout": "ok", "lines": ["1 passed"]}
 
+
+
+def test_a_log_handler_that_calls_back_into_the_stream_never_deadlocks(receiver):
+    """Hosts mirror their log lines into the session as events, with a logging handler that calls
+    `on_event` (and reads `stats()`) on whatever thread logged. Before, the stream logged some
+    lines while holding a lock of its own (an unbound event dropped from a full late-bind buffer,
+    the oldest items dropped from a full retry buffer): the handler's call waited for that lock
+    for ever, on the host's thread or on the worker's."""
+    import logging
+
+    from .helpers import created
+
+    calls = []
+    s = stream(receiver.url, flush_interval=0.02, pending_max_events_per_key=1, max_buffer_items=2)
+
+    class Mirror(logging.Handler):
+        def emit(self, record):
+            calls.append(threading.current_thread().name)
+            s.on_event(started(f"log-{len(calls)}", "scroll-logs", t=len(calls)))
+            s.stats()
+
+    mirror = Mirror(logging.WARNING)
+    logger = logging.getLogger("dirigent_langfuse")
+    logger.addHandler(mirror)
+    done = threading.Event()
+    outcome = []
+
+    def host():
+        s.on_event(created(None, native="n-log", t=0))
+        s.on_event(started("m0", None, native="n-log", t=1))  # the buffer holds one: the first is dropped
+        for i in range(10):
+            s.on_event(started(f"m{i}", "scroll-main", t=2 + i))  # ten items, a buffer of two
+        outcome.append(s.shutdown(10))
+        done.set()
+
+    try:
+        threading.Thread(target=host, daemon=True).start()
+        finished = done.wait(30)
+    finally:
+        logger.removeHandler(mirror)
+    assert finished, "a log handler calling back into the stream deadlocked it"
+    assert "MainThread" not in calls and len(calls) >= 2  # the host's thread and the worker's both logged
+    assert any(name.startswith("dirigent-langfuse") for name in calls)
+    stats = s.stats()
+    assert stats.events_dropped.get("pending_overflow") == 1 and stats.dropped.get("buffer_full", 0) > 0
+    assert stats.items_accepted == stats.items_delivered + stats.items_pending + stats.items_failed
+    assert outcome[0].status is OutcomeStatus.FAILED and "buffer_full" in outcome[0].detail
