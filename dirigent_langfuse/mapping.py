@@ -60,7 +60,7 @@ def _uuid5(name: str) -> str:
 
 
 _ids: "OrderedDict[str, str]" = OrderedDict()
-_ids_lock = threading.Lock()
+_ids_lock = threading.RLock()  # re-entrant: a signal handler may call in while this thread holds it
 
 
 def observation_id(scroll_id: str, kind: str, key: str) -> str:

@@ -51,7 +51,7 @@ class PendingBuffer:
         self.name = name
         self._clock = clock
         self._keys: "collections.OrderedDict[Key, _Held]" = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.dropped: Dict[str, int] = collections.Counter()
         self.held_total = 0
         self._notices: List[Tuple[int, Key, str]] = []  # drops to log once the lock is free
@@ -137,6 +137,6 @@ class PendingBuffer:
         return total
 
     def _reset_after_fork(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._keys.clear()
         self._notices = []

@@ -95,7 +95,7 @@ class StreamSet:
         self.streams: List[SessionStream] = list(streams)
         scopes = {spec.name: spec.scope for spec in specs or ()}
         self._scopes = [scopes.get(s.name) for s in self.streams]
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.errors: Dict[str, int] = {s.name: 0 for s in self.streams}
 
     @classmethod

@@ -93,9 +93,10 @@ class LangfuseStream(SessionStream):
 
             spool = Spool(config.spool_path, stream=name)
         self._worker = Worker(config, self.transport, self._health, name=name, spool=spool, clock=clock)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._closed = False
         self._final: Optional[StreamOutcome] = None
+        self._finisher: Optional[threading.Thread] = None  # a shutdown that could not wait where it was called
         self.events_seen = 0
         self.events_skipped = 0
         self.events_sampled_out = 0
@@ -109,12 +110,11 @@ class LangfuseStream(SessionStream):
             atexit.register(self._atexit)
 
     def _at_exit(self) -> None:
-        if not self._closed:
-            self.shutdown(self.config.shutdown_timeout)
+        self.shutdown(self.config.shutdown_timeout)  # also waits for a shutdown going on on its own thread
 
     def _after_fork(self) -> None:
         # Locks held by the parent's threads at fork time would never be released here.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._pending._reset_after_fork()
         self._state._reset_after_fork()
 
@@ -218,21 +218,44 @@ class LangfuseStream(SessionStream):
         return self._outcome(self._worker.flush(self.config.flush_timeout if timeout is None else timeout), "flush")
 
     def shutdown(self, timeout: Optional[float] = None) -> StreamOutcome:
-        """Stop accepting, deliver what can be delivered within `timeout`, count the rest."""
+        """Stop accepting, deliver what can be delivered within `timeout`, count the rest.
+
+        Called from a signal handler that interrupted this stream on the same thread (Python runs
+        handlers on the main thread, between two bytecodes), it cannot wait: nothing of the
+        stream's can run until the handler returns. It then answers at once, and the shutdown
+        goes on on a thread of its own within `timeout`; a later `shutdown()`, and the exit,
+        wait for that thread and answer its outcome."""
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
         with self._lock:
-            if self._closed:
-                return self._final or StreamOutcome.failed(StreamError.CLOSED, "shutdown already running")
-            self._closed = True
-        if self._atexit is not None:
-            atexit.unregister(self._atexit)
+            closed, self._closed = self._closed, True
+            finisher = self._finisher
+        if closed:
+            if finisher is not None:
+                finisher.join(timeout)
+            return self._final or StreamOutcome.failed(StreamError.CLOSED, "shutdown already running")
+        if self._worker.inside():
+            self._finisher = threading.Thread(
+                target=self._shutdown, args=(timeout,), name=f"dirigent-langfuse[{self.name}]:shutdown", daemon=True
+            )
+            self._finisher.start()
+            return StreamOutcome.failed(
+                StreamError.TRANSPORT,
+                f"shutdown was called from inside the stream (a signal handler?), where it cannot wait: it goes on on "
+                f"a thread of its own for at most {timeout:g} s; a later shutdown() and the exit wait for it",
+            )
+        return self._shutdown(timeout)
+
+    def _shutdown(self, timeout: float) -> StreamOutcome:
         unbound = self._pending.drain("unbound_at_shutdown")
-        result = self._worker.shutdown(self.config.shutdown_timeout if timeout is None else timeout)
+        result = self._worker.shutdown(timeout)
         if not result.timed_out:
             self.client.close()
         outcome = self._outcome(result, "shutdown")
         if unbound and outcome.ok:
             outcome = StreamOutcome.failed(StreamError.TRANSPORT, f"shutdown: {unbound} event(s) never bound to a scroll")
         self._final = outcome
+        if self._atexit is not None:
+            atexit.unregister(self._atexit)
         return outcome
 
     # -- observing --------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ class HealthTracker:
             raise ValueError("need 1 <= degraded_after <= unavailable_after")
         self.degraded_after = degraded_after
         self.unavailable_after = unavailable_after
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._failures = 0
 
     def failure(self) -> Health:
@@ -128,7 +128,7 @@ class HealthTracker:
         return Health.HEALTHY
 
     def _reset_after_fork(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
 
 @attrs.frozen(kw_only=True)

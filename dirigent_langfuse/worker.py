@@ -9,8 +9,10 @@ Promises:
   its records back at the front and backs off (capped exponential, with jitter, at least what a
   429 asked); while UNAVAILABLE one small probe request goes first. Only a full outbox drops,
   oldest first.
-- `flush` and `shutdown` are timed waits on a condition: they can never hang.
-- Fork safety: the thread is remembered with the pid that started it; a forked child gets fresh
+- `flush` and `shutdown` are timed waits on a condition: they can never hang. The locks are
+  re-entrant: a signal handler runs on the main thread between two bytecodes, maybe inside one of
+  our critical sections, and may call the stream; `inside()` tells the stream so (see stream.py).
+- Fork safety: a forked child gets fresh
   locks (`os.register_at_fork`), an empty queue and its own thread on first use. Before a fork,
   the parent waits (at most `fork_wait`) until no thread of ours is inside a step, and keeps them
   out until the fork returns: a thread writing a log line at the instant of a fork leaves that
@@ -112,7 +114,7 @@ class Worker:
     # -- state ------------------------------------------------------------------------------------
 
     def _init_state(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._work = threading.Condition(self._lock)
         self._done = threading.Condition(self._lock)
         self._queue: Deque[Dict[str, Any]] = collections.deque()
@@ -120,7 +122,6 @@ class Worker:
         self._outbox: Deque[Record] = collections.deque()
         self._outbox_bytes = 0
         self._outbox_since: Optional[float] = None
-        self._pid = os.getpid()
         self._threads: List[threading.Thread] = []  # the worker thread first, then the senders
         self._alive = 0  # threads still running their loop
         self._main_looping = False  # the worker thread (the one that prepares) is in its loop
@@ -217,12 +218,6 @@ class Worker:
         """Queue `items`; False (and counted as dropped, `queue_full`) when the queue is full."""
         n = len(items)
         with self._lock:
-            if self._pid != os.getpid():  # fork without register_at_fork
-                self._lock.release()
-                try:
-                    self._after_fork()
-                finally:
-                    self._lock.acquire()
             if self._closing:
                 return False
             self.accepted += n
@@ -264,6 +259,12 @@ class Worker:
                 thread.start()
             self._main_looping = True  # (the thread clears it on its way out, under this lock)
 
+    def inside(self) -> bool:
+        """True when this thread is already inside one of the worker's critical sections: a
+        signal handler interrupted it and called the stream. No thread of the worker's can take a
+        step until the handler returns, so waiting for them here would only spend the timeout."""
+        return self._lock._is_owned()  # type: ignore[attr-defined]  # RLock's, as Condition uses it
+
     def _running(self) -> bool:
         """True while the worker thread is in its loop in this process. A flag, not the thread's
         `is_alive()`: `submit` asks on every event."""
@@ -286,6 +287,9 @@ class Worker:
         A batch waiting out a backoff is tried once more at once. Returns within `timeout`.
         """
         deadline = self._clock() + timeout
+        if self.inside():
+            return FlushResult(False, False, self.pending, "flush() was called from inside the stream (a signal handler?), "
+                               "where it cannot wait")
         if not self._running():
             self._start()
         with self._lock:

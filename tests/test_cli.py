@@ -174,3 +174,59 @@ def test_check_against_v4_uses_the_otel_endpoint(tmp_path, receiver_v4):
     assert good.returncode == 0 and "Langfuse 4.2.0" in good.stdout and "transport otel" in good.stdout
     bad = run("check", "--config", str(write_config(tmp_path / "bad.toml", receiver_v4.url, secret="sk-lf-nope")))
     assert bad.returncode == 1 and "HTTP 401" in bad.stdout
+
+
+SIGTERM = r"""
+import os, signal, sys, threading
+sys.path.insert(0, sys.argv[1])
+from tests.helpers import config, created, started, completed, ended
+from dirigent_langfuse import LangfuseStream
+stream = LangfuseStream(config(sys.argv[2], atexit_flush=True, flush_interval=30, shutdown_timeout=10), name="term")
+
+def on_term(signum, frame):  # as hosts write it: end cleanly on SIGTERM
+    print("handler:", stream.shutdown(10).detail, flush=True)
+    if sys.argv[3] == "exit":
+        sys.exit(0)
+
+signal.signal(signal.SIGTERM, on_term)
+clock, armed = stream._worker._clock, [False]
+
+def clock_that_signals():  # SIGTERM lands while this thread is inside the worker's critical section
+    if armed[0] and threading.current_thread() is threading.main_thread() and stream._worker.inside():
+        armed[0] = False
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):  # the handler runs here, at one of these bytecodes
+            pass
+    return clock()
+
+stream._worker._clock = clock_that_signals
+for event in (created(), started("m1", t=1), completed("m1", t=2), ended(t=3)):
+    stream.on_event(event)
+armed[0] = True
+stream.flush(10)  # interrupted by the SIGTERM
+print("after:", stream.on_event(created("scroll-2")).status.value, flush=True)
+print("later shutdown:", stream.shutdown(10).status.value, flush=True)
+"""
+
+
+@pytest.mark.parametrize("then", ["return", "exit"])
+def test_shutdown_from_a_signal_handler_that_interrupted_the_stream_never_hangs(receiver, then):
+    """Python runs a signal handler on the main thread between two bytecodes, maybe while that
+    thread is inside one of the stream's critical sections. Before, a SIGTERM handler calling
+    shutdown() there waited for a lock its own thread held: the process hung until SIGKILL. Now
+    the shutdown answers at once and goes on on a thread of its own; a later shutdown(), or the
+    exit (the handler calls sys.exit), waits for it and everything is delivered."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    try:
+        result = subprocess.run([sys.executable, "-c", SIGTERM, str(ROOT), receiver.url, then], capture_output=True,
+                                text=True, timeout=30, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process hung in its SIGTERM handler")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("handler: shutdown was called from inside the stream"), lines
+    if then == "return":
+        assert lines[1:] == ["after: failed", "later shutdown: delivered"], lines
+    else:
+        assert lines[1:] == [], lines
+    assert receiver.store.envelope_count() == 4

@@ -299,3 +299,37 @@ def test_a_log_handler_that_calls_back_into_the_stream_never_deadlocks(receiver)
     assert stats.events_dropped.get("pending_overflow") == 1 and stats.dropped.get("buffer_full", 0) > 0
     assert stats.items_accepted == stats.items_delivered + stats.items_pending + stats.items_failed
     assert outcome[0].status is OutcomeStatus.FAILED and "buffer_full" in outcome[0].detail
+
+
+def test_calls_from_a_handler_that_interrupted_the_stream_answer_at_once(receiver):
+    """What a signal handler may do when it lands inside one of the stream's critical sections
+    (on_event, stats, flush), simulated by calling from there: each answers, none waits for a
+    lock its own thread holds. (tests/test_cli.py sends a real SIGTERM to a real process.)"""
+    s = stream(receiver.url, flush_interval=30)
+    clock = s._worker._clock
+    answers = []
+    armed = [True]
+
+    def clock_that_calls_in():
+        if armed[0] and s._worker.inside():
+            armed[0] = False
+            answers.append(s.on_event(started("m-handler", "scroll-h", t=2)))
+            answers.append(s.stats())
+            answers.append(s.flush(5))
+        return clock()
+
+    s._worker._clock = clock_that_calls_in
+    done = threading.Event()
+
+    def host():
+        s.on_event(started("m1", "scroll-h", t=1))  # its submit calls the clock, holding the lock
+        done.set()
+
+    threading.Thread(target=host, daemon=True).start()
+    assert done.wait(10), "a call from inside the stream waited for its own thread"
+    accepted, stats, flushed = answers
+    assert accepted.status is OutcomeStatus.ACCEPTED and stats.items_accepted >= 1
+    assert flushed.status is OutcomeStatus.FAILED and "cannot wait" in flushed.detail
+    s._worker._clock = clock
+    assert s.shutdown(10).status is OutcomeStatus.DELIVERED
+    assert {o["id"] for o in receiver.store.observations()} and len(receiver.store.observations()) == 2
