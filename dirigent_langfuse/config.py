@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from typing import Any, Mapping, Optional
 
 import attrs
@@ -45,12 +46,40 @@ _ENV_PARSED = {
 
 
 def _host(value: str) -> str:
+    """The base URL, without a trailing slash. It must not carry credentials: they would show
+    wherever the host does (reprs, log lines), and the keys go in the Authorization header."""
     if not isinstance(value, str):
         raise ConfigError("must be a string URL", key="host")
     value = value.strip().rstrip("/")
-    if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
-        raise ConfigError(f"must be an http:// or https:// URL, got {value!r}", key="host")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # raises for a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"is not a URL ({exc}): {_shown(value)!r}", key="host") from None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError("must not carry a user name or password (the keys are public_key and secret_key); "
+                          f"got {_shown(value)!r}", key="host")
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"must be an http:// or https:// URL, got {_shown(value)!r}", key="host")
+    if parts.query or parts.fragment or any(c.isspace() for c in value):
+        raise ConfigError(f"must be a base URL, without a query, a fragment or spaces; got {_shown(value)!r}", key="host")
     return value
+
+
+def _shown(url: str) -> str:
+    """`url` as an error may show it: whatever stands before an `@` in its authority is hidden."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}://{authority}{slash}{path}"
+
+
+def _key_text(value: Any) -> Any:
+    """Keys without the whitespace around them (a key read from a file or a secret ends in a newline)."""
+    return value.strip() if isinstance(value, str) else value
 
 
 def _positive(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
@@ -73,6 +102,11 @@ def _key(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
         names = _ENV.get(attribute.name)
         hint = f" (or set {' or '.join(names)})" if names else ""
         raise ConfigError(f"is required and must be a non-empty string{hint}", key=attribute.name)
+    for position, char in enumerate(value):
+        if not "!" <= char <= "~":  # printable ASCII, no space: never more of a secret than its position
+            what = "a space or a control character" if char.isspace() or ord(char) < 0x20 else f"U+{ord(char):04X}"
+            raise ConfigError(f"has {what} at position {position + 1}; Langfuse's keys are printable ASCII "
+                              "(a quote or a space copied with the key?)", key=attribute.name)
 
 
 def _bool(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
@@ -144,8 +178,8 @@ class LangfuseConfig:
     """
 
     host: str = attrs.field(converter=_host)
-    public_key: str = attrs.field(validator=_key)
-    secret_key: str = attrs.field(validator=_key, repr=False)
+    public_key: str = attrs.field(converter=_key_text, validator=_key)
+    secret_key: str = attrs.field(converter=_key_text, validator=_key, repr=False)
     transport: str = attrs.field(default="auto", validator=_one_of(*TRANSPORTS))
     batch_size: int = attrs.field(default=32, validator=_whole)
     max_inflight: int = attrs.field(default=2, validator=_whole)

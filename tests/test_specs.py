@@ -141,3 +141,48 @@ def test_swapped_keys_are_a_config_error_that_never_shows_the_secret(public, sec
 def test_transport_param_accepted():
     config = LangfuseConfig.from_params({"host": "http://h", "public_key": "p", "secret_key": "s", "transport": "otel"}, env={})
     assert config.transport == "otel"
+
+
+def test_keys_lose_the_whitespace_around_them():
+    """A key read from a file or a Kubernetes secret ends in a newline; before, it was sent as
+    it was and Langfuse answered 401 to every request."""
+    config = LangfuseConfig.from_params({"host": "http://h", "public_key": " pk-lf-1\n"},
+                                        env={"LANGFUSE_SECRET_KEY": "sk-lf-secret-value\n"})
+    assert (config.public_key, config.secret_key) == ("pk-lf-1", "sk-lf-secret-value")
+
+
+@pytest.mark.parametrize("key", ["public_key", "secret_key"])
+@pytest.mark.parametrize("value, problem", [("“sk-lf-secret-value”", "U+201C at position 1"),
+                                            ("sk-lf-secret value", "a space or a control character at position 13"),
+                                            ("sk-lf-secret-välue", "U+00E4 at position 15")])
+def test_a_key_with_a_character_no_key_has_is_a_config_error_that_shows_no_secret(key, value, problem):
+    """Before: a quote copied with the key raised UnicodeEncodeError from deep inside requests when
+    the stream was made; a space inside made every request a 401."""
+    params = {"host": "http://h", "public_key": "pk-lf-1", "secret_key": "sk-lf-2"}
+    params[key] = value.replace("sk-lf", "pk-lf") if key == "public_key" else value
+    with pytest.raises(ConfigError) as info:
+        LangfuseConfig.from_params(params, env={}, stream="s")
+    assert info.value.key == key and problem in str(info.value)
+    assert "secret" not in str(info.value).replace("secret_key", "")
+
+
+@pytest.mark.parametrize("host, problem", [
+    ("https://admin:hunter2@lf.example.com", "must not carry a user name or password"),
+    ("https://hunter2@lf.example.com/langfuse", "must not carry a user name or password"),
+    ("ftp://admin:hunter2@lf.example.com", "must not carry a user name or password"),
+    ("https://lf.example.com/?project=1", "without a query"),
+    ("https://lf.example.com/#top", "without a query, a fragment"),
+    ("https://lf.example .com", "spaces"),
+    ("https://lf.example.com:44x", "not a URL"),
+    ("https://", "http:// or https:// URL"),
+])
+def test_a_host_that_cannot_work_is_a_config_error_that_never_shows_a_password(host, problem):
+    with pytest.raises(ConfigError) as info:
+        LangfuseConfig(host=host, public_key="pk-lf-1", secret_key="sk-lf-2")
+    assert info.value.key == "host" and problem in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_a_host_with_a_path_keeps_it():
+    config = LangfuseConfig(host=" https://example.com/langfuse/ ", public_key="pk-lf-1", secret_key="sk-lf-2")
+    assert config.host == "https://example.com/langfuse"
