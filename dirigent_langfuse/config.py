@@ -7,6 +7,7 @@ back to `LANGFUSE_BASE_URL` (or the older `LANGFUSE_HOST`), `LANGFUSE_PUBLIC_KEY
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import urllib.parse
@@ -82,14 +83,20 @@ def _key_text(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
 
+def _number(value: Any) -> bool:
+    """A finite int or float (TOML has `inf` and `nan`: a timeout of either would never end, or
+    end at once, and a wait of `inf` seconds raises OverflowError)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _positive(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"must be a positive number, got {value!r}", key=attribute.name)
+    if not _number(value) or value <= 0:
+        raise ConfigError(f"must be a finite positive number, got {value!r}", key=attribute.name)
 
 
 def _non_negative(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"must be zero or a positive number, got {value!r}", key=attribute.name)
+    if not _number(value) or value < 0:
+        raise ConfigError(f"must be zero or a finite positive number, got {value!r}", key=attribute.name)
 
 
 def _whole(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:

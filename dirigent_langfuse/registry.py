@@ -17,7 +17,7 @@ from typing import Dict, Iterable, List, Optional
 from .bus import BusEvent
 from .errors import RegistryError
 from .specs import StreamSpec
-from .streams import OutcomeStatus, SessionStream, StreamError, StreamOutcome
+from .streams import OutcomeStatus, SessionStream, StreamError, StreamOutcome, seconds
 
 __all__ = ["StreamFactory", "StreamFactoryRegistry", "StreamSet", "ENTRY_POINT_GROUP"]
 
@@ -127,7 +127,7 @@ class StreamSet:
 
     def _each(self, call: str, timeout: Optional[float]) -> Dict[str, StreamOutcome]:
         # The timeout bounds the whole set, not each stream.
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + seconds(timeout, 0.0)
         out = {}
         for stream in self.streams:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())

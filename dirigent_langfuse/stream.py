@@ -32,6 +32,7 @@ from .streams import (
     StreamError,
     StreamOutcome,
     StreamStats,
+    seconds,
 )
 from .transport import IngestionTransport
 from .worker import FlushResult, Worker, weak_hook
@@ -212,10 +213,11 @@ class LangfuseStream(SessionStream):
 
     def flush(self, timeout: Optional[float] = None) -> StreamOutcome:
         """Send what is queued now and wait (at most `timeout`, default `config.flush_timeout`)."""
+        timeout = seconds(timeout, self.config.flush_timeout)
         self._pending.expire()
         if self._closed:
             return self._final or StreamOutcome.failed(StreamError.CLOSED, "stream is shut down")
-        return self._outcome(self._worker.flush(self.config.flush_timeout if timeout is None else timeout), "flush")
+        return self._outcome(self._worker.flush(timeout), "flush")
 
     def shutdown(self, timeout: Optional[float] = None) -> StreamOutcome:
         """Stop accepting, deliver what can be delivered within `timeout`, count the rest.
@@ -225,13 +227,13 @@ class LangfuseStream(SessionStream):
         stream's can run until the handler returns. It then answers at once, and the shutdown
         goes on on a thread of its own within `timeout`; a later `shutdown()`, and the exit,
         wait for that thread and answer its outcome."""
-        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        timeout = seconds(timeout, self.config.shutdown_timeout)
         with self._lock:
             closed, self._closed = self._closed, True
             finisher = self._finisher
         if closed:
             if finisher is not None:
-                finisher.join(timeout)
+                finisher.join(min(timeout, threading.TIMEOUT_MAX))
             return self._final or StreamOutcome.failed(StreamError.CLOSED, "shutdown already running")
         if self._worker.inside():
             self._finisher = threading.Thread(

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import abc
 import enum
+import math
+import numbers
 import threading
 from typing import Any, Dict, Mapping, Optional
 
@@ -211,3 +213,16 @@ def __getattr__(name: str) -> Any:
 
         return getattr(registry, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def seconds(timeout: Optional[float], default: float) -> float:
+    """A call's timeout: None is the config's default, a negative one is 0, and `math.inf` waits
+    without a bound. Anything but a real number (NaN included) is the caller's mistake: it raises,
+    naming `timeout`, rather than wait for ever or not at all."""
+    if timeout is None:
+        return default
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    if math.isnan(timeout):
+        raise ValueError("timeout must be a number of seconds or None, got nan")
+    return max(0.0, float(timeout))

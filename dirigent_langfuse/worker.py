@@ -274,7 +274,7 @@ class Worker:
         """Wait (at most `timeout`) for the threads to end after `shutdown`; True if they did."""
         deadline = self._clock() + timeout
         for thread in list(self._threads):
-            thread.join(max(0.0, deadline - self._clock()))
+            thread.join(min(max(0.0, deadline - self._clock()), threading.TIMEOUT_MAX))  # an inf timeout
         return not any(t.is_alive() for t in self._threads)
 
     @property

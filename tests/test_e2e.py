@@ -333,3 +333,30 @@ def test_calls_from_a_handler_that_interrupted_the_stream_answer_at_once(receive
     s._worker._clock = clock
     assert s.shutdown(10).status is OutcomeStatus.DELIVERED
     assert {o["id"] for o in receiver.store.observations()} and len(receiver.store.observations()) == 2
+
+
+def test_timeouts_of_inf_wait_without_a_bound_and_bad_ones_raise_naming_timeout(receiver):
+    """Before: shutdown(math.inf) raised OverflowError into the host after it had closed the
+    stream; flush(nan) and shutdown(nan) waited without a bound; flush("5") raised a TypeError
+    about adding a float to a str."""
+    import math
+
+    from dirigent_langfuse import StreamSet
+
+    s = stream(receiver.url, flush_interval=30)
+    s.on_event(started("m1", "scroll-inf", t=1))
+    for bad, error in ((float("nan"), ValueError), ("5", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="timeout must be a number of seconds or None"):
+            s.flush(bad)
+        with pytest.raises(error, match="timeout must be a number of seconds or None"):
+            s.shutdown(bad)
+    assert s.flush(math.inf).status is OutcomeStatus.DELIVERED
+    s.on_event(completed("m1", "scroll-inf", t=2))
+    assert s.shutdown(math.inf).status is OutcomeStatus.DELIVERED
+    other = stream(receiver.url, flush_interval=30)
+    other.on_event(started("m2", "scroll-inf", t=3))
+    assert StreamSet([other]).shutdown(math.inf)["test"].status is OutcomeStatus.DELIVERED
+    late = stream(receiver.url, flush_interval=30)
+    late.on_event(started("m3", "scroll-inf", t=4))
+    assert "not yet delivered" in late.flush(-1).detail  # a negative timeout is 0
+    late.shutdown(10)

@@ -186,3 +186,18 @@ def test_a_host_that_cannot_work_is_a_config_error_that_never_shows_a_password(h
 def test_a_host_with_a_path_keeps_it():
     config = LangfuseConfig(host=" https://example.com/langfuse/ ", public_key="pk-lf-1", secret_key="sk-lf-2")
     assert config.host == "https://example.com/langfuse"
+
+
+FLOATS = [f.name for f in __import__("attrs").fields(LangfuseConfig)
+          if f.type in ("float", float) and f.name != "sample_rate"]
+
+
+@pytest.mark.parametrize("name", FLOATS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_duration_of_nan_or_inf_is_a_config_error(name, value):
+    """TOML has `nan` and `inf`. Before, both passed: a flush_interval of nan made the worker
+    wait nan seconds (ValueError in its thread), a fork_wait of inf raised OverflowError in the
+    fork hook, a shutdown_timeout of inf could hold the exit for ever."""
+    with pytest.raises(ConfigError) as info:
+        LangfuseConfig.from_params({"host": "http://h", "public_key": "pk", "secret_key": "sk", name: value}, env={})
+    assert info.value.key == name and "finite" in str(info.value)
