@@ -201,15 +201,21 @@ def _list_kv(key: str, values: Sequence[str]) -> str:
 
 
 class _Open:
-    """An observation in progress: the merged body of its create and updates so far."""
+    """An observation in progress: the merged body of its create and updates so far.
 
-    __slots__ = ("kind", "trace", "body", "weight")
+    `late` is set while only updates were seen (no create in this process yet): their merged
+    bodies as they came, so that a create arriving after them (two host threads racing, the end
+    mapped first) rebuilds the observation with its own start, name and parent."""
 
-    def __init__(self, kind: str, trace: str, body: Dict[str, Any], weight: int) -> None:
+    __slots__ = ("kind", "trace", "body", "weight", "late")
+
+    def __init__(self, kind: str, trace: str, body: Dict[str, Any], weight: int,
+                 late: Optional[Dict[str, Any]] = None) -> None:
         self.kind = kind
         self.trace = trace
         self.body = body
         self.weight = weight
+        self.late = late
 
 
 class OtelTransport:
@@ -227,6 +233,7 @@ class OtelTransport:
         self.max_item_bytes = config.max_item_bytes
         self._clock = clock
         self._open: "collections.OrderedDict[str, _Open]" = collections.OrderedDict()
+        self._partial: List[str] = []  # this batch's observations ended by updates alone
         # What the observations that ended lately began with (start, parent, name), so that a
         # replayed end re-sends their span as it was, not one that starts at its end.
         self._ended: "collections.OrderedDict[str, _Open]" = collections.OrderedDict()
@@ -260,8 +267,15 @@ class OtelTransport:
 
     def prepare(self, items: Sequence[Dict[str, Any]]) -> List[Record]:
         out: List[Record] = []
+        self._partial: List[str] = []
         for item in items:
             self._fold(item, out)
+        for key in self._partial:  # ended by updates alone, and no create came in this batch either
+            obs = self._open.get(key)
+            if obs is not None and obs.late is not None and obs.body.get("endTime"):
+                del self._open[key]
+                self._remember(key, obs)
+                out.append(self._emit(key, obs))
         while len(self._open) > self.max_open:
             key, obs = self._open.popitem(last=False)
             out.append(self._emit(key, obs, incomplete="evicted: too many observations open at once"))
@@ -288,30 +302,51 @@ class OtelTransport:
         if kind == "event-create":
             out.append(self._emit(key, _Open("event", trace, dict(body, endTime=body.get("startTime")), 1)))
             return
+        update = kind.endswith("-update")
         obs = self._open.get(key)
-        if obs is None and kind.endswith("-update") and key in self._ended:
-            began = self._ended[key]  # ended already: a replayed or late end
-            obs = _Open(began.kind, trace, merge_into(dict(began.body), body, _KEEP_FIRST), 1)
+        if obs is None and key in self._ended:
+            began = self._ended[key]  # ended already: a replayed or late end, or a late create
+            if update:
+                obs = _Open(began.kind, trace, merge_into(dict(began.body), body, _KEEP_FIRST), 1, began.late)
+                if began.late is not None:
+                    merge_into(obs.late, body, _KEEP_FIRST)
+            elif began.late is not None:  # its updates came first and ended it: this create completes it
+                obs = _Open(began.kind, trace, merge_into(dict(body), began.late, _KEEP_FIRST), 1)
+            else:
+                obs = _Open(began.kind, trace, merge_into(dict(began.body), body, _KEEP_FIRST), 1)
             self._open[key] = obs
         elif obs is None:
             obs_type = str(body.get("type") or _TYPES.get(kind, "span")).lower()
             obs = _Open(obs_type, trace, dict(body), 1)
-            if kind.endswith("-update"):
+            if update:
+                obs.late = dict(body)
                 obs.body.setdefault("startTime", body.get("endTime") or item.get("timestamp"))
                 meta = dict(obs.body.get("metadata") or {})
                 meta["partial"] = "update without a create in this process"
                 obs.body["metadata"] = meta
             self._open[key] = obs
+        elif obs.late is not None and not update:  # the create, after updates that did not end it
+            obs.weight += 1
+            obs.body, obs.late = merge_into(dict(body), obs.late, _KEEP_FIRST), None
         else:
             obs.weight += 1
             merge_into(obs.body, body, _KEEP_FIRST)  # obs.body is our own copy
+            if obs.late is not None:
+                merge_into(obs.late, body, _KEEP_FIRST)
         if obs.body.get("endTime"):
+            if obs.late is not None:
+                # Only updates so far: its create may follow in this very batch (two host threads
+                # raced, the end was mapped first). It waits for the batch's end, where it goes as it is.
+                self._partial.append(key)
+                return
             del self._open[key]
             self._remember(key, obs)
             out.append(self._emit(key, obs))
 
     def _remember(self, key: str, obs: _Open) -> None:
-        self._ended[key] = _Open(obs.kind, obs.trace, {f: obs.body[f] for f in _BEGAN if obs.body.get(f) is not None}, 0)
+        late = dict(obs.late) if obs.late is not None else None  # no create yet: keep all for it
+        self._ended[key] = _Open(obs.kind, obs.trace, {f: obs.body[f] for f in _BEGAN if obs.body.get(f) is not None}, 0,
+                                 late)
         self._ended.move_to_end(key)
         while len(self._ended) > _ENDED_KEPT:
             self._ended.popitem(last=False)
@@ -361,7 +396,9 @@ class OtelTransport:
         out = []
         while self._open:
             key, obs = self._open.popitem(last=False)
-            out.append(self._emit(key, obs, incomplete="incomplete: the stream shut down before this observation ended"))
+            ended = obs.body.get("endTime")  # (one that waited for its create, after an error of ours)
+            out.append(self._emit(key, obs, incomplete=None if ended else
+                                  "incomplete: the stream shut down before this observation ended"))
         return out
 
     # -- spans ------------------------------------------------------------------------------------

@@ -360,3 +360,24 @@ def test_timeouts_of_inf_wait_without_a_bound_and_bad_ones_raise_naming_timeout(
     late.on_event(started("m3", "scroll-inf", t=4))
     assert "not yet delivered" in late.flush(-1).detail  # a negative timeout is 0
     late.shutdown(10)
+
+
+@pytest.mark.parametrize("transport", ["ingestion", "otel"])
+def test_a_tool_call_whose_end_was_mapped_before_its_start_shows_as_it_happened(receiver, transport):
+    """Two host threads race and the tool call's end reaches the stream first. Langfuse merges
+    ingestion events by id whatever their order; over OTel the stream itself must: before, the
+    span ended at the shutdown's time, marked incomplete, with a WARNING."""
+    from .helpers import created, ended, tool_call, tool_update
+
+    s = stream(receiver.url, transport=transport, flush_interval=30)
+    for event in (created("scroll-race", t=0), started("m1", "scroll-race", t=1),
+                  tool_update("t1", "completed", "scroll-race", t=3, rawOutput="ok"),
+                  tool_call("t1", "scroll-race", t=2, title="Run tests"), completed("m1", "scroll-race", t=4),
+                  ended("scroll-race", t=5)):
+        s.on_event(event)
+    assert s.shutdown(10).status is OutcomeStatus.DELIVERED
+    (tool,) = [o for o in receiver.store.observations() if o["type"] == "TOOL"]
+    assert (tool["name"], tool["startTime"], tool["endTime"]) == \
+           ("Run tests", "2026-11-25T09:00:02.000Z", "2026-11-25T09:00:03.000Z")
+    assert tool.get("level") in (None, "DEFAULT") and tool["output"] == "ok" and tool.get("parentObservationId")
+    assert "incomplete" not in (tool.get("metadata") or {}) and "partial" not in (tool.get("metadata") or {})

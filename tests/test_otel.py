@@ -429,3 +429,48 @@ def test_a_replayed_end_re_sends_the_span_as_it_was_not_one_starting_at_its_end(
         assert (span["startTimeUnixNano"], span.get("parentSpanId"), span["name"]) == \
                (before["startTimeUnixNano"], before.get("parentSpanId"), before["name"]), span["name"]
         assert attr(span, "langfuse.observation.metadata.partial") is None
+
+
+def _racing(scroll: str) -> List[Any]:
+    """A tool call whose end the host mapped before its start (two of its threads raced)."""
+    return [created(scroll), started("m1", scroll, t=1), tool_update("t1", "completed", scroll, t=3, rawOutput="ok"),
+            tool_call("t1", scroll, t=2, title="Run tests"), completed("m1", scroll, t=4, output="a"), ended(scroll, t=5)]
+
+
+@pytest.mark.parametrize("batches", ["one", "two"])
+def test_an_end_mapped_before_its_start_still_makes_the_span_that_happened(batches):
+    """Before, the end made a span starting at its end ("update without a create"), and the
+    start then opened the observation again, which never ended: at shutdown it went out marked
+    incomplete, with the shutdown's time as its end and a WARNING, over the right one."""
+    events = _racing("scroll-race")
+    cfg = LangfuseConfig(host=HOST, public_key="pk", secret_key="sk-secret-value")
+    transport = OtelTransport(LangfuseClient(cfg), cfg)
+    state = MappingState()
+    items = [item for event in events for item in bus_event_to_items(event, state)]
+    cut = 3 if batches == "two" else len(items)  # the end in one batch, its start in the next
+    records = transport.prepare(items[:cut]) + transport.prepare(items[cut:]) + transport.close_open()
+    spans = json.loads(transport.body(records))["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    tool_id = span_id(observation_id("scroll-race", "tool", "t1"))
+    versions = [s for s in spans if s["spanId"] == tool_id]
+    assert len(versions) == (1 if batches == "one" else 2)  # in two batches, the first went out alone
+    last = versions[-1]
+    assert last["name"] == "Run tests" and last["parentSpanId"] == span_id(observation_id("scroll-race", "msg", "m1"))
+    assert (last["startTimeUnixNano"], last["endTimeUnixNano"]) == ("1795597202000000000", "1795597203000000000")
+    assert attr(last, "langfuse.observation.output") == "ok"
+    for key in ("partial", "incomplete"):
+        assert attr(last, f"langfuse.observation.metadata.{key}") is None
+    assert attr(last, "langfuse.observation.level") in (None, "DEFAULT")
+    assert sum(r.weight for r in records) == len(items)  # every item in exactly one record
+
+
+def test_updates_before_the_start_that_did_not_end_it_are_kept_when_it_comes():
+    scroll = "scroll-early"
+    events = [created(scroll), started("m1", scroll, t=1),
+              tool_update("t1", "in_progress", scroll, t=2.5, content=[{"type": "content", "content": {"type": "text", "text": "half"}}]),
+              tool_call("t1", scroll, t=2, title="Build"), tool_update("t1", "completed", scroll, t=3, rawOutput="built"),
+              completed("m1", scroll, t=4), ended(scroll, t=5)]
+    spans = by_name(spans_for(events))
+    build = spans["Build"]
+    assert (build["startTimeUnixNano"], build["endTimeUnixNano"]) == ("1795597202000000000", "1795597203000000000")
+    assert attr(build, "langfuse.observation.output") == "built"
+    assert attr(build, "langfuse.observation.metadata.partial") is None
