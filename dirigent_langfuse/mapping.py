@@ -402,7 +402,7 @@ def _tool_metadata(event: SessionUpdate, update: Dict[str, Any]) -> Dict[str, An
     for key in ("kind", "locations", "status", "toolCallId"):
         value = get(key)
         if value is not None:
-            meta[key] = own(value)
+            meta[key] = value if type(value) is str else own(value)
     meta["connector_id"] = event.connector_id
     meta["native_session_id"] = event.native_session_id
     return meta

@@ -87,7 +87,9 @@ _quote: Any = getattr(json.encoder, "c_encode_basestring", None) or json.encoder
 
 
 _KEEP_FIRST = ("startTime", "parentObservationId")  # the create's start and parent win
-_BEGAN = ("id", "startTime", "parentObservationId", "name", "type")  # remembered once an observation ended
+# Remembered once an observation ended (small fields only): a replayed end, or a replayed start
+# after its end (a replay of events that had raced), re-sends the span as it was.
+_KEPT = ("id", "startTime", "parentObservationId", "name", "type", "endTime", "level", "statusMessage")
 _ENDED_KEPT = 1024  # for that many: a bound, not a table growing with the sessions served
 _TYPES = {"generation-create": "generation", "generation-update": "generation", "span-create": "span", "span-update": "span"}
 
@@ -345,7 +347,7 @@ class OtelTransport:
 
     def _remember(self, key: str, obs: _Open) -> None:
         late = dict(obs.late) if obs.late is not None else None  # no create yet: keep all for it
-        self._ended[key] = _Open(obs.kind, obs.trace, {f: obs.body[f] for f in _BEGAN if obs.body.get(f) is not None}, 0,
+        self._ended[key] = _Open(obs.kind, obs.trace, {f: obs.body[f] for f in _KEPT if obs.body.get(f) is not None}, 0,
                                  late)
         self._ended.move_to_end(key)
         while len(self._ended) > _ENDED_KEPT:

@@ -22,6 +22,7 @@ Promises:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sqlite3
@@ -39,6 +40,8 @@ from .transport import Record
 __all__ = ["Spool"]
 
 log = logging.getLogger(__name__)
+
+_SLOT = "\x1f"  # a row's key: the record's key, this separator, then the writer's owner and a count
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -87,6 +90,7 @@ class Spool:
         self._pid = os.getpid()
         self.owner = ""
         self._owner_fd: Optional[int] = None
+        self._slots = itertools.count()
         if self.path == ":memory:" or not self.path.strip():
             raise ConfigError(f"must be a file path (a spool in memory would not survive a crash), got {self.path!r}",
                               stream=stream, key="spool_path")
@@ -152,14 +156,20 @@ class Spool:
             log.error("spool %s: cannot %s (%s); going on without the spool", self.path, what, exc)
 
     def add(self, records: Sequence[Record], wire: str) -> None:
+        """Each record in a row of its own (its `slot`): two records with one key (an item the host
+        replayed, a span sent again) are two rows, each removed when it is done, and counted."""
+        for record in records:
+            if record.slot is None:
+                record.slot = f"{record.key}{_SLOT}{self.owner}.{next(self._slots)}"
         self._write(
             "add records",
             "INSERT OR REPLACE INTO spool (stream, key, wire, data, weight, owner) VALUES (?, ?, ?, ?, ?, ?)",
-            [(self.stream, r.key, wire, r.data, r.weight, self.owner) for r in records],
+            [(self.stream, r.slot, wire, r.data, r.weight, self.owner) for r in records],
         )
 
-    def remove(self, keys: Sequence[str]) -> None:
-        self._write("remove records", "DELETE FROM spool WHERE stream = ? AND key = ?", [(self.stream, k) for k in keys])
+    def remove(self, records: Sequence[Record]) -> None:
+        self._write("remove records", "DELETE FROM spool WHERE stream = ? AND key = ?",
+                    [(self.stream, r.slot) for r in records if r.slot is not None])
 
     def load(self, wire: str) -> Tuple[List[Record], int]:
         """Claims the orphans of this stream (records whose owner is dead); returns those of this
@@ -175,11 +185,13 @@ class Spool:
             self._broken = True
             log.error("spool %s: cannot read (%s); going on without the spool", self.path, exc)
             return [], 0
-        keep = [Record(key, bytes(data), weight) for key, w, data, weight in rows if w == wire]
-        other = [(key, weight) for key, w, _, weight in rows if w != wire]
+        # (a row written before slots holds the record's key alone)
+        keep = [Record(slot.rpartition(_SLOT)[0] or slot, bytes(data), weight, slot=slot)
+                for slot, w, data, weight in rows if w == wire]
+        other = [Record(slot, b"", weight, slot=slot) for slot, w, _, weight in rows if w != wire]
         if other:
-            self.remove([key for key, _ in other])
-        return keep, sum(weight for _, weight in other)
+            self.remove(other)
+        return keep, sum(r.weight for r in other)
 
     def _claim(self, db: sqlite3.Connection) -> None:
         """Make every record of this stream whose owner is dead ours, and remove dead owners' lock
@@ -236,7 +248,7 @@ class _NoSpool:
     def add(self, records: Sequence[Record], wire: str) -> None:
         pass
 
-    def remove(self, keys: Sequence[str]) -> None:
+    def remove(self, records: Sequence[Record]) -> None:
         pass
 
     def load(self, wire: str) -> Tuple[List[Record], int]:

@@ -34,16 +34,20 @@ class NotChosen(LangfuseTransportError):
 class Record:
     """One unit on the wire: `key` (envelope or span id), its encoded `data`, and how many
     queued items it stands for (`weight`; an OTel span merges its create and its updates).
-    `refusals`: how many answers refused it alone with a retryable status (a 207's 5xx)."""
+    `refusals`: how many answers refused it alone with a retryable status (a 207's 5xx).
+    `slot`: its row in the spool, once spooled (two records may share a key: a replayed item, a
+    span sent again; each has a row of its own)."""
 
-    __slots__ = ("key", "data", "weight", "truncated", "refusals")
+    __slots__ = ("key", "data", "weight", "truncated", "refusals", "slot")
 
-    def __init__(self, key: str, data: bytes, weight: int = 1, truncated: bool = False) -> None:
+    def __init__(self, key: str, data: bytes, weight: int = 1, truncated: bool = False,
+                 slot: Optional[str] = None) -> None:
         self.key = key
         self.data = data
         self.weight = weight
         self.truncated = truncated
         self.refusals = 0
+        self.slot = slot
 
     def __repr__(self) -> str:
         return f"Record({self.key!r}, {len(self.data)} bytes, weight={self.weight})"

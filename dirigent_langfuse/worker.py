@@ -585,7 +585,7 @@ class Worker:
         if not over:
             return
         if self.spool is not None:
-            self.spool.remove([r.key for r in over])
+            self.spool.remove(over)
         self._throttled(
             "buffer_full", logging.WARNING,
             "stream %r: retry buffer full; dropped the %d oldest items", self.name, sum(r.weight for r in over),
@@ -667,7 +667,7 @@ class Worker:
             self._done.notify_all()
         self._overflowed(over)
         if self.spool is not None:
-            finished = [r.key for r in report.delivered] + [r.key for r, _, _ in report.dropped]
+            finished = list(report.delivered) + [r for r, _, _ in report.dropped]
             if finished:
                 self.spool.remove(finished)
         for why, weight, message in to_log:

@@ -381,3 +381,26 @@ def test_a_tool_call_whose_end_was_mapped_before_its_start_shows_as_it_happened(
            ("Run tests", "2026-11-25T09:00:02.000Z", "2026-11-25T09:00:03.000Z")
     assert tool.get("level") in (None, "DEFAULT") and tool["output"] == "ok" and tool.get("parentObservationId")
     assert "incomplete" not in (tool.get("metadata") or {}) and "partial" not in (tool.get("metadata") or {})
+
+
+def test_events_replayed_during_an_outage_are_counted_once_each_across_a_restart(receiver, tmp_path):
+    """The host replays events while Langfuse is down, and the process stops before it is back.
+    Before, the spool kept one record per id: the next start re-sent one where the first process
+    had counted two as left in the spool."""
+    from dirigent_langfuse.faults import Fault
+
+    spool = str(tmp_path / "spool.db")
+    receiver.faults.add(Fault.status(503, seconds=60))
+    first = stream(receiver.url, spool_path=spool, flush_interval=0.02, name="svc")
+    events = [started("m1", "scroll-replay", t=1), completed("m1", "scroll-replay", t=2)]
+    for event in events + events:  # the host replays both
+        first.on_event(event)
+    first.flush(1)  # encoded and spooled; Langfuse answers 503
+    assert first.shutdown(0.2).status is OutcomeStatus.FAILED
+    left = first.stats().items_pending
+    assert left == 4
+    receiver.faults.clear()
+    second = stream(receiver.url, spool_path=spool, flush_interval=0.02, name="svc")
+    assert second.shutdown(10).status is OutcomeStatus.DELIVERED
+    assert second.stats().items_accepted == second.stats().items_delivered == left
+    assert receiver.store.envelope_count() == 2  # Langfuse keeps each once

@@ -474,3 +474,18 @@ def test_updates_before_the_start_that_did_not_end_it_are_kept_when_it_comes():
     assert (build["startTimeUnixNano"], build["endTimeUnixNano"]) == ("1795597202000000000", "1795597203000000000")
     assert attr(build, "langfuse.observation.output") == "built"
     assert attr(build, "langfuse.observation.metadata.partial") is None
+
+
+def test_a_start_replayed_after_its_end_re_sends_the_span_as_it_was():
+    """A host replays a session whose tool call's end had been mapped before its start: the
+    replayed start comes after the replayed end. Before, it opened the observation again, which
+    nothing ended: at shutdown it went out as incomplete, over the span that was right."""
+    events = _racing("scroll-replayed")
+    spans = spans_for(events + events)  # the session, then its replay
+    tool_id = span_id(observation_id("scroll-replayed", "tool", "t1"))
+    versions = [s for s in spans if s["spanId"] == tool_id]
+    assert len(versions) >= 2
+    for span in versions:
+        assert (span["startTimeUnixNano"], span["endTimeUnixNano"]) == ("1795597202000000000", "1795597203000000000")
+        assert attr(span, "langfuse.observation.metadata.incomplete") is None
+        assert span["name"] == "Run tests"

@@ -24,6 +24,7 @@ import pytest
 from dirigent_langfuse import LangfuseStream, OutcomeStatus
 from dirigent_langfuse.faults import Fault
 from dirigent_langfuse.mapping import maps
+from dirigent_langfuse.otel import otel_trace_id
 from dirigent_langfuse.receiver import Receiver
 from dirigent_langfuse.sampling import sampled_in
 
@@ -58,7 +59,7 @@ def odd(rng: random.Random) -> Any:
     ])
 
 
-def one_session(rng: random.Random, n: int, replays: bool = True) -> List[Any]:
+def one_session(rng: random.Random, n: int) -> List[Any]:
     scroll, native = f"r{n}", f"native-{n}"
     late = rng.random() < 0.3  # the first events arrive before the scroll is bound
     binding = rng.randint(1, 4) if late else 0
@@ -94,6 +95,8 @@ def one_session(rng: random.Random, n: int, replays: bool = True) -> List[Any]:
             status = rng.choice(["completed", "failed", "completed"])
             add(lambda native, t, call=call, status=status: tool_update(call, status, sid(), native=native, t=t,
                                                                         rawOutput=odd(rng)))
+            if rng.random() < 0.1 and events[-2].scroll_id and events[-1].scroll_id:
+                events[-2], events[-1] = events[-1], events[-2]  # two host threads raced: the end came first
         if rng.random() < 0.2:
             add(lambda native, t: update({"sessionUpdate": "plan", "entries": [
                 {"content": "next", "priority": "low", "status": "pending"}]}, sid(), native=native, t=t))
@@ -108,9 +111,25 @@ def one_session(rng: random.Random, n: int, replays: bool = True) -> List[Any]:
         bind()
     if rng.random() < 0.8:  # some sessions never end: their observations close at shutdown
         add(lambda native, t: ended(sid(), native=native, t=t))
-        if replays and rng.random() < 0.15:  # the host replays the session (same events, same ids)
+        if rng.random() < 0.15:  # the host replays the session (same events, same ids)
             events.extend([e for e in events if e.scroll_id])
     return events
+
+
+MUTATED = "changed-after-on_event"
+
+
+def change_payloads(event: Any) -> None:
+    """What a host does to the containers it passed once `on_event` returned."""
+    payloads = [getattr(event, "input", None), getattr(event, "output", None), getattr(event, "metadata", None)]
+    update = getattr(event, "update", None)
+    if isinstance(update, dict):
+        payloads += [update.get("rawInput"), update.get("rawOutput")]
+    for value in payloads:
+        if isinstance(value, list):
+            value.append(MUTATED)
+        elif isinstance(value, dict):
+            value[MUTATED] = MUTATED
 
 
 def faults(rng: random.Random) -> List[Fault]:
@@ -148,14 +167,19 @@ def test_random_sessions_and_faults_keep_every_promise(seed, caplog):
             lanes[n % threads].append(events)
         errors: List[BaseException] = []
 
+        once = {id(e) for events in sessions for e in events if sum(x is e for x in events) == 1}
+
         def produce(lane: List[List[Any]]) -> None:
             local = random.Random(seed * 100 + len(lane))
             cursors = [0] * len(lane)
             try:
                 while any(c < len(e) for c, e in zip(cursors, lane)):  # interleave this lane's sessions
                     i = local.choice([i for i, e in enumerate(lane) if cursors[i] < len(e)])
-                    outcome = stream.on_event(lane[i][cursors[i]])
+                    event = lane[i][cursors[i]]
+                    outcome = stream.on_event(event)
                     assert outcome.status is not OutcomeStatus.FAILED, outcome  # no overflow, no bad event here
+                    if id(event) in once:
+                        change_payloads(event)  # the host's next turn: Langfuse must not see it
                     cursors[i] += 1
             except BaseException as exc:  # re-raised below, on the test's thread
                 errors.append(exc)
@@ -212,6 +236,14 @@ def test_random_sessions_and_faults_keep_every_promise(seed, caplog):
         assert not unexpected, (what, unexpected)
         if mask is scrub:
             assert "chunk 0" not in str(receiver.store.observations())
+        shown = str(receiver.store.observations()) + str(receiver.store.traces())
+        assert MUTATED not in shown, what  # payloads as they were at on_event
+        if stats.transport == "otel" and not stats.dropped:  # an ended session leaves nothing incomplete
+            ended_traces = {otel_trace_id(f"r{n}") for n, events in enumerate(sessions)
+                            if any(type(e).__name__ == "SessionEnded" for e in events)}
+            incomplete = [o for o in receiver.store.observations()
+                          if o.get("traceId") in ended_traces and "incomplete" in (o.get("metadata") or {})]
+            assert not incomplete, (what, incomplete)
 
 
 @pytest.mark.parametrize("seed", range(int(os.environ.get("RANDOM_SEEDS", "40")) // 4))
@@ -227,8 +259,7 @@ def test_random_restarts_with_a_spool_deliver_everything_once(seed, tmp_path):
         flush_interval=0.02, backoff_base=0.001, backoff_max=0.002, retry_backoff_max=0.05,
         connect_timeout=0.5, read_timeout=2.0,
     )
-    # (no replays: the spool keeps one record per id, so a replayed item waits there once)
-    sessions = [one_session(rng, n, replays=False) for n in range(rng.randint(1, 4))]
+    sessions = [one_session(rng, n) for n in range(rng.randint(1, 4))]  # replays too: a row per record
     with Receiver() as receiver:
         first = LangfuseStream(config(receiver.url, **knobs), name="svc")
         up_to = rng.randint(0, sum(len(s) for s in sessions))

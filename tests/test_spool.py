@@ -151,3 +151,29 @@ def test_an_owner_file_that_cannot_be_opened_is_left_alone_not_the_end_of_the_sp
     monkeypatch.undo()
     assert not mine._broken  # the spool goes on; once the file can be opened, the orphan is taken
     assert [r.key for r in mine.load("ingestion")[0]] == ["theirs", "ours"]
+
+
+def test_two_records_with_one_key_are_two_rows_each_removed_on_its_own(tmp_path):
+    """A replayed item, or a span sent again, makes a second record with the same key. Before, the
+    spool kept one row per key: the second replaced the first (a start re-sent one, while two had
+    been counted), and the first one's delivery removed the row the second still needed: a crash
+    then lost it."""
+    path = str(tmp_path / "spool.db")
+    first = Spool(path, "s")
+    a, b = Record("k", b'{"v":1}', 1), Record("k", b'{"v":2}', 2)
+    first.add([a], "otel")
+    first.add([b], "otel")
+    assert first.count() == 2
+    first.remove([a])  # the first went through; the second is still waiting
+    first.release()
+    loaded, other = Spool(path, "s").load("otel")
+    assert [(r.key, r.data, r.weight) for r in loaded] == [("k", b'{"v":2}', 2)] and other == 0
+
+
+def test_rows_written_before_slots_load_with_their_key(tmp_path):
+    path = old_spool(tmp_path, "INSERT INTO spool (stream, key, wire, data, weight) VALUES ('s', 'old', 'ingestion', x'7b7d', 3);")
+    spool = Spool(path, "s")
+    (record,), _ = spool.load("ingestion")
+    assert (record.key, record.weight) == ("old", 3)
+    spool.remove([record])
+    assert spool.count() == 0
