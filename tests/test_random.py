@@ -1,13 +1,15 @@
 """Randomised sessions against the receiver's faults, with fixed seeds (so a failure replays).
 
 Each seed draws a transport, a mix of features (late binds, streamed chunks, plans, odd and
-oversized payloads, a mask, sampling, several producer threads) and a schedule of transient
-faults, then checks what must hold whatever the mix: every accepted item delivered or counted,
-nothing pending after shutdown, nothing duplicated, no bug in the worker, no unexpected error
-logged, and every session that was kept arrived as a trace, named. A second test restarts a
-stream on its spool after a shutdown during an outage. They found five bugs, each now with a test
-of its own (tests/test_encoding.py, test_receiver.py, test_stream.py, test_faults.py);
-`RANDOM_SEEDS=1000 python -m pytest tests/test_random.py` searches wider.
+oversized payloads, a tool call's end raced before its start, payloads the host changes after
+`on_event`, a mask, sampling, several producer threads) and a schedule of transient faults, then
+checks what must hold whatever the mix: every accepted item delivered or counted, nothing pending
+after shutdown, nothing duplicated, no bug in the worker, no unexpected error logged, every
+session that was kept arrived as a trace, named, nothing the host changed later shows, and over
+OTel an ended session leaves nothing incomplete. A second test restarts a stream on its spool
+after a shutdown during an outage. They found seven bugs, each now with a test of its own
+(tests/test_encoding.py, test_receiver.py, test_stream.py, test_faults.py, test_otel.py,
+test_spool.py); `RANDOM_SEEDS=1000 python -m pytest tests/test_random.py` searches wider.
 """
 
 from __future__ import annotations
