@@ -222,11 +222,11 @@ class LangfuseStream(SessionStream):
     def shutdown(self, timeout: Optional[float] = None) -> StreamOutcome:
         """Stop accepting, deliver what can be delivered within `timeout`, count the rest.
 
-        Called from a signal handler that interrupted this stream on the same thread (Python runs
-        handlers on the main thread, between two bytecodes), it cannot wait: nothing of the
-        stream's can run until the handler returns. It then answers at once, and the shutdown
-        goes on on a thread of its own within `timeout`; a later `shutdown()`, and the exit,
-        wait for that thread and answer its outcome."""
+        Called where it cannot wait (from a signal handler that interrupted this stream on the
+        same thread: Python runs handlers on the main thread, between two bytecodes; or from the
+        stream's own worker thread, in a `mask` or a logging handler), it answers at once, and the
+        shutdown goes on on a thread of its own within `timeout`; a later `shutdown()`, and the
+        exit, wait for that thread and answer its outcome."""
         timeout = seconds(timeout, self.config.shutdown_timeout)
         with self._lock:
             closed, self._closed = self._closed, True
@@ -242,7 +242,8 @@ class LangfuseStream(SessionStream):
             self._finisher.start()
             return StreamOutcome.failed(
                 StreamError.TRANSPORT,
-                f"shutdown was called from inside the stream (a signal handler?), where it cannot wait: it goes on on "
+                f"shutdown was called from inside the stream (a signal handler, a mask, a log handler?), where it "
+                f"cannot wait: it goes on on "
                 f"a thread of its own for at most {timeout:g} s; a later shutdown() and the exit wait for it",
             )
         return self._shutdown(timeout)

@@ -260,10 +260,12 @@ class Worker:
             self._main_looping = True  # (the thread clears it on its way out, under this lock)
 
     def inside(self) -> bool:
-        """True when this thread is already inside one of the worker's critical sections: a
-        signal handler interrupted it and called the stream. No thread of the worker's can take a
-        step until the handler returns, so waiting for them here would only spend the timeout."""
-        return self._lock._is_owned()  # type: ignore[attr-defined]  # RLock's, as Condition uses it
+        """True when this thread cannot wait for the worker: it is already inside one of the
+        worker's critical sections (a signal handler interrupted it and called the stream), or it
+        is one of the worker's own threads (the host's `mask`, or a logging handler, called the
+        stream from there). Waiting would only spend the timeout: the step that waits is one the
+        worker needs to finish first."""
+        return self._lock._is_owned() or threading.current_thread() in self._threads  # type: ignore[attr-defined]
 
     def _running(self) -> bool:
         """True while the worker thread is in its loop in this process. A flag, not the thread's
@@ -288,8 +290,8 @@ class Worker:
         """
         deadline = self._clock() + timeout
         if self.inside():
-            return FlushResult(False, False, self.pending, "flush() was called from inside the stream (a signal handler?), "
-                               "where it cannot wait")
+            return FlushResult(False, False, self.pending, "flush() was called from inside the stream (a signal handler, "
+                               "a mask, a log handler?), where it cannot wait")
         if not self._running():
             self._start()
         with self._lock:

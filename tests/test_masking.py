@@ -156,3 +156,27 @@ def test_a_mask_that_changes_its_argument_never_changes_the_host_s_payload(recei
     assert secret == {"user": "ada", "password": "hunter2"}
     (generation,) = [o for o in receiver.store.observations() if o["type"] == "GENERATION"]
     assert generation["input"] == {"user": "ada", "password": "***"}
+
+
+@pytest.mark.parametrize("call", ["flush", "shutdown"])
+def test_a_mask_that_calls_flush_or_shutdown_never_waits_for_its_own_thread(receiver, call):
+    """The mask runs on the stream's worker thread. Before, a flush() there waited its whole
+    timeout for the worker (itself), and a shutdown() there raised 'cannot join current thread'."""
+    answers: List[Any] = []
+    stream: Any = None
+
+    def mask(data):
+        if not answers:
+            answers.append(getattr(stream, call)(5))
+        return data
+
+    stream = LangfuseStream(config(receiver.url, flush_interval=30), mask=mask)
+    stream.on_event(started("m1", "scroll-own", t=1, input="q"))
+    stream.on_event(completed("m1", "scroll-own", t=2, output="a"))
+    stream.flush(10)  # the worker encodes, and calls the mask
+    final = stream.shutdown(10)
+    (answer,) = answers
+    assert answer.status is OutcomeStatus.FAILED and "cannot wait" in answer.detail, answer
+    assert final.status is OutcomeStatus.DELIVERED, final
+    assert stream.stats().mask_failures == 0
+    assert len(receiver.store.observations()) == 1
