@@ -163,10 +163,11 @@ def _prune(body: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class _Scroll:
-    __slots__ = ("message", "tools", "seen", "text", "chars", "first", "input", "output")
+    __slots__ = ("message", "tools", "seen", "text", "chars", "first", "input", "output", "early")
 
     def __init__(self, seen: float) -> None:
         self.message: Optional[str] = None
+        self.early: Tuple[str, ...] = ()  # messages whose completion came before their start (raced)
         self.tools: Dict[str, Optional[str]] = {}
         self.seen = seen
         self.text: Optional[Dict[str, List[str]]] = None  # the message in progress's chunks, by field
@@ -323,13 +324,15 @@ def _trace(event: SessionCreated, scroll_id: str) -> List[Item]:
 
 def _message_started(event: MessageStarted, scroll_id: str, state: Optional[MappingState]) -> List[Item]:
     obs = observation_id(scroll_id, "msg", event.message_id)
-    if state is not None:
-        entry = state.scroll(scroll_id)
-        if entry.message != obs:
-            state.take_text(entry)  # chunks of a message that never completed
     value = own(event.input)
     if state is not None:
-        entry.message = obs
+        entry = state.scroll(scroll_id)
+        if obs in entry.early:  # it completed already (two host threads raced): not in progress
+            entry.early = tuple(e for e in entry.early if e != obs)
+        else:
+            if entry.message != obs:
+                state.take_text(entry)  # chunks of a message that never completed
+            entry.message = obs
         if entry.input is None:
             entry.input = value
     params = event.model_parameters
@@ -371,6 +374,8 @@ def _message_completed(event: MessageCompleted, scroll_id: str, state: Optional[
         if entry.message == obs:
             entry.message = None
             streamed = state.take_text(entry)
+        else:  # completed before its start was mapped: that start must not make it "in progress"
+            entry.early = (entry.early + (obs,))[-8:]
     output = own(event.output)
     if output is None:
         output = streamed.get("output") or None  # the host sent the answer only as chunks

@@ -361,3 +361,19 @@ def test_the_session_s_first_input_and_last_answer_become_the_trace_s_at_its_end
     assert len(state) == 0
     (bare,) = bus_event_to_items(ended(t=5))  # without a state there is nothing to tell
     assert "input" not in bare["body"] and "output" not in bare["body"]
+
+
+def test_a_message_completed_before_its_start_was_mapped_is_not_left_in_progress():
+    """Two host threads race and the completion is mapped first. Before, the start then made the
+    message "in progress" for good: a tool call started after it had ended became its child, and
+    chunks streamed later were kept for it, never to be sent."""
+    state = MappingState()
+    bus_event_to_items(created(), state)
+    bus_event_to_items(completed("m1", t=2), state)
+    bus_event_to_items(started("m1", t=1), state)
+    assert not state.in_message("scroll-1")
+    (item,) = bus_event_to_items(tool_call("t1", t=3), state)
+    assert "parentObservationId" not in item["body"]
+    bus_event_to_items(started("m2", t=4), state)  # the next message is in progress as usual
+    (child,) = bus_event_to_items(tool_call("t2", t=5), state)
+    assert child["body"]["parentObservationId"] == observation_id("scroll-1", "msg", "m2")
