@@ -249,6 +249,7 @@ _TYPES: Dict[str, Type[BusEvent]] = {
     "connector_status": ConnectorStatus,
 }
 _NAMES: Dict[Type[BusEvent], str] = {cls: name for name, cls in _TYPES.items()}
+KNOWN_TYPES = frozenset(_TYPES)  # the JSON `type`s this version decodes
 _COMMON = ("connector_id", "native_session_id", "scroll_id", "at", "event_id")
 
 

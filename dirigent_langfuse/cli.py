@@ -12,6 +12,7 @@ Exit codes: 0 success; 1 something failed or was dropped; 2 bad usage or configu
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import os
@@ -21,10 +22,10 @@ import threading
 import tempfile
 import time
 from importlib import resources
-from typing import Any, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple
+from typing import Any, Counter, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 from . import __version__
-from .bus import BusEvent, event_from_json
+from .bus import KNOWN_TYPES, BusEvent, UnknownEvent, event_from_json
 from .client import LangfuseClient
 from .config import LangfuseConfig
 from .errors import BusEventError, ConfigError, DirigentLangfuseError, LangfuseStatusError, LangfuseTransportError
@@ -201,9 +202,12 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     progress = _Progress(sys.stderr)
     events = 0
     failed_outcomes = 0
+    unknown: Counter[str] = collections.Counter()  # types this version does not know: skipped, said once
     try:
         for _, event in _read_events(iter(source), errors, show=sys.stderr):
             events += 1
+            if isinstance(event, UnknownEvent):
+                unknown[event.type] += 1
             outcomes = streams.on_event(event)
             failed_outcomes += sum(1 for o in outcomes.values() if o.status is OutcomeStatus.FAILED)
             progress(events, len(errors))
@@ -211,6 +215,10 @@ def cmd_mirror(args: argparse.Namespace) -> int:
         if source is not sys.stdin:
             source.close()
     progress(events, len(errors), final=True)
+    if unknown:
+        print(f"mirror: {sum(unknown.values())} events of types this version does not know were skipped: "
+              + ", ".join(f"{name} {n}" for name, n in unknown.most_common())
+              + f" (known: {', '.join(sorted(KNOWN_TYPES))})", file=sys.stderr)
     outcomes = streams.shutdown(args.timeout)
     bad = bool(errors) or failed_outcomes > 0
     for stream in streams.streams:

@@ -85,6 +85,19 @@ def test_mirror_dry_run_prints_items(tmp_path):
     assert {i["type"] for i in items} >= {"trace-create", "generation-create", "generation-update"}
 
 
+def test_mirror_says_which_event_types_it_skipped_as_unknown(tmp_path):
+    """Events of a type this version does not know are skipped (forward compatible). Before, the
+    run said nothing of it: a file written with the class names as types (`SessionCreated`)
+    mirrored nothing and still said ok."""
+    config = write_config(tmp_path / "streams.toml", "http://127.0.0.1:9")
+    line = '{"type": "%s", "connector_id": "c", "native_session_id": "n", "scroll_id": "s", "at": "2026-01-01T00:00:00Z"}'
+    stdin = "\n".join([line % "SessionCreated", line % "SessionCreated", line % "session_created"]) + "\n"
+    result = run("mirror", "--config", str(config), "--dry-run", "-", stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    assert "2 events of types this version does not know were skipped: SessionCreated 2" in result.stderr
+    assert "known: connector_status, message_completed" in result.stderr
+
+
 def test_mirror_bad_config_exits_2(tmp_path):
     bad = tmp_path / "streams.toml"
     bad.write_text('[[streams]]\nname = "x"\ntype = "langfuse"\n[streams.params]\nhost = "http://x"\npublic_key = "p"\nsecret_key = "s"\nbatch_size = "many"\n')
