@@ -91,6 +91,9 @@ _KEEP_FIRST = ("startTime", "parentObservationId")  # the create's start and par
 # after its end (a replay of events that had raced), re-sends the span as it was.
 _KEPT = ("id", "startTime", "parentObservationId", "name", "type", "endTime", "level", "statusMessage")
 _ENDED_KEPT = 1024  # for that many: a bound, not a table growing with the sessions served
+# Observations ended by updates alone (no create in this process: a race, or a restart) keep all
+# their updates said, input and output too, for a create that comes late; only the last 64.
+_LATE_KEPT = 64
 _TYPES = {"generation-create": "generation", "generation-update": "generation", "span-create": "span", "span-update": "span"}
 
 
@@ -239,6 +242,7 @@ class OtelTransport:
         # What the observations that ended lately began with (start, parent, name), so that a
         # replayed end re-sends their span as it was, not one that starts at its end.
         self._ended: "collections.OrderedDict[str, _Open]" = collections.OrderedDict()
+        self._late: "collections.OrderedDict[str, Dict[str, Any]]" = collections.OrderedDict()
         self._traces: "collections.OrderedDict[str, Dict[str, Any]]" = collections.OrderedDict()
         resource = ",".join([
             _str_kv("service.name", "dirigent"),
@@ -308,14 +312,16 @@ class OtelTransport:
         obs = self._open.get(key)
         if obs is None and key in self._ended:
             began = self._ended[key]  # ended already: a replayed or late end, or a late create
+            late = self._late.pop(key, None)
             if update:
-                obs = _Open(began.kind, trace, merge_into(dict(began.body), body, _KEEP_FIRST), 1, began.late)
-                if began.late is not None:
-                    merge_into(obs.late, body, _KEEP_FIRST)
-            elif began.late is not None:  # its updates came first and ended it: this create completes it
-                obs = _Open(began.kind, trace, merge_into(dict(body), began.late, _KEEP_FIRST), 1)
-            else:
-                obs = _Open(began.kind, trace, merge_into(dict(began.body), body, _KEEP_FIRST), 1)
+                obs = _Open(began.kind, trace, merge_into(dict(began.body), body, _KEEP_FIRST), 1, late)
+                if late is not None:
+                    merge_into(late, body, _KEEP_FIRST)
+            elif late is not None:  # its updates came first and ended it: this create completes it
+                obs = _Open(began.kind, trace, merge_into(dict(body), late, _KEEP_FIRST), 1)
+            else:  # a replayed start: its own start, with the end that is known
+                ended = {f: v for f, v in began.body.items() if f != "startTime"}
+                obs = _Open(began.kind, trace, merge_into(dict(body), ended, _KEEP_FIRST), 1)
             self._open[key] = obs
         elif obs is None:
             obs_type = str(body.get("type") or _TYPES.get(kind, "span")).lower()
@@ -346,12 +352,14 @@ class OtelTransport:
             out.append(self._emit(key, obs))
 
     def _remember(self, key: str, obs: _Open) -> None:
-        late = dict(obs.late) if obs.late is not None else None  # no create yet: keep all for it
-        self._ended[key] = _Open(obs.kind, obs.trace, {f: obs.body[f] for f in _KEPT if obs.body.get(f) is not None}, 0,
-                                 late)
+        self._ended[key] = _Open(obs.kind, obs.trace, {f: obs.body[f] for f in _KEPT if obs.body.get(f) is not None}, 0)
         self._ended.move_to_end(key)
         while len(self._ended) > _ENDED_KEPT:
             self._ended.popitem(last=False)
+        if obs.late is not None:  # no create yet: all its updates said, for a create that comes late
+            self._late[key] = dict(obs.late)
+            while len(self._late) > _LATE_KEPT:
+                self._late.popitem(last=False)
 
     def _fold_trace(self, body: Dict[str, Any], out: List[Record]) -> None:
         scroll = body.get("id")

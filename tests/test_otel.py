@@ -489,3 +489,22 @@ def test_a_start_replayed_after_its_end_re_sends_the_span_as_it_was():
         assert (span["startTimeUnixNano"], span["endTimeUnixNano"]) == ("1795597202000000000", "1795597203000000000")
         assert attr(span, "langfuse.observation.metadata.incomplete") is None
         assert span["name"] == "Run tests"
+
+
+def test_what_is_kept_for_late_starts_is_bounded_and_a_start_past_it_keeps_its_own_time():
+    """Observations ended by updates alone keep all their updates said (output too) for a start
+    that may come late, but only the last 64: after a restart mid-session every open tool call
+    ends that way. A start past the bound still takes its own start time, with the known end."""
+    scroll = "scroll-many"
+    cfg = LangfuseConfig(host=HOST, public_key="pk", secret_key="sk-secret-value")
+    transport = OtelTransport(LangfuseClient(cfg), cfg)
+    state = MappingState()
+    ends = [tool_update(f"t{i}", "completed", scroll, t=100 + i, rawOutput="x" * 1000) for i in range(70)]
+    for event in ends:
+        transport.prepare(bus_event_to_items(event, state))
+    assert len(transport._late) == 64
+    late_start = tool_call("t0", scroll, t=1, title="First")
+    (record,) = transport.prepare(bus_event_to_items(late_start, state))
+    (span,) = json.loads(transport.body([record]))["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    assert span["name"] == "First"
+    assert (span["startTimeUnixNano"], span["endTimeUnixNano"]) == ("1795597201000000000", "1795597300000000000")
