@@ -87,9 +87,10 @@ _quote: Any = getattr(json.encoder, "c_encode_basestring", None) or json.encoder
 
 
 _KEEP_FIRST = ("startTime", "parentObservationId")  # the create's start and parent win
-# Remembered once an observation ended (small fields only): a replayed end, or a replayed start
-# after its end (a replay of events that had raced), re-sends the span as it was.
-_KEPT = ("id", "startTime", "parentObservationId", "name", "type", "endTime", "level", "statusMessage")
+# Remembered once an observation ended (small fields only: not a status message, which may be a
+# whole traceback, and which Langfuse keeps when a re-sent span has none): a replayed end, or a
+# replayed start after its end (a replay of events that had raced), re-sends the span as it was.
+_KEPT = ("id", "startTime", "parentObservationId", "name", "type", "endTime", "level")
 _ENDED_KEPT = 1024  # for that many: a bound, not a table growing with the sessions served
 # Observations ended by updates alone (no create in this process: a race, or a restart) keep all
 # their updates said, input and output too, for a create that comes late; only the last 64.
