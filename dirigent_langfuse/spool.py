@@ -91,6 +91,7 @@ class Spool:
         self.owner = ""
         self._owner_fd: Optional[int] = None
         self._slots = itertools.count()
+        self._release_lock = threading.Lock()
         if self.path == ":memory:" or not self.path.strip():
             raise ConfigError(f"must be a file path (a spool in memory would not survive a crash), got {self.path!r}",
                               stream=stream, key="spool_path")
@@ -114,8 +115,10 @@ class Spool:
         self.owner, self._owner_fd = token, fd
 
     def release(self) -> None:
-        """Give the records left here to the next start (the stream has shut down). Idempotent."""
-        fd, self._owner_fd = self._owner_fd, None
+        """Give the records left here to the next start (the stream has shut down). Idempotent,
+        and safe from two threads at once (the shutdown's, and the worker's last one)."""
+        with self._release_lock:
+            fd, self._owner_fd = self._owner_fd, None
         if fd is not None:
             os.close(fd)
 

@@ -391,6 +391,10 @@ class Worker:
             if last:  # the last thread out counts what is left
                 with self._step():
                     self._finish()
+                if self.spool is not None and self._closing:
+                    # A shutdown that timed out did not release it: what is left is the next
+                    # start's as soon as the worker ends, in this process too (not at its exit).
+                    self.spool.release()
 
     def _allowed(self) -> int:
         """Requests in flight at once: `max_inflight` while healthy, one (a probe) otherwise."""

@@ -397,6 +397,8 @@ def test_events_replayed_during_an_outage_are_counted_once_each_across_a_restart
         first.on_event(event)
     first.flush(1)  # encoded and spooled; Langfuse answers 503
     assert first.shutdown(0.2).status is OutcomeStatus.FAILED
+    for thread in list(first._worker._threads):  # (on a slow machine the worker may end past the deadline)
+        thread.join(30)
     left = first.stats().items_pending
     assert left == 4
     receiver.faults.clear()
@@ -404,3 +406,24 @@ def test_events_replayed_during_an_outage_are_counted_once_each_across_a_restart
     assert second.shutdown(10).status is OutcomeStatus.DELIVERED
     assert second.stats().items_accepted == second.stats().items_delivered == left
     assert receiver.store.envelope_count() == 2  # Langfuse keeps each once
+
+
+def test_a_shutdown_that_timed_out_leaves_its_spool_to_the_next_start_once_its_worker_ends(receiver, tmp_path):
+    """A request still in flight at the deadline: shutdown() answers timed out, and the worker
+    ends a moment later. Before, its owner lock stayed held until the process exited, so a
+    stream started again in the same process (same spool, same name) took nothing."""
+    from dirigent_langfuse.faults import Fault
+
+    spool = str(tmp_path / "spool.db")
+    receiver.faults.add(Fault.slow(5.0, seconds=60))  # longer than the read timeout
+    first = stream(receiver.url, spool_path=spool, flush_interval=0.02, name="svc", read_timeout=0.5, max_retries=0)
+    first.on_event(started("m1", "scroll-late", t=1))
+    first.flush(0.2)  # encoded and spooled; the request hangs
+    outcome = first.shutdown(0.1)
+    assert outcome.status is OutcomeStatus.FAILED and "timed out" in outcome.detail
+    for thread in list(first._worker._threads):
+        thread.join(30)
+    receiver.faults.clear()
+    second = stream(receiver.url, spool_path=spool, flush_interval=0.02, name="svc")
+    assert second.shutdown(10).status is OutcomeStatus.DELIVERED
+    assert second.stats().items_delivered == 1
