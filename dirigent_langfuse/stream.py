@@ -106,12 +106,19 @@ class LangfuseStream(SessionStream):
         self._atexit: Optional[Callable[[], None]] = None
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=weak_hook(self._after_fork))
-        if config.atexit_flush:
-            self._atexit = weak_hook(self._at_exit)
-            atexit.register(self._atexit)
+        # A strong reference until shutdown() unregisters it: a host that drops its stream without
+        # a shutdown() (a script's main() returned) must not lose what was queued without a word.
+        self._atexit = self._at_exit
+        atexit.register(self._atexit)
 
     def _at_exit(self) -> None:
-        self.shutdown(self.config.shutdown_timeout)  # also waits for a shutdown going on on its own thread
+        if self.config.atexit_flush:
+            self.shutdown(self.config.shutdown_timeout)  # also waits for a shutdown going on on its own thread
+            return
+        left, held = self._worker.pending, len(self._pending)
+        if (left or held) and not self._closed:
+            log.warning("stream %r: exiting with %d item(s) not delivered and %d event(s) held for a bind: "
+                        "atexit_flush is off and shutdown() was not called", self.name, left, held)
 
     def _after_fork(self) -> None:
         # Locks held by the parent's threads at fork time would never be released here.

@@ -243,3 +243,34 @@ def test_shutdown_from_a_signal_handler_that_interrupted_the_stream_never_hangs(
     else:
         assert lines[1:] == [], lines
     assert receiver.store.envelope_count() == 4
+
+
+DROPPED = r"""
+import logging, sys
+sys.path.insert(0, sys.argv[1])
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+from tests.helpers import config, created, started, completed, ended
+from dirigent_langfuse import LangfuseStream
+
+def main():
+    stream = LangfuseStream(config(sys.argv[2], atexit_flush=sys.argv[3] == "on", flush_interval=30), name="dropped")
+    for event in (created(), started("m1", t=1), completed("m1", t=2), ended(t=3)):
+        stream.on_event(event)
+
+main()  # returns without shutdown(): the host dropped its stream
+import gc; gc.collect()
+"""
+
+
+@pytest.mark.parametrize("flush", ["on", "off"])
+def test_a_stream_dropped_without_shutdown_still_delivers_at_exit_or_says_what_it_did_not(receiver, flush):
+    """Before, the exit hook held the stream weakly: a script whose main() made a stream, sent
+    events and returned lost them all at exit, without a word."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", DROPPED, str(ROOT), receiver.url, flush], capture_output=True,
+                            text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    if flush == "on":
+        assert receiver.store.envelope_count() == 4
+    else:
+        assert "stream 'dropped': exiting with 4 item(s) not delivered" in result.stderr, result.stderr
