@@ -12,12 +12,11 @@ Promises:
 - `flush` and `shutdown` are timed waits on a condition: they can never hang. The locks are
   re-entrant: a signal handler runs on the main thread between two bytecodes, maybe inside one of
   our critical sections, and may call the stream; `inside()` tells the stream so (see stream.py).
-- Fork safety: a forked child gets fresh
-  locks (`os.register_at_fork`), an empty queue and its own thread on first use. Before a fork,
-  the parent waits (at most `fork_wait`) until no thread of ours is inside a step, and keeps them
-  out until the fork returns: a thread writing a log line at the instant of a fork leaves that
-  handler's stream locked forever in the child (a CPython limitation), and the child's first log
-  line, ours or the host's, would hang on it.
+- Fork safety: a forked child gets fresh locks (`os.register_at_fork`), an empty queue and its
+  own thread on first use. Before a fork, the parent waits (at most `fork_wait`) until no thread
+  of ours is inside a step, and keeps them out until the fork returns: a thread writing a log
+  line at the instant of a fork leaves that handler's stream locked forever in the child (a
+  CPython limitation), and the child's first log line, ours or the host's, would hang on it.
 """
 
 from __future__ import annotations
