@@ -125,6 +125,13 @@ class StreamSet:
     def shutdown(self, timeout: Optional[float] = None) -> Dict[str, StreamOutcome]:
         return self._each("shutdown", timeout)
 
+    def __enter__(self) -> "StreamSet":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """`with StreamSet(...) as streams:` shuts every stream down on the way out."""
+        self.shutdown()
+
     def _each(self, call: str, timeout: Optional[float]) -> Dict[str, StreamOutcome]:
         # The timeout bounds the whole set, not each stream.
         deadline = None if timeout is None else time.monotonic() + seconds(timeout, 0.0)

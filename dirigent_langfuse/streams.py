@@ -186,6 +186,7 @@ class SessionStream(abc.ABC):
       event or an unreachable backend; it answers with a `StreamOutcome`.
     - `flush(timeout)` and `shutdown(timeout)` return within `timeout` (or a configured bound when
       None) and say whether everything reached the backend.
+    - `with stream:` shuts it down on the way out.
     """
 
     name: str
@@ -204,6 +205,14 @@ class SessionStream(abc.ABC):
 
     @abc.abstractmethod
     def stats(self) -> StreamStats: ...
+
+    def __enter__(self) -> "SessionStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        """`with stream:` shuts it down on the way out (its default timeout), also after an
+        exception, which goes on (the shutdown never raises)."""
+        self.shutdown()
 
 
 def __getattr__(name: str) -> Any:

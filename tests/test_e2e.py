@@ -427,3 +427,17 @@ def test_a_shutdown_that_timed_out_leaves_its_spool_to_the_next_start_once_its_w
     second = stream(receiver.url, spool_path=spool, flush_interval=0.02, name="svc")
     assert second.shutdown(10).status is OutcomeStatus.DELIVERED
     assert second.stats().items_delivered == 1
+
+
+def test_with_shuts_a_stream_and_a_stream_set_down_also_after_an_exception(receiver):
+    from dirigent_langfuse import StreamSet
+
+    with stream(receiver.url, flush_interval=30) as s:
+        s.on_event(started("m1", "scroll-with", t=1))
+    assert s.stats().items_delivered == 1 and s.on_event(started("m2", "scroll-with")).error is not None
+    other = stream(receiver.url, flush_interval=30)
+    with pytest.raises(KeyError):
+        with StreamSet([other]) as streams:
+            streams.on_event(started("m3", "scroll-with", t=3))
+            raise KeyError("the host's own error goes on")
+    assert other.stats().items_delivered == 1
