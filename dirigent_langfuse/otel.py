@@ -31,7 +31,7 @@ import logging
 import re
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import __version__
@@ -126,6 +126,12 @@ def session_span_id(scroll_id: str) -> str:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# OTLP times are 64-bit nanoseconds since 1970, which most readers (Langfuse's receiver among them)
+# take as signed: 1970 to 2262. A host's time outside (a clock or a parser gone wrong: datetime.min,
+# year 9999) is clamped into that range; otherwise the whole request it is in would be refused, and
+# every other span with it.
+_MAX_NANOS = 2**63 - 1
+_LAST = _EPOCH + timedelta(seconds=_MAX_NANOS // 1_000_000_000 - 1)
 
 
 def _nanos(iso: Optional[str]) -> Optional[str]:
@@ -146,7 +152,8 @@ def _nanos(iso: Optional[str]) -> Optional[str]:
     if at.tzinfo is None:
         at = at.replace(tzinfo=timezone.utc)
     delta = at - _EPOCH
-    return str((delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000)
+    nanos = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    return str(min(max(nanos, 0), _MAX_NANOS))  # a time OTLP cannot carry would refuse the whole request
 
 
 @functools.lru_cache(maxsize=1024)
@@ -157,7 +164,7 @@ def _unix_seconds(second: str) -> Optional[str]:
         at = datetime.fromisoformat(second + "+00:00")
     except ValueError:
         return None
-    if second[10] != "T" or at <= _EPOCH:
+    if second[10] != "T" or at <= _EPOCH or at >= _LAST:
         return None
     delta = at - _EPOCH
     return str(delta.days * 86_400 + delta.seconds)

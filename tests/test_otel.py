@@ -508,3 +508,24 @@ def test_what_is_kept_for_late_starts_is_bounded_and_a_start_past_it_keeps_its_o
     (span,) = json.loads(transport.body([record]))["resourceSpans"][0]["scopeSpans"][0]["spans"]
     assert span["name"] == "First"
     assert (span["startTimeUnixNano"], span["endTimeUnixNano"]) == ("1795597201000000000", "1795597300000000000")
+
+
+@pytest.mark.parametrize("year", [1, 1969, 2300, 9999])
+def test_a_time_otlp_cannot_carry_is_clamped_so_the_request_is_not_refused(receiver, year):
+    """A host whose clock or parser went wrong (datetime.min, year 9999). Before, the span's
+    nanoseconds fell outside a signed 64-bit integer (or below zero), and Langfuse refused the
+    whole request: every other span in it was dropped with it."""
+    from datetime import datetime, timezone
+
+    from dirigent_langfuse import MessageCompleted, MessageStarted
+
+    from .helpers import common, config
+
+    stream = LangfuseStream(config(receiver.url, transport="otel", flush_interval=30), name="t")
+    for event in (started("m1", "scroll-good", t=1), completed("m1", "scroll-good", t=2)):
+        stream.on_event(event)
+    odd = dict(common("scroll-odd"), at=datetime(year, 6, 1, tzinfo=timezone.utc))
+    stream.on_event(MessageStarted(**odd, message_id="mx"))
+    stream.on_event(MessageCompleted(**odd, message_id="mx"))
+    assert stream.shutdown(10).status is OutcomeStatus.DELIVERED
+    assert len([o for o in receiver.store.observations() if o["type"] == "GENERATION"]) == 2
