@@ -16,7 +16,8 @@ Promises:
   processes sharing a spool never send each other's records, and a gunicorn `--preload` worker
   killed with `kill -9` has its records re-sent by the worker that replaces it. Without `fcntl`
   (Windows) there are no owners: a stream takes every record of its name found at start.
-- SQLite in WAL mode, one short-lived connection per thread; a spool that cannot be written is
+- SQLite in WAL mode, one connection per worker thread, all closed when the stream releases the
+  spool (none stays open on the caller's thread); a spool that cannot be written is
   logged once and delivery goes on without it (the spool never stops the stream).
 """
 
@@ -95,11 +96,15 @@ class Spool:
         if self.path == ":memory:" or not self.path.strip():
             raise ConfigError(f"must be a file path (a spool in memory would not survive a crash), got {self.path!r}",
                               stream=stream, key="spool_path")
+        self._conns: List[sqlite3.Connection] = []  # every thread's, closed by release()
+        self._generation = 0
         try:
             self._db()  # fail early, on the caller's thread, for a path that cannot be opened
             self._take_owner()
         except (sqlite3.Error, OSError) as exc:
+            self._close_all()
             raise ConfigError(f"cannot be opened as a spool: {self.path} ({exc})", stream=stream, key="spool_path") from None
+        self._close_all()  # the worker's threads open their own: none stays open on the caller's
 
     def _owners(self) -> str:
         return self.path + ".owners"
@@ -121,15 +126,29 @@ class Spool:
             fd, self._owner_fd = self._owner_fd, None
         if fd is not None:
             os.close(fd)
+        self._close_all()
+
+    def _close_all(self) -> None:
+        """Close the connections the threads opened (the threads are done with them)."""
+        with self._release_lock:
+            conns, self._conns = self._conns, []
+            self._generation += 1  # a thread that comes back opens a new one
+        for db in conns:
+            try:
+                db.close()
+            except sqlite3.Error:
+                pass
 
     def __repr__(self) -> str:
         return f"Spool({self.path!r}, stream={self.stream!r})"
 
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None or self._pid != os.getpid():
+        db, generation = getattr(self._local, "db", (None, -1))
+        if db is None or self._pid != os.getpid() or generation != self._generation:
             self._pid = os.getpid()
             db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
+            with self._release_lock:
+                self._conns.append(db)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
@@ -139,7 +158,7 @@ class Spool:
                 except sqlite3.OperationalError:  # another process added it first
                     if not _has_owners(db):
                         raise
-            self._local.db = db
+            self._local.db = (db, self._generation)
         return db
 
     def _write(self, what: str, sql: str, rows: Sequence[Tuple]) -> None:

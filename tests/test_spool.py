@@ -177,3 +177,30 @@ def test_rows_written_before_slots_load_with_their_key(tmp_path):
     assert (record.key, record.weight) == ("old", 3)
     spool.remove([record])
     assert spool.count() == 0
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to list open files")
+def test_a_stream_that_shut_down_keeps_no_connection_to_its_spool_open(tmp_path, receiver):
+    """Before, every thread that used the spool kept a SQLite connection open until it was
+    collected (Python 3.13 warns: "unclosed database"), the caller's thread for the stream's life."""
+    from dirigent_langfuse import LangfuseStream
+
+    from .helpers import config, started
+
+    path = str(tmp_path / "spool.db")
+
+    def open_on_spool() -> list:
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(path):
+                found.append(target)
+        return found
+
+    stream = LangfuseStream(config(receiver.url, spool_path=path, flush_interval=0.02), name="svc")
+    stream.on_event(started("m1", "scroll-fd", t=1))
+    assert stream.shutdown(10).ok
+    assert open_on_spool() == []
