@@ -149,7 +149,7 @@ def _ca_bundle(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> 
 
 
 def _fraction(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    if not _number(value) or not 0 <= value <= 1:
         raise ConfigError(f"must be a number from 0 to 1, got {value!r}", key=attribute.name)
 
 

@@ -369,6 +369,7 @@ def _usage_details(event: MessageCompleted) -> Optional[Dict[str, int]]:
 def _message_completed(event: MessageCompleted, scroll_id: str, state: Optional[MappingState]) -> List[Item]:
     obs = observation_id(scroll_id, "msg", event.message_id)
     streamed: Dict[str, str] = {}
+    entry: Optional[_Scroll] = None
     if state is not None:
         entry = state.scroll(scroll_id)
         if entry.message == obs:
@@ -379,8 +380,8 @@ def _message_completed(event: MessageCompleted, scroll_id: str, state: Optional[
     output = own(event.output)
     if output is None:
         output = streamed.get("output") or None  # the host sent the answer only as chunks
-    if output is not None and state is not None:
-        state.scroll(scroll_id).output = output
+    if output is not None and entry is not None:
+        entry.output = output
     metadata = {"stop_reason": event.stop_reason} if event.stop_reason else {}
     if streamed.get("thought"):
         metadata["thought"] = streamed["thought"]

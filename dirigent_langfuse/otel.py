@@ -17,8 +17,8 @@ updates into it, and emits a span when its observation ends. What a user sees in
   `langfuse.observation.metadata.incomplete = "true"`: never silently lost.
 
 Span and trace ids derive from the observation ids, so a replay re-sends the same spans; an end
-replayed alone too, since the start, parent and name of the last 1,024 observations that ended are
-remembered.
+(or a start) replayed alone too, since the start, parent, name, end and level of the last 1,024
+observations that ended are remembered.
 """
 
 from __future__ import annotations
@@ -247,8 +247,9 @@ class OtelTransport:
         self._clock = clock
         self._open: "collections.OrderedDict[str, _Open]" = collections.OrderedDict()
         self._partial: List[str] = []  # this batch's observations ended by updates alone
-        # What the observations that ended lately began with (start, parent, name), so that a
-        # replayed end re-sends their span as it was, not one that starts at its end.
+        # The small fields (_KEPT) of the observations that ended lately, so that a replayed end
+        # re-sends their span as it was, not one that starts at its end; and (_LATE_KEPT) all that
+        # the updates said of those ended by updates alone, for a create that comes late.
         self._ended: "collections.OrderedDict[str, _Open]" = collections.OrderedDict()
         self._late: "collections.OrderedDict[str, Dict[str, Any]]" = collections.OrderedDict()
         self._traces: "collections.OrderedDict[str, Dict[str, Any]]" = collections.OrderedDict()
@@ -281,15 +282,13 @@ class OtelTransport:
 
     def prepare(self, items: Sequence[Dict[str, Any]]) -> List[Record]:
         out: List[Record] = []
-        self._partial: List[str] = []
+        self._partial = []
         for item in items:
             self._fold(item, out)
         for key in self._partial:  # ended by updates alone, and no create came in this batch either
             obs = self._open.get(key)
             if obs is not None and obs.late is not None and obs.body.get("endTime"):
-                del self._open[key]
-                self._remember(key, obs)
-                out.append(self._emit(key, obs))
+                self._close(key, obs, out)
         while len(self._open) > self.max_open:
             key, obs = self._open.popitem(last=False)
             out.append(self._emit(key, obs, incomplete="evicted: too many observations open at once"))
@@ -355,9 +354,13 @@ class OtelTransport:
                 # raced, the end was mapped first). It waits for the batch's end, where it goes as it is.
                 self._partial.append(key)
                 return
-            del self._open[key]
-            self._remember(key, obs)
-            out.append(self._emit(key, obs))
+            self._close(key, obs, out)
+
+    def _close(self, key: str, obs: _Open, out: List[Record]) -> None:
+        """An observation ended: out of the open table, remembered, and emitted as its span."""
+        del self._open[key]
+        self._remember(key, obs)
+        out.append(self._emit(key, obs))
 
     def _remember(self, key: str, obs: _Open) -> None:
         self._ended[key] = _Open(obs.kind, obs.trace, {f: obs.body[f] for f in _KEPT if obs.body.get(f) is not None}, 0)
@@ -403,9 +406,7 @@ class OtelTransport:
             for field in ("input", "output"):  # the session's first input and last answer
                 if body.get(field) is not None:
                     root.body[field] = body[field]
-            del self._open[root_key]
-            self._remember(root_key, root)
-            out.append(self._emit(root_key, root))
+            self._close(root_key, root, out)
             # The session is over: its spans so far carried the trace's attributes; forget them.
             self._traces.pop(scroll, None)
 
@@ -542,6 +543,7 @@ class OtelTransport:
         self._open.clear()
         self._traces.clear()
         self._ended.clear()
+        self._late.clear()
 
 
 def major_version(version: Optional[str]) -> Optional[int]:

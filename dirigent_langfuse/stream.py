@@ -103,13 +103,11 @@ class LangfuseStream(SessionStream):
         self.events_sampled_out = 0
         self.events_held = 0
         self.events_failed = 0
-        self._atexit: Optional[Callable[[], None]] = None
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=weak_hook(self._after_fork))
         # A strong reference until shutdown() unregisters it: a host that drops its stream without
         # a shutdown() (a script's main() returned) must not lose what was queued without a word.
-        self._atexit = self._at_exit
-        atexit.register(self._atexit)
+        atexit.register(self._at_exit)
 
     def _at_exit(self) -> None:
         if self.config.atexit_flush:
@@ -249,9 +247,9 @@ class LangfuseStream(SessionStream):
             self._finisher.start()
             return StreamOutcome.failed(
                 StreamError.TRANSPORT,
-                f"shutdown was called from inside the stream (a signal handler, a mask, a log handler?), where it "
-                f"cannot wait: it goes on on "
-                f"a thread of its own for at most {timeout:g} s; a later shutdown() and the exit wait for it",
+                "shutdown was called from inside the stream (a signal handler, a mask, a log handler?), where it "
+                f"cannot wait: it goes on on a thread of its own for at most {timeout:g} s; a later shutdown() and "
+                "the exit wait for it",
             )
         return self._shutdown(timeout)
 
@@ -264,8 +262,7 @@ class LangfuseStream(SessionStream):
         if unbound and outcome.ok:
             outcome = StreamOutcome.failed(StreamError.TRANSPORT, f"shutdown: {unbound} event(s) never bound to a scroll")
         self._final = outcome
-        if self._atexit is not None:
-            atexit.unregister(self._atexit)
+        atexit.unregister(self._at_exit)
         return outcome
 
     # -- observing --------------------------------------------------------------------------------

@@ -345,8 +345,6 @@ class Worker:
             timed_out = any(t.is_alive() for t in self._threads)
             dropped = self._drops_since({})  # the whole life: the last word on what was accepted
             ok = self.pending == 0 and not dropped and not timed_out
-            if self.spool is not None and not timed_out:
-                self.spool.release()  # what is left in it is the next start's
             return FlushResult(ok, timed_out, self.pending, None if ok else self.last_error, dropped)
 
     # -- worker side ------------------------------------------------------------------------------
@@ -389,12 +387,14 @@ class Worker:
                     self._main_looping = False
                 last = self._alive <= 0
             if last:  # the last thread out counts what is left
-                with self._step():
-                    self._finish()
-                if self.spool is not None and self._closing:
-                    # A shutdown that timed out did not release it: what is left is the next
-                    # start's as soon as the worker ends, in this process too (not at its exit).
-                    self.spool.release()
+                try:
+                    with self._step():
+                        self._finish()
+                finally:
+                    if self.spool is not None and self._closing:
+                        # What is left is the next start's as soon as the worker ends, in this
+                        # process too (also when the shutdown timed out before that).
+                        self.spool.release()
 
     def _allowed(self) -> int:
         """Requests in flight at once: `max_inflight` while healthy, one (a probe) otherwise."""
