@@ -24,6 +24,7 @@ __all__ = ["StreamFactory", "StreamFactoryRegistry", "StreamSet", "ENTRY_POINT_G
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "dirigent.streams"
+_GRACE = 1.0  # seconds past a flush's or shutdown's timeout that StreamSet waits for the answers
 
 
 class StreamFactory(abc.ABC):
@@ -133,14 +134,61 @@ class StreamSet:
         self.shutdown()
 
     def _each(self, call: str, timeout: Optional[float]) -> Dict[str, StreamOutcome]:
-        # The timeout bounds the whole set, not each stream.
-        deadline = None if timeout is None else time.monotonic() + seconds(timeout, 0.0)
+        """`call` on every stream at once, each on a thread of its own, all with the same timeout:
+        one stream whose backend hangs must not spend the time the others need to deliver. The
+        wait is bounded by the timeout (and a second's grace for the answers); a stream that has
+        not answered by then is FAILED and its call goes on on its thread. With no timeout, each
+        stream's own default bounds its call.
+
+        Where the calling thread is inside one of the streams (`busy_here`: a signal handler
+        interrupted it), a call on another thread would wait for this one: then every call is made
+        here, one after another, with one deadline, and such a stream answers at once."""
+        timeout = None if timeout is None else seconds(timeout, 0.0)
+        if len(self.streams) < 2 or self._busy_here():
+            return self._one_by_one(call, timeout)
+        answers: Dict[int, StreamOutcome] = {}
+        threads = []
+        for index, stream in enumerate(self.streams):
+            thread = threading.Thread(target=self._answer, args=(index, call, timeout, answers),
+                                      name=f"dirigent-streamset[{stream.name}]:{call}", daemon=True)
+            thread.start()
+            threads.append(thread)
+        deadline = None if timeout is None else time.monotonic() + timeout + _GRACE
+        for thread in threads:
+            left = None if deadline is None else min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
+            thread.join(left)
+        # one key per thread, each written once: no lock, which a late thread could hold
+        return {s.name: answers.get(i) or self._late(s, call, timeout) for i, s in enumerate(self.streams)}
+
+    def _answer(self, index: int, call: str, timeout: Optional[float], answers: Dict[int, StreamOutcome]) -> None:
+        answers[index] = self._guard(self.streams[index], call, timeout)
+
+    def _busy_here(self) -> bool:
+        if self._lock._is_owned():  # type: ignore[attr-defined]  # interrupted in _guard
+            return True
+        for stream in self.streams:
+            check = getattr(stream, "busy_here", None)  # a duck-typed stream may not have it
+            try:
+                if check is not None and check():
+                    return True
+            except Exception:  # cannot tell: the calls that are safe anywhere
+                log.exception("stream %r raised in busy_here", stream.name)
+                return True
+        return False
+
+    @staticmethod
+    def _late(stream: SessionStream, call: str, timeout: Optional[float]) -> StreamOutcome:
+        log.warning("stream %r did not answer %s within its timeout (%s s); it goes on on its own thread",
+                    stream.name, call, timeout)
+        return StreamOutcome.failed(StreamError.TRANSPORT, f"{call} did not answer within {timeout} s")
+
+    def _one_by_one(self, call: str, timeout: Optional[float]) -> Dict[str, StreamOutcome]:
+        deadline = None if timeout is None else time.monotonic() + timeout
         out = {}
         for stream in self.streams:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             out[stream.name] = self._guard(stream, call, left)
         return out
-
 
 
 def all_ok(outcomes: Dict[str, StreamOutcome]) -> bool:

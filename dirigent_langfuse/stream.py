@@ -46,6 +46,52 @@ _TEXT_KEPT = StreamOutcome.accepted("text kept for the message's output")
 _DISABLED = StreamOutcome.skipped("tracing is disabled (tracing_enabled = false)")
 
 
+class _Exits:
+    """The streams not shut down yet, and the one exit hook that shuts them down together.
+
+    Held strongly until `shutdown()`: a host that drops its stream without one (a script's
+    `main()` returned) must not lose what was queued without a word. At exit each stream's hook
+    runs on a thread of its own, all at once, so N streams whose backend hangs cost one
+    `shutdown_timeout`, not N."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()  # re-entrant: a signal handler may shut a stream down in add()
+        self._streams: Dict[int, "LangfuseStream"] = {}
+        self._hooked = False
+
+    def add(self, stream: "LangfuseStream") -> None:
+        with self._lock:
+            self._streams[id(stream)] = stream
+            if not self._hooked:
+                atexit.register(self.run)
+                self._hooked = True
+
+    def remove(self, stream: "LangfuseStream") -> None:
+        with self._lock:
+            self._streams.pop(id(stream), None)
+
+    def run(self) -> None:
+        with self._lock:
+            streams = list(self._streams.values())
+        if len(streams) == 1:
+            streams[0]._at_exit()
+            return
+        threads = [threading.Thread(target=s._at_exit, name=f"dirigent-langfuse[{s.name}]:exit", daemon=True)
+                   for s in streams]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()  # each bounded by its stream's shutdown_timeout
+
+    def reset_after_fork(self) -> None:
+        self._lock = threading.RLock()
+
+
+_exits = _Exits()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_exits.reset_after_fork)
+
+
 def make_transport(config: LangfuseConfig, client: LangfuseClient, masker: Optional[Masker] = None) -> Any:
     """The transport `config.transport` names; "auto" decides on the worker thread, once."""
     if config.transport == "ingestion":
@@ -105,9 +151,7 @@ class LangfuseStream(SessionStream):
         self.events_failed = 0
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=weak_hook(self._after_fork))
-        # A strong reference until shutdown() unregisters it: a host that drops its stream without
-        # a shutdown() (a script's main() returned) must not lose what was queued without a word.
-        atexit.register(self._at_exit)
+        _exits.add(self)
 
     def _at_exit(self) -> None:
         if self.config.atexit_flush:
@@ -117,6 +161,12 @@ class LangfuseStream(SessionStream):
         if (left or held) and not self._closed:
             log.warning("stream %r: exiting with %d item(s) not delivered and %d event(s) held for a bind: "
                         "atexit_flush is off and shutdown() was not called", self.name, left, held)
+
+    def busy_here(self) -> bool:
+        """True when this thread holds one of the stream's locks (a signal handler interrupted
+        the stream on it) or is one of the stream's own threads (a `mask` or a log handler)."""
+        locks = (self._lock, self._pending._lock, self._state.lock)  # and the worker's, in inside()
+        return self._worker.inside() or any(lock._is_owned() for lock in locks)  # type: ignore[attr-defined]
 
     def _after_fork(self) -> None:
         # Locks held by the parent's threads at fork time would never be released here.
@@ -262,7 +312,7 @@ class LangfuseStream(SessionStream):
         if unbound and outcome.ok:
             outcome = StreamOutcome.failed(StreamError.TRANSPORT, f"shutdown: {unbound} event(s) never bound to a scroll")
         self._final = outcome
-        atexit.unregister(self._at_exit)
+        _exits.remove(self)
         return outcome
 
     # -- observing --------------------------------------------------------------------------------

@@ -185,7 +185,7 @@ class SessionStream(abc.ABC):
     - `on_event` returns within a bounded time, does no network I/O and never raises for a bad
       event or an unreachable backend; it answers with a `StreamOutcome`.
     - `flush(timeout)` and `shutdown(timeout)` return within `timeout` (or a configured bound when
-      None) and say whether everything reached the backend.
+      None), from any thread, and say whether everything reached the backend.
     - `with stream:` shuts it down on the way out.
     """
 
@@ -205,6 +205,14 @@ class SessionStream(abc.ABC):
 
     @abc.abstractmethod
     def stats(self) -> StreamStats: ...
+
+    def busy_here(self) -> bool:
+        """True when the calling thread is inside this stream: a signal handler interrupted one
+        of its calls, or the stream called back into the host from a thread of its own. A flush
+        or shutdown made for it on another thread would then wait for this one, so `StreamSet`
+        makes its calls here instead. A stream that takes no locks on the host's thread keeps
+        this default."""
+        return False
 
     def __enter__(self) -> "SessionStream":
         return self

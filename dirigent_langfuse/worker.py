@@ -50,8 +50,8 @@ def yield_gil() -> None:
 
 def weak_hook(method: Callable[[], None]) -> Callable[[], None]:
     """`method` as a fork hook that does not keep its object alive (fork hooks cannot be
-    unregistered): once the object is gone, the hook does nothing. (The exit hook is strong, and
-    unregistered by shutdown(): see stream.py.)"""
+    unregistered): once the object is gone, the hook does nothing. (The exit holds its streams
+    until shutdown(): see `_Exits` in stream.py.)"""
     ref = weakref.WeakMethod(method)
 
     def hook() -> None:

@@ -182,6 +182,45 @@ def test_exit_is_bounded_when_langfuse_hangs(receiver):
     assert result.returncode == 0, result.stderr
 
 
+EXITS = r"""
+import logging, sys, threading
+sys.path.insert(0, sys.argv[1])
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+from tests.helpers import config, created, started, completed, ended
+from dirigent_langfuse import LangfuseStream
+
+gate = threading.Event()
+
+def waits(data):  # stream a's backend hangs until stream b sends
+    gate.wait(20)
+    return data
+
+def opens(data):
+    gate.set()
+    return data
+
+streams = [LangfuseStream(config(sys.argv[2], atexit_flush=True, flush_interval=30, shutdown_timeout=5), name=name,
+                          mask=mask) for name, mask in (("b", opens), ("a", waits))]
+for stream in streams:
+    scroll = "scroll-" + stream.name
+    for event in (created(scroll), started("m1", scroll, t=1), completed("m1", scroll, t=2), ended(scroll, t=3)):
+        stream.on_event(event)
+# no shutdown(): the exit shuts both down (before, one after the other: a's first, the last made)
+"""
+
+
+def test_the_exit_shuts_every_stream_down_at_once(receiver):
+    """Before, each stream had an exit hook of its own, run one after another: N streams whose
+    backend hangs held the exit for N × shutdown_timeout, and a stream whose delivery waited on
+    another's (here a's backend answers once b has sent) timed out. Now they shut down together."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", EXITS, str(ROOT), receiver.url], capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "not delivered" not in result.stderr, result.stderr
+    assert receiver.store.envelope_count() == 8
+
+
 def test_check_against_v4_uses_the_otel_endpoint(tmp_path, receiver_v4):
     good = run("check", "--config", str(write_config(tmp_path / "good.toml", receiver_v4.url)))
     assert good.returncode == 0 and "Langfuse 4.2.0" in good.stdout and "transport otel" in good.stdout

@@ -1,4 +1,5 @@
 import logging
+import threading
 
 import pytest
 
@@ -118,3 +119,117 @@ def test_stream_set_fans_out_by_scope_and_isolates_failures(caplog):
     assert all(o.ok for o in streams.flush(1).values())
     streams.shutdown(1)
     assert a.closed == b.closed == 1
+
+
+class Waiting(Recording):
+    """Its backend hangs: shutdown waits its whole timeout, unless `released` is set meanwhile."""
+
+    def __init__(self, name, released):
+        super().__init__(name)
+        self.released = released
+        self.timeouts = []
+
+    def shutdown(self, timeout=None):
+        self.timeouts.append(timeout)
+        if self.released.wait(timeout):
+            return StreamOutcome.delivered()
+        return StreamOutcome.failed(StreamError.TRANSPORT, "timed out")
+
+
+class Releasing(Recording):
+    def __init__(self, name, release):
+        super().__init__(name)
+        self.release = release
+        self.timeouts = []
+
+    def shutdown(self, timeout=None):
+        self.timeouts.append(timeout)
+        self.release.set()
+        return StreamOutcome.delivered() if timeout else StreamOutcome.failed(StreamError.TRANSPORT, "no time left")
+
+
+def test_a_stream_set_shuts_its_streams_down_at_once_so_a_hanging_one_costs_the_others_nothing():
+    """Before, the set shut its streams down one after another with one deadline: a first stream
+    whose backend hung spent all of it, and the next got no time at all to deliver (its items
+    dropped although its backend was fine). Now every stream gets the whole timeout, at once."""
+    release = threading.Event()
+    hanging, healthy = Waiting("hanging", release), Releasing("healthy", release)
+    outcomes = StreamSet([hanging, healthy]).shutdown(5)
+    assert healthy.timeouts == [5.0] and hanging.timeouts == [5.0]
+    assert outcomes["healthy"].ok and outcomes["hanging"].ok  # released while it waited: both ran at once
+
+
+def test_a_stream_set_answers_for_a_stream_that_does_not_answer_and_goes_on(caplog):
+    never = threading.Event()
+    stuck, other = Waiting("stuck", never), Recording("other")
+    stuck.shutdown = lambda timeout=None: never.wait() or StreamOutcome.delivered()  # ignores its timeout
+    with caplog.at_level(logging.WARNING):
+        outcomes = StreamSet([stuck, other]).shutdown(0)
+    never.set()
+    assert outcomes["other"].ok and other.closed == 1
+    assert outcomes["stuck"].error is StreamError.TRANSPORT and "did not answer" in outcomes["stuck"].detail
+    assert "'stuck' did not answer shutdown" in caplog.text
+
+
+class Inside(Recording):
+    def __init__(self, name):
+        super().__init__(name)
+        self.threads = []
+
+    def busy_here(self):
+        return True
+
+    def shutdown(self, timeout=None):
+        self.threads.append(threading.current_thread())
+        return StreamOutcome.delivered()
+
+
+def test_a_stream_set_makes_its_calls_on_the_callers_thread_when_that_thread_is_inside_a_stream():
+    """From a signal handler that interrupted a stream on this thread, a call on another thread
+    would wait for this one; the set calls every stream here instead (each answers at once)."""
+    inside, other = Inside("inside"), Inside("other")
+    other.busy_here = lambda: False
+    StreamSet([other, inside]).shutdown(1)
+    assert inside.threads == other.threads == [threading.current_thread()]
+    plain = Inside("plain")
+    plain.busy_here = lambda: False
+    StreamSet([plain, Recording("x")]).shutdown(1)
+    assert plain.threads[0] is not threading.current_thread()
+
+
+def test_a_langfuse_stream_is_busy_here_while_this_thread_holds_one_of_its_locks():
+    (spec,) = load_stream_specs('[[streams]]\nname = "lf"\ntype = "langfuse"\n[streams.params]\n'
+                                'host = "http://127.0.0.1:9"\npublic_key = "p"\nsecret_key = "s"\natexit_flush = false\n')
+    stream = LangfuseFactory().create(spec)
+    try:
+        assert not stream.busy_here()
+        for lock in (stream._lock, stream._pending._lock, stream._state.lock, stream._worker._lock):
+            with lock:
+                assert stream.busy_here()
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(stream.busy_here()))
+        with stream._lock:  # held by this thread, not by that one
+            thread.start()
+            thread.join()
+        assert seen == [False]
+    finally:
+        stream.shutdown(1)
+
+
+def test_a_stream_set_shutdown_from_inside_a_langfuse_stream_never_hangs():
+    """The interrupted frame holds the stream's lock on this thread (as a signal handler's call
+    finds it); a shutdown made for that stream on another thread would wait for it for ever."""
+    (spec,) = load_stream_specs('[[streams]]\nname = "lf"\ntype = "langfuse"\n[streams.params]\n'
+                                'host = "http://127.0.0.1:9"\npublic_key = "p"\nsecret_key = "s"\natexit_flush = false\n')
+    stream, other = LangfuseFactory().create(spec), Recording("other")
+    answers = []
+
+    def handler():
+        with stream._lock:
+            answers.append(StreamSet([stream, other]).shutdown())
+
+    thread = threading.Thread(target=handler, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the set's shutdown waited for a lock its own thread held"
+    assert set(answers[0]) == {"lf", "other"} and other.closed == 1
