@@ -96,6 +96,25 @@ class LangfuseRetry(Retry):
         return float(min(max(seconds, 0.0), self.max_retry_after))
 
 
+class _OwnRetryLines(logging.Filter):
+    """urllib3 logs a WARNING for every retry of a broken connection ("Retrying (...) after
+    connection broken by ..."): three per request while Langfuse is down, which the worker's
+    one throttled WARNING a minute is there to avoid. For our own requests (their `Retry` is a
+    `LangfuseRetry`) the line goes to our logger at DEBUG instead. Other libraries' urllib3 lines
+    are left as they are: some hosts alert on them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and args and isinstance(args[0], LangfuseRetry):
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("urllib3: %s", record.getMessage())
+            return False
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_OwnRetryLines())
+
+
 def make_retry(config: LangfuseConfig) -> LangfuseRetry:
     kwargs: Dict[str, Any] = dict(
         total=config.max_retries,

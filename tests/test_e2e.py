@@ -441,3 +441,36 @@ def test_with_shuts_a_stream_and_a_stream_set_down_also_after_an_exception(recei
             streams.on_event(started("m3", "scroll-with", t=3))
             raise KeyError("the host's own error goes on")
     assert other.stats().items_delivered == 1
+
+
+def test_urllib3_says_nothing_at_warning_for_each_retry_of_our_requests_while_langfuse_is_down(caplog):
+    """urllib3 logs a WARNING for every retry of a broken connection: three per request while
+    Langfuse was down, against the one throttled WARNING a minute that delivery.md promises. Ours
+    go to our logger at DEBUG now; another library's requests keep urllib3's line."""
+    import logging
+    import socket
+
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"  # closed once the block ends: connections refused
+    caplog.set_level(logging.DEBUG)
+    down = stream(url, backoff_base=0.0, max_retries=3)
+    try:
+        down.on_event(started("m1"))
+        assert not down.flush(5).ok
+    finally:
+        down.shutdown(0)
+    ours = [r for r in caplog.records if r.name == "urllib3.connectionpool" and r.levelno >= logging.WARNING]
+    assert ours == [], [r.getMessage() for r in ours]
+    assert any(r.name == "dirigent_langfuse.client" and "Retrying" in r.getMessage() for r in caplog.records)
+    assert any(r.name == "dirigent_langfuse.worker" and r.levelno == logging.WARNING for r in caplog.records)
+    caplog.clear()
+    other = requests.Session()
+    other.mount("http://", HTTPAdapter(max_retries=Retry(total=1, backoff_factor=0)))
+    with pytest.raises(requests.ConnectionError):
+        other.post(url + "/elsewhere", timeout=2)
+    assert any(r.name == "urllib3.connectionpool" and r.levelno == logging.WARNING for r in caplog.records)
