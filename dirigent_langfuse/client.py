@@ -219,7 +219,10 @@ class LangfuseClient:
     """Sends ingestion batches and OTLP exports to one Langfuse project.
 
     Safe to share between threads (requests' Session is, for this use); the stream uses one
-    client from its worker thread only.
+    client from its worker's threads, up to `max_inflight` requests at once, and the pool keeps a
+    connection for each (one more for a health check): a smaller pool would close the extra
+    connections after every request (a new TCP and TLS handshake each time) with a urllib3
+    WARNING each.
     """
 
     def __init__(self, config: LangfuseConfig, session: Optional[requests.Session] = None) -> None:
@@ -227,7 +230,8 @@ class LangfuseClient:
         self.session = self._setup(session or requests.Session())
 
     def _setup(self, session: requests.Session) -> requests.Session:
-        adapter = HTTPAdapter(max_retries=make_retry(self.config), pool_connections=1, pool_maxsize=2)
+        adapter = HTTPAdapter(max_retries=make_retry(self.config), pool_connections=1,
+                              pool_maxsize=self.config.max_inflight + 1)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.auth = (self.config.public_key, self.config.secret_key)

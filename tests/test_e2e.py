@@ -474,3 +474,22 @@ def test_urllib3_says_nothing_at_warning_for_each_retry_of_our_requests_while_la
     with pytest.raises(requests.ConnectionError):
         other.post(url + "/elsewhere", timeout=2)
     assert any(r.name == "urllib3.connectionpool" and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_every_request_in_flight_keeps_its_connection(receiver, caplog):
+    """The pool kept two connections whatever `max_inflight` said: with more requests in flight,
+    urllib3 closed the extra connections after each request (a new TCP and TLS handshake every
+    time) and logged 'Connection pool is full, discarding connection' for each."""
+    import logging
+
+    from dirigent_langfuse.faults import Fault
+
+    s = stream(receiver.url, max_inflight=6, batch_size=4)
+    adapter = s.client.session.get_adapter(receiver.url)
+    assert adapter.poolmanager.connection_pool_kw["maxsize"] > 6
+    receiver.faults.add(Fault.slow(0.2, times=30))
+    with caplog.at_level(logging.WARNING):
+        for i in range(200):
+            s.on_event(started(f"m{i}"))
+        assert s.shutdown(60).ok
+    assert "Connection pool is full" not in caplog.text
