@@ -10,21 +10,23 @@ plain ones, as JSON sees them; a `bytearray` becomes `bytes`).
 The copy costs the host's thread about what `json.dumps` of the payload would (some 0.7 µs per
 dict on the benchmark machine), and is bounded so that a huge payload cannot hold that thread: at
 most `LIMIT` members of containers per payload, and 100 levels deep; a container that would go
-past either is kept by reference and read when it is encoded. Other objects (dataclasses,
+past either is kept by reference and read when it is encoded. A container inside itself is copied
+as the encoder would write it, the string "<circular>" (not as 100 levels of copies). Other objects (dataclasses,
 pydantic models, anything with `model_dump()`) are kept by reference too: turning them into JSON
 runs their own code, which belongs on the worker thread.
 """
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Set
 
 import attrs
 
 __all__ = ["own", "own_event", "LIMIT"]
 
 LIMIT = 10_000
-_DEPTH = 100  # deeper than this is kept by reference (and a container that contains itself stops here)
+_DEPTH = 100  # deeper than this is kept by reference
+CIRCULAR = "<circular>"  # what encoding.py writes for a container inside itself
 
 # Values that never change: shared, not copied.
 _LEAVES = frozenset({str, int, float, bool, type(None), bytes})
@@ -34,10 +36,11 @@ def own(value: Any, limit: int = LIMIT) -> Any:
     """`value` as it is now: a copy of its containers (at most `limit` members), leaves shared."""
     if type(value) in _LEAVES:
         return value
-    return _copy(value, [limit], 0)
+    return _copy(value, [limit], 0, set())
 
 
-def _copy(value: Any, left: List[int], depth: int) -> Any:
+def _copy(value: Any, left: List[int], depth: int, path: Set[int]) -> Any:
+    """`left`: [members the copy may still take]; `path`: the ids of the containers above."""
     kind = type(value)
     if kind is not dict and kind is not list:  # the common two first: this runs on the host's thread
         if kind in _LEAVES or isinstance(value, frozenset):  # a frozenset's members are hashable
@@ -60,14 +63,22 @@ def _copy(value: Any, left: List[int], depth: int) -> Any:
     left[0] -= size
     if kind is set:
         return set(value)
+    marker = id(value)
+    if marker in path:  # its ancestors, not every container seen: a shared one is copied again
+        return CIRCULAR
+    path.add(marker)
     depth += 1
     leaves = _LEAVES
     if kind is dict:
-        return {k: v if type(v) in leaves else _copy(v, left, depth) for k, v in value.items()}
-    out = [v if type(v) in leaves else _copy(v, left, depth) for v in value]
-    if kind is list:
-        return out
-    return value if all(a is b for a, b in zip(out, value)) else tuple(out)  # a tuple of leaves stays
+        copied: Any = {k: v if type(v) in leaves else _copy(v, left, depth, path) for k, v in value.items()}
+    else:
+        out = [v if type(v) in leaves else _copy(v, left, depth, path) for v in value]
+        if kind is list:
+            copied = out
+        else:  # a tuple of leaves stays
+            copied = value if all(a is b for a, b in zip(out, value)) else tuple(out)
+    path.discard(marker)
+    return copied
 
 
 def own_event(event: Any) -> Any:

@@ -47,15 +47,32 @@ def test_other_objects_are_kept_by_reference_for_the_worker_to_encode():
     assert copy["m"] is message
 
 
-def test_a_container_that_contains_itself_is_copied_to_a_bounded_depth_and_still_encodes():
+def test_a_container_inside_itself_is_copied_as_the_encoder_writes_it():
+    """Before, the copy followed the cycle 100 levels deep: Langfuse showed a hundred nested
+    copies where the encoder of the original writes one "<circular>" (and a wide cycle spent the
+    whole LIMIT on the host's thread)."""
     loop: List[Any] = [1]
     loop.append(loop)
-    copy = own(loop)
-    depth, node = 0, copy
-    while node is not loop:
-        depth, node = depth + 1, node[1]
+    assert own(loop) == [1, "<circular>"]
+    node: Any = {"name": "root"}
+    node["children"] = [{"parent": node}, {"parent": node}]
+    assert own(node) == {"name": "root", "children": [{"parent": "<circular>"}, {"parent": "<circular>"}]}
+    assert dumps(own(node)) == dumps(node)
+    shared = {"x": [1]}
+    twice = own({"a": shared, "b": shared})  # shared, not circular: both copied
+    assert twice == {"a": {"x": [1]}, "b": {"x": [1]}} and twice["a"] is not shared
+
+
+def test_a_payload_deeper_than_the_bound_is_kept_by_reference_below_it():
+    deep: Any = []
+    top = deep
+    for _ in range(150):
+        deep.append([])
+        deep = deep[0]
+    node, original, depth = own(top), top, 0
+    while node is not original:
+        depth, node, original = depth + 1, node[0], original[0]
     assert depth == 100
-    assert b"<circular>" in dumps(copy)
 
 
 def test_a_container_that_would_go_past_the_limit_is_kept_by_reference():
