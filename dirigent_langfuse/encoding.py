@@ -8,6 +8,7 @@ datetime, date, time   ISO-8601 string (naive datetimes as they are)
 Decimal                number when finite, else its string ("NaN", "Infinity")
 float NaN / ±Infinity  the strings "NaN", "Infinity", "-Infinity"
 UUID                   its canonical string
+os.PathLike            its path (`os.fspath`), as text
 bytes, bytearray       UTF-8 text when valid, else "base64:" + base64
 set, frozenset         list (sorted when the members sort)
 Enum                   its value, encoded again
@@ -32,6 +33,7 @@ import enum
 import json
 import logging
 import math
+import os
 import uuid
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -55,6 +57,18 @@ def _float(value: float) -> Any:
     return value
 
 
+def _key(key: Any) -> str:
+    """A dict key as `json` writes it ("null", "true", 1.5 as "1.5"), so the slow path writes the
+    same keys as the fast one; a key `json` refuses (a tuple) is its `str()`."""
+    if key is None or isinstance(key, bool):
+        return json.dumps(key)
+    if isinstance(key, float):
+        return str(_float(key))
+    if isinstance(key, int):
+        return int.__repr__(key)
+    return str(key)
+
+
 def _fallback(value: Any) -> Any:
     """One step of the fallback for a value `json` cannot encode."""
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
@@ -63,6 +77,9 @@ def _fallback(value: Any) -> Any:
         return float(value) if value.is_finite() else str(value)
     if isinstance(value, uuid.UUID):
         return str(value)
+    if isinstance(value, os.PathLike):
+        path = os.fspath(value)
+        return path if isinstance(path, str) else _fallback(path)
     if isinstance(value, (bytes, bytearray, memoryview)):
         raw = bytes(value)
         try:
@@ -113,7 +130,7 @@ def to_jsonable(value: Any, _seen: Optional[set] = None, _depth: int = 0) -> Any
         _seen.add(marker)
         try:
             if isinstance(value, dict):
-                return {str(k) if not isinstance(k, str) else k: to_jsonable(v, _seen, _depth + 1) for k, v in value.items()}
+                return {k if isinstance(k, str) else _key(k): to_jsonable(v, _seen, _depth + 1) for k, v in value.items()}
             return [to_jsonable(v, _seen, _depth + 1) for v in value]
         finally:
             _seen.discard(marker)

@@ -7,6 +7,7 @@ import datetime as dt
 import decimal
 import enum
 import json
+import pathlib
 import uuid
 
 import attrs
@@ -65,6 +66,11 @@ class Pydanticish:
         (Pydanticish(), {"a": 1}),
         (Opaque(), "<Opaque thing>"),
         ({1: "int key", None: "none key"}, {"1": "int key", "null": "none key"}),
+        (pathlib.PurePosixPath("/repo/tests"), "/repo/tests"),
+        # keys as json writes them, also when something else (a NaN, a tuple key) needs the slow path
+        ({None: 1, True: 2, 1.5: 3, 7: 4, "nan": float("nan")},
+         {"null": 1, "true": 2, "1.5": 3, "7": 4, "nan": "NaN"}),
+        ({None: 1, False: 2, ("t", 1): 3}, {"null": 1, "false": 2, "('t', 1)": 3}),
     ],
     ids=lambda v: type(v).__name__,
 )
