@@ -64,6 +64,11 @@ def _host(value: str) -> str:
         raise ConfigError(f"must be an http:// or https:// URL, got {_shown(value)!r}", key="host")
     if parts.query or parts.fragment or any(c.isspace() for c in value):
         raise ConfigError(f"must be a base URL, without a query, a fragment or spaces; got {_shown(value)!r}", key="host")
+    api = parts.path.lower().find("/api/public")
+    if api >= 0:  # an endpoint pasted for the base URL: every request would be a 404
+        base = value[: len(value) - len(parts.path) + api]
+        raise ConfigError(f"is an API endpoint ({_shown(value)!r}); give Langfuse's base URL, the one its web "
+                          f"UI is served at: {_shown(base)!r} (the paths under /api/public are added)", key="host")
     return value
 
 

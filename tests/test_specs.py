@@ -175,6 +175,12 @@ def test_a_key_with_a_character_no_key_has_is_a_config_error_that_shows_no_secre
     ("https://lf.example .com", "spaces"),
     ("https://lf.example.com:44x", "not a URL"),
     ("https://", "http:// or https:// URL"),
+    # an endpoint for the base URL (as OTel exporters are set up): every request was a 404, all dropped
+    ("https://cloud.langfuse.com/api/public/otel", "API endpoint ('https://cloud.langfuse.com/api/public/otel'); "
+     "give Langfuse's base URL, the one its web UI is served at: 'https://cloud.langfuse.com'"),
+    ("http://lf.example.com:3000/langfuse/api/public/ingestion/", "base URL, the one its web UI is served at: "
+     "'http://lf.example.com:3000/langfuse'"),
+    ("https://admin:hunter2@lf.example.com/api/public/otel/v1/traces", "must not carry a user name or password"),
 ])
 def test_a_host_that_cannot_work_is_a_config_error_that_never_shows_a_password(host, problem):
     with pytest.raises(ConfigError) as info:
