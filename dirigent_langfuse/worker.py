@@ -126,6 +126,10 @@ class Worker:
         self._alive = 0  # threads still running their loop
         self._main_looping = False  # the worker thread (the one that prepares) is in its loop
         self._inflight = 0  # requests being sent right now
+        # Keys (span or envelope ids) of the records in those requests, with their counts: a span
+        # sent again (completed by a late start, or replayed) must not race the request that
+        # carries its earlier version, or Langfuse could keep whichever arrived last.
+        self._flying: Dict[str, int] = {}
         self._closing = False
         self._deadline: Optional[float] = None
         self._stopped = False
@@ -370,7 +374,7 @@ class Worker:
                     log.exception("stream %r: unexpected error in the worker", self.name)
                     with self._lock:
                         if kind == "send":
-                            self._inflight -= 1
+                            self._landed(payload)
                             self.dropped["internal_error"] += sum(r.weight for r in payload)
                         else:
                             self._busy = False
@@ -463,7 +467,7 @@ class Worker:
                     if self._force:  # flush() or shutdown(): one attempt at once, then the backoff again
                         wake = now
                     if wake <= now:
-                        if self._inflight < self._allowed():
+                        if self._inflight < self._allowed() and self._outbox[0].key not in self._flying:
                             self._force = False
                             self._inflight += 1
                             self._stepping += 1
@@ -502,17 +506,32 @@ class Worker:
         max_bytes = self.config.max_request_bytes - 64
         batch: List[Record] = []
         size = 0
+        flying = self._flying
         while self._outbox and len(batch) < limit:
             record = self._outbox[0]
-            if batch and size + len(record.data) + 1 > max_bytes:
-                break
+            if batch and (size + len(record.data) + 1 > max_bytes or record.key in flying):
+                break  # (its earlier version is in flight: it goes once that request has ended)
             self._outbox.popleft()
             self._outbox_bytes -= len(record.data)
             batch.append(record)
             size += len(record.data) + 1
+        for record in batch:
+            flying[record.key] = flying.get(record.key, 0) + 1
         if not self._outbox:
             self._outbox_since = None
         return batch
+
+    def _landed(self, batch: Sequence[Record]) -> None:
+        """A request has ended (lock held): its records' keys may fly again, and the request's
+        place is free."""
+        self._inflight -= 1
+        flying = self._flying
+        for record in batch:
+            left = flying.get(record.key, 0) - 1
+            if left > 0:
+                flying[record.key] = left
+            else:
+                flying.pop(record.key, None)
 
     def _prepare(self, items: Optional[List[Dict[str, Any]]]) -> None:
         resolve = getattr(self.transport, "resolve", None)
@@ -607,9 +626,9 @@ class Worker:
             if getattr(report.error, "status", None) == 413 and len(batch) > 1:
                 half = len(batch) // 2
                 with self._lock:
+                    self._landed(batch)
                     over = self._add_to_outbox(batch, front=True)
                     self._batch_limit = max(1, half)
-                    self._inflight -= 1
                     self._work.notify_all()
                     self._done.notify_all()
                 self._overflowed(over)
@@ -668,7 +687,7 @@ class Worker:
                 self._calm_at = now + max(60.0, retry_after or 0.0)
             elif report.error is None and self._batch_limit > self.config.batch_size and now >= self._calm_at:
                 self._batch_limit = max(self.config.batch_size, self._batch_limit // 2)
-            self._inflight -= 1
+            self._landed(batch)
             self._work.notify_all()
             self._done.notify_all()
         self._overflowed(over)

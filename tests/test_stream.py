@@ -473,3 +473,63 @@ def test_tracing_enabled_from_the_environment_must_be_a_boolean():
     assert info.value.key == "tracing_enabled" and "LANGFUSE_TRACING_ENABLED" in str(info.value)
     assert LangfuseConfig.from_params({"host": "http://x", "public_key": "pk", "secret_key": "sk", "tracing_enabled": True},
                                       env={"LANGFUSE_TRACING_ENABLED": "false"}).tracing_enabled is True
+
+
+class OneKeyAtATime:
+    """A transport whose records are keyed by observation, as OTel spans are: it notes a request
+    that carries a key another request in flight carries too. Its first request waits (at most
+    2 s) for a second one to start."""
+
+    name = "keyed"
+    masker = None
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.flying = []
+        self.overlaps = []
+        self.sent = []
+        self.second = threading.Event()
+
+    def prepare(self, items):
+        from dirigent_langfuse.transport import Record
+
+        return [Record(item["body"]["id"], json.dumps(item).encode()) for item in items]
+
+    def open_count(self):
+        return 0
+
+    def close_open(self):
+        return []
+
+    def send(self, batch):
+        from dirigent_langfuse.transport import Report
+
+        keys = [r.key for r in batch]
+        with self.lock:
+            self.overlaps.extend(k for k in keys if k in self.flying)
+            self.flying.extend(keys)
+            first = len(self.sent) == 0
+            self.sent.append([json.loads(r.data)["type"] for r in batch])
+            if not first:
+                self.second.set()
+        if first:
+            self.second.wait(2)
+        with self.lock:
+            for k in keys:
+                self.flying.remove(k)
+        return Report(delivered=list(batch))
+
+
+def test_two_versions_of_one_observation_are_never_in_flight_at_once():
+    """With requests in flight side by side, a span sent again (completed by a start that came
+    late, or replayed) could travel beside the request carrying its earlier version, and
+    Langfuse keep whichever arrived last. A record now waits while its key is in flight."""
+    transport = OneKeyAtATime()
+    config = LangfuseConfig(host=HOST, public_key="p", secret_key="s", atexit_flush=False, batch_size=1,
+                            max_inflight=2, flush_interval=0.01)
+    stream = LangfuseStream(config, transport=transport)
+    stream.on_event(started("m1"))
+    stream.on_event(completed("m1", t=1))
+    assert stream.shutdown(10).ok
+    assert transport.overlaps == []
+    assert transport.sent == [["generation-create"], ["generation-update"]]
