@@ -309,9 +309,13 @@ def _check_one(name: str, params: Mapping[str, Any]) -> Tuple[bool, str]:
     try:
         version = None
         transport = config.transport
-        if transport == "auto":  # the same unauthenticated health check that `auto` makes
+        if transport != "otel":  # the same unauthenticated health check that `auto` makes
             version = client.server_version()
+        if transport == "auto":
             transport = choose_transport(version)
+        elif transport == "ingestion" and choose_transport(version) == "otel" and version:
+            return False, (f"{config.host} runs Langfuse {version}, which refuses the ingestion API's trace and "
+                           "observation events: set transport = \"otel\" (or \"auto\")")
         client.check_auth(transport)
     except LangfuseTransportError as exc:
         return False, f"cannot reach {config.host}: {exc}"

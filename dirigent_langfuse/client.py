@@ -333,6 +333,9 @@ class LangfuseClient:
             if isinstance(entry, dict) and isinstance(entry.get("id"), str):
                 status = entry.get("status")
                 message = entry.get("message") or entry.get("error") or ""
+                detail = entry.get("error")
+                if entry.get("message") and isinstance(detail, str) and detail and detail != message:
+                    message = f"{message}: {detail}"  # Langfuse's `error` says why, and what to do
                 errors.append(
                     ItemError(
                         entry["id"],

@@ -41,6 +41,7 @@ from .encoding import as_text, shrink_fields, unencodable, utf8
 from .mapping import iso_time, merge_into, uuid5_hex
 from .masking import Masker
 from .transport import IngestionTransport, NotChosen, Record, Report
+from .wire import V4_REFUSAL
 
 __all__ = ["OtelTransport", "AutoTransport", "otel_trace_id", "span_id", "choose_transport"]
 
@@ -558,11 +559,16 @@ def choose_transport(version: Optional[str]) -> str:
 
 
 class AutoTransport:
-    """Asks `GET /api/public/health` on the worker thread, then acts as the chosen one for good.
+    """Asks `GET /api/public/health` on the worker thread, then acts as the chosen one.
 
     A version below 4 chooses `ingestion`; 4 and later, or an answer without a version, `otel`.
     No answer (Langfuse not up yet) chooses nothing: `resolve` raises `NotChosen` and the worker
     asks again later, unless `guess` (at shutdown), which takes `otel`.
+
+    The one change of mind: a Langfuse that took ingestion and now refuses its events as v4 does
+    (it was upgraded while this process ran, or a spool was written before) is asked again; at 4
+    or later, auto moves to OTel for good, and what it had encoded for ingestion (refused, still
+    to send, or spooled) is folded into spans instead of being lost (`rewire`).
     """
 
     def __init__(self, client: LangfuseClient, config: LangfuseConfig, masker: Optional[Masker] = None) -> None:
@@ -602,6 +608,31 @@ class AutoTransport:
         return self._chosen
 
     def prepare(self, items: Sequence[Dict[str, Any]]) -> List[Record]:
+        records = self.resolve().prepare(items)
+        if isinstance(self._chosen, IngestionTransport):
+            for record in records:
+                record.wire = "ingestion"
+        return records
+
+    def rewire(self, records: Sequence[Record]) -> Optional[List[Record]]:
+        """`records`, encoded for ingestion, as OTel spans, once Langfuse is known to take OTel
+        (asked again here the first time); None while it says it is older than 4 (the refusal
+        stands). A `mask` sees their values a second time (masks that redact are unchanged by it)."""
+        if isinstance(self._chosen, IngestionTransport):
+            version, reached = self.client.health()
+            if not reached or choose_transport(version) != "otel":
+                return None
+            log.warning(
+                "Langfuse at %s now reports version %s and refuses ingestion events: moving to the otel "
+                "transport; what was encoded for ingestion is sent as spans", self.config.host, version,
+            )
+            self._chosen = OtelTransport(self.client, self.config, self.masker)
+        items = []
+        for record in records:
+            try:
+                items.append(json.loads(record.data))
+            except ValueError:  # never: our own JSON
+                log.error("cannot read an item encoded for ingestion (%d bytes); dropped", len(record.data))
         return self.resolve().prepare(items)
 
     def open_count(self) -> int:
@@ -611,7 +642,21 @@ class AutoTransport:
         return self._chosen.close_open(now) if self._chosen is not None else []
 
     def send(self, records: Sequence[Record]) -> Report:
-        return self.resolve().send(records)
+        chosen = self.resolve()
+        if isinstance(chosen, IngestionTransport):
+            report = chosen.send(records)
+            refused = [d for d in report.dropped if d[1] == "status_400" and d[2].startswith(V4_REFUSAL)]
+            if refused:  # this Langfuse is v4 now: not lost, encoded again (see rewire)
+                report.dropped = [d for d in report.dropped if d not in refused]
+                report.rewire = [record for record, _, _ in refused]
+            return report
+        legacy = [r for r in records if r.wire == "ingestion"]  # encoded before the move to OTel
+        if not legacy:
+            return chosen.send(records)
+        rest = [r for r in records if r.wire != "ingestion"]
+        report = chosen.send(rest) if rest else Report()
+        report.rewire.extend(legacy)
+        return report
 
     def reset(self) -> None:
         self.client.reset()

@@ -5,7 +5,9 @@ It answers the endpoints a client of Langfuse's public API uses, the way Langfus
 - bodies over `max_request_bytes` (Langfuse Cloud's 5 MB by default), as sent or once inflated,
   get 413; a bad `Content-Length` or gzip body gets 400; chunked bodies are read;
 - `POST /api/public/ingestion`: basic auth (401), `{"batch": [...]}` or 400, then 207 with
-  `successes` and `errors` per item (an item that is not a valid `IngestionEvent` gets 400);
+  `successes` and `errors` per item (an item that is not a valid `IngestionEvent` gets 400). As
+  version 4 or later (`version`), it takes only `score-create` there, as Langfuse v4 does in its
+  default events_only write mode: every other event gets 400 "Event type not accepted";
 - `POST /api/public/otel/v1/traces`: OTLP/JSON, gzip or not (protobuf when the optional
   `opentelemetry-proto` package is installed, else 415); 200 `{}`; 400 for a malformed export;
 - `GET /api/public/health` with a configurable `version`;
@@ -34,7 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 from .encoding import dumps
 from .faults import Fault, FaultPlan
 from .store import Store
-from .wire import OtlpError, check_item, otlp_spans
+from .wire import V4_REFUSAL, OtlpError, check_item, otlp_spans
 
 __all__ = ["Receiver", "DEFAULT_PUBLIC_KEY", "DEFAULT_SECRET_KEY"]
 
@@ -262,10 +264,17 @@ class _Handler(BaseHTTPRequestHandler):
         successes: List[Dict[str, Any]] = []
         errors: List[Dict[str, Any]] = []
         good: List[Tuple[int, Dict[str, Any]]] = []
+        v4 = receiver.v4
         for index, item in enumerate(payload["batch"]):
             item_id = item.get("id") if isinstance(item, dict) and isinstance(item.get("id"), str) else f"#{index}"
             if fault is not None and fault.kind == "partial" and index % fault.every == fault.every - 1:
                 errors.append({"id": item_id, "status": fault.code, "message": f"injected item fault {fault.code}"})
+                continue
+            if v4 and not (isinstance(item, dict) and item.get("type") == "score-create"):
+                kind = item.get("type") if isinstance(item, dict) else None
+                errors.append({"id": item_id, "status": 400, "message": V4_REFUSAL,
+                               "error": f"Langfuse {receiver.version} takes only score events on this endpoint "
+                                        f"(got {kind!r}); send traces over OTLP, /api/public/otel/v1/traces"})
                 continue
             problem = check_item(item)
             if problem:
@@ -417,6 +426,12 @@ class Receiver:
         self.max_body = 0  # the largest request body seen, in bytes as sent
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
+
+    @property
+    def v4(self) -> bool:
+        """Version 4 or later: the legacy ingestion endpoint takes score events only."""
+        head = self.version.strip().lstrip("v").split(".", 1)[0]
+        return head.isdigit() and int(head) >= 4
 
     def __repr__(self) -> str:
         return f"Receiver(url={self.url!r}, public_key={self.public_key!r})"

@@ -193,9 +193,10 @@ class Spool:
         self._write("remove records", "DELETE FROM spool WHERE stream = ? AND key = ?",
                     [(self.stream, r.slot) for r in records if r.slot is not None])
 
-    def load(self, wire: str) -> Tuple[List[Record], int]:
+    def load(self, wire: str, also: Sequence[str] = ()) -> Tuple[List[Record], int]:
         """Claims the orphans of this stream (records whose owner is dead); returns those of this
-        wire format in their original order, and the count of the others, removed."""
+        wire format (and of the formats in `also`, marked with theirs) in their original order,
+        and the count of the others, removed."""
         try:
             db = self._db()
             self._claim(db)
@@ -208,9 +209,10 @@ class Spool:
             log.error("spool %s: cannot read (%s); going on without the spool", self.path, exc)
             return [], 0
         # (a row written before slots holds the record's key alone)
-        keep = [Record(slot.rpartition(_SLOT)[0] or slot, bytes(data), weight, slot=slot)
-                for slot, w, data, weight in rows if w == wire]
-        other = [Record(slot, b"", weight, slot=slot) for slot, w, _, weight in rows if w != wire]
+        keep = [Record(slot.rpartition(_SLOT)[0] or slot, bytes(data), weight, slot=slot,
+                       wire="" if w == wire else w)
+                for slot, w, data, weight in rows if w == wire or w in also]
+        other = [Record(slot, b"", weight, slot=slot) for slot, w, _, weight in rows if w != wire and w not in also]
         if other:
             self.remove(other)
         return keep, sum(r.weight for r in other)
@@ -273,7 +275,7 @@ class _NoSpool:
     def remove(self, records: Sequence[Record]) -> None:
         pass
 
-    def load(self, wire: str) -> Tuple[List[Record], int]:
+    def load(self, wire: str, also: Sequence[str] = ()) -> Tuple[List[Record], int]:
         return [], 0
 
     def count(self) -> int:

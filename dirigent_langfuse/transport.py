@@ -36,18 +36,20 @@ class Record:
     queued items it stands for (`weight`; an OTel span merges its create and its updates).
     `refusals`: how many answers refused it alone with a retryable status (a 207's 5xx).
     `slot`: its row in the spool, once spooled (two records may share a key: a replayed item, a
-    span sent again; each has a row of its own)."""
+    span sent again; each has a row of its own). `wire`: "ingestion" on a record `transport =
+    "auto"` encoded for ingestion, so that it is never sent as OTel once auto has moved on."""
 
-    __slots__ = ("key", "data", "weight", "truncated", "refusals", "slot")
+    __slots__ = ("key", "data", "weight", "truncated", "refusals", "slot", "wire")
 
     def __init__(self, key: str, data: bytes, weight: int = 1, truncated: bool = False,
-                 slot: Optional[str] = None) -> None:
+                 slot: Optional[str] = None, wire: str = "") -> None:
         self.key = key
         self.data = data
         self.weight = weight
         self.truncated = truncated
         self.refusals = 0
         self.slot = slot
+        self.wire = wire
 
     def __repr__(self) -> str:
         return f"Record({self.key!r}, {len(self.data)} bytes, weight={self.weight})"
@@ -56,11 +58,14 @@ class Record:
 @attrs.define
 class Report:
     """A request's result, record by record. `error` is set when the whole request failed;
-    `refused` (reason, message) when it succeeded but refused some records for now."""
+    `refused` (reason, message) when it succeeded but refused some records for now. `rewire`:
+    records in a wire format Langfuse no longer takes (it was upgraded to v4): the transport may
+    encode them again (`AutoTransport.rewire`)."""
 
     delivered: List[Record] = attrs.field(factory=list)
     retry: List[Record] = attrs.field(factory=list)
     dropped: List[Tuple[Record, str, str]] = attrs.field(factory=list)
+    rewire: List[Record] = attrs.field(factory=list)
     error: Optional[LangfuseError] = None
     refused: Optional[Tuple[str, str]] = None
     retries: int = 0

@@ -16,7 +16,11 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["check_item", "decode_otlp", "decode_span", "otlp_spans", "OtlpError", "INGESTION_TYPES"]
+__all__ = ["check_item", "decode_otlp", "decode_span", "otlp_spans", "OtlpError", "INGESTION_TYPES", "V4_REFUSAL"]
+
+# The `message` of each event Langfuse v4 refuses on /api/public/ingestion (its default
+# events_only write mode takes only `score-create` there; traces go over OTLP). Per event, in a 207.
+V4_REFUSAL = "Event type not accepted"
 
 INGESTION_TYPES = frozenset(
     {

@@ -130,6 +130,9 @@ class Worker:
         # sent again (completed by a late start, or replayed) must not race the request that
         # carries its earlier version, or Langfuse could keep whichever arrived last.
         self._flying: Dict[str, int] = {}
+        # Records Langfuse refused in a wire format it no longer takes (upgraded to v4 under an
+        # "auto" stream): the main thread has the transport encode them again (`_rewire_step`).
+        self._rewire: List[Record] = []
         self._closing = False
         self._deadline: Optional[float] = None
         self._stopped = False
@@ -368,6 +371,8 @@ class Worker:
                 try:
                     if kind == "prepare":
                         self._prepare(payload)
+                    elif kind == "rewire":
+                        self._rewire_step(payload)
                     else:
                         self._send(payload)
                 except Exception:  # never let a bug kill delivery: count and go on
@@ -375,6 +380,9 @@ class Worker:
                     with self._lock:
                         if kind == "send":
                             self._landed(payload)
+                            self.dropped["internal_error"] += sum(r.weight for r in payload)
+                        elif kind == "rewire":
+                            self._busy = False
                             self.dropped["internal_error"] += sum(r.weight for r in payload)
                         else:
                             self._busy = False
@@ -419,6 +427,11 @@ class Worker:
                 closing = self._closing
                 if closing and self._deadline is not None and now >= self._deadline:
                     return None
+                if main and self._rewire:  # older than anything queued: folded first
+                    records, self._rewire = self._rewire, []
+                    self._busy = True
+                    self._stepping += 1
+                    return "rewire", records
                 queued = len(self._queue) if main else 0
                 waiting = queued and self._unchosen and now < self._prepare_due and not (closing or self._force)
                 if queued and not waiting:
@@ -561,6 +574,32 @@ class Worker:
             self._done.notify_all()
         self._overflowed(over)
 
+    def _rewire_step(self, records: List[Record]) -> None:
+        """Records in a wire format Langfuse no longer takes, encoded again by the transport (the
+        spool's rows move with them); refused for good, counted, if it cannot."""
+        again = self.transport.rewire(records)
+        if again is None:
+            message = "Langfuse refused events of the ingestion API and still reports a version before 4"
+            with self._lock:
+                for record in records:
+                    self.dropped["status_400"] += record.weight
+                self.last_error = f"Langfuse refused item(s) for good (status_400): {message}"
+                self._busy = False
+                self._done.notify_all()
+            if self.spool is not None:
+                self.spool.remove(records)
+            log.warning("stream %r: Langfuse refused %d items (status_400): %s", self.name, len(records), message)
+            return
+        if self.spool is not None:
+            self.spool.add(again, self.transport.name)
+            self.spool.remove(records)
+        with self._lock:
+            over = self._add_to_outbox(again, front=True)
+            self._busy = False
+            self._work.notify_all()
+            self._done.notify_all()
+        self._overflowed(over)
+
     def _not_chosen(self, items: List[Dict[str, Any]], exc: NotChosen) -> None:
         """No transport yet: the items go back to the front of the queue, in order, and the health
         check is asked again after a backoff; health drifts as for a failed request."""
@@ -621,6 +660,14 @@ class Worker:
             report = self.transport.send(batch)
         except LangfuseError as exc:
             report = Report(error=exc, retries=exc.retries)
+        if report.rewire and not (report.delivered or report.dropped or report.retry or report.error
+                                  or report.bytes_sent):
+            with self._lock:  # no request was made: they all wait to be encoded again
+                self._rewire.extend(report.rewire)
+                self._landed(batch)
+                self._work.notify_all()
+                self._done.notify_all()
+            return
         if report.error is not None:
             reason, retryable, retry_after = request_error(report.error)
             if getattr(report.error, "status", None) == 413 and len(batch) > 1:
@@ -655,6 +702,7 @@ class Worker:
             self.delivered += delivered
             if delivered:
                 self.batches += 1
+            self._rewire.extend(report.rewire)
             for record, why, message in report.dropped:
                 self.dropped[why] += record.weight
                 self.last_error = f"Langfuse refused item(s) for good ({why}): {message or 'no message'}"
@@ -728,6 +776,8 @@ class Worker:
         with self._lock:
             left_queue = len(self._queue)
             self._outbox.extend(left_open)
+            self._outbox.extend(self._rewire)  # in the spool as they were written: encoded again at the next start
+            self._rewire = []
             left_outbox = sum(r.weight for r in self._outbox)
             self._queue.clear()
             spooled = self.spool is not None
@@ -754,14 +804,23 @@ class Worker:
             self._spool_loaded = False  # loaded by the first prepare once a transport is chosen
             self._not_chosen([], exc)
             return
-        records, other = self.spool.load(wire)
+        auto = resolve is not None
+        # Written for ingestion before this Langfuse moved to v4: encoded again, as spans (`auto`).
+        records, other = self.spool.load(wire, ("ingestion",) if auto and wire == "otel" else ())
+        if auto and wire == "ingestion":
+            for record in records:
+                record.wire = "ingestion"
+        legacy = [r for r in records if r.wire == "ingestion" and wire == "otel"]
+        if legacy:
+            records = [r for r in records if r.wire != "ingestion"]
         with self._lock:
-            n = sum(r.weight for r in records)
+            n = sum(r.weight for r in records) + sum(r.weight for r in legacy)
             self.accepted += n + other
             self.processed += n + other
             if other:
                 self.dropped["spool_other_wire"] += other
             over = self._add_to_outbox(records)
+            self._rewire.extend(legacy)
             self._done.notify_all()
         self._overflowed(over)
         if records:

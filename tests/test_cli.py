@@ -224,6 +224,9 @@ def test_the_exit_shuts_every_stream_down_at_once(receiver):
 def test_check_against_v4_uses_the_otel_endpoint(tmp_path, receiver_v4):
     good = run("check", "--config", str(write_config(tmp_path / "good.toml", receiver_v4.url)))
     assert good.returncode == 0 and "Langfuse 4.2.0" in good.stdout and "transport otel" in good.stdout
+    # ingestion against v4: every trace and observation event would be refused
+    legacy = run("check", "--config", str(write_config(tmp_path / "legacy.toml", receiver_v4.url, transport="ingestion")))
+    assert legacy.returncode == 1 and "Langfuse 4.2.0, which refuses the ingestion API" in legacy.stdout
     bad = run("check", "--config", str(write_config(tmp_path / "bad.toml", receiver_v4.url, secret="sk-lf-nope")))
     assert bad.returncode == 1 and "HTTP 401" in bad.stdout
 

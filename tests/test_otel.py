@@ -530,3 +530,92 @@ def test_a_time_otlp_cannot_carry_is_clamped_so_the_request_is_not_refused(recei
     stream.on_event(MessageCompleted(**odd, message_id="mx"))
     assert stream.shutdown(10).status is OutcomeStatus.DELIVERED
     assert len([o for o in receiver.store.observations() if o["type"] == "GENERATION"]) == 2
+
+
+def test_auto_moves_to_otel_when_langfuse_is_upgraded_to_v4_under_it(receiver, no_secrets_logged, caplog):
+    """Langfuse v4 refuses the legacy ingestion API's events (a 400 each, in a 207). Before, an
+    `auto` stream that had chosen ingestion against v3 kept it for good: once Langfuse was upgraded
+    under it, everything it sent, and the backlog it had encoded during the upgrade's downtime,
+    was dropped. Now it asks the version again, moves to OTel, and sends that backlog as spans."""
+    from .helpers import stream as make_stream
+
+    stream = make_stream(receiver.url, transport="auto", flush_interval=30)
+    for event in session_events("scroll-1"):
+        stream.on_event(event)
+    assert stream.flush(5).ok and stream.stats().transport == "ingestion"
+    receiver.pause()  # the upgrade: Langfuse is down...
+    for event in session_events("scroll-2"):
+        stream.on_event(event)
+    assert not stream.flush(2).ok  # encoded for ingestion, kept for a retry
+    receiver.version = "4.2.0"  # ...and comes back as v4
+    receiver.resume()
+    with caplog.at_level(logging.WARNING):
+        outcome = stream.shutdown(10)
+    stats = stream.stats()
+    assert outcome.ok, outcome.detail
+    assert stats.transport == "otel" and stats.dropped == {}
+    assert stats.items_accepted == stats.items_delivered
+    assert "now reports version 4.2.0" in caplog.text
+    trace = next(t for t in receiver.store.traces() if t["id"] == otel_trace_id("scroll-2"))
+    kinds = sorted(o["type"] for o in receiver.store.observations(trace["id"]))
+    assert kinds == ["AGENT", "EVENT", "GENERATION", "TOOL", "TOOL"]  # the whole session, as spans
+
+
+def test_auto_sends_a_spool_written_for_ingestion_as_spans_once_langfuse_is_v4(receiver, tmp_path):
+    """A process spooled records for ingestion (Langfuse v3, down at its shutdown); the next one
+    finds Langfuse upgraded to v4. Before, those records were dropped (`spool_other_wire`)."""
+    from .helpers import stream as make_stream
+
+    spool = str(tmp_path / "spool.db")
+    first = make_stream(receiver.url, transport="auto", spool_path=spool, flush_interval=30)
+    first.on_event(created("scroll-0"))
+    assert first.flush(5).ok and first.stats().transport == "ingestion"
+    receiver.pause()
+    for event in session_events("scroll-2"):
+        first.on_event(event)
+    first.shutdown(1)  # Langfuse is down: left in the spool, encoded for ingestion
+    receiver.version = "4.2.0"
+    receiver.resume()
+    second = make_stream(receiver.url, transport="auto", spool_path=spool, flush_interval=30)
+    outcome = second.shutdown(10)
+    stats = second.stats()
+    assert outcome.ok, outcome.detail
+    assert stats.transport == "otel" and stats.dropped == {} and stats.items_delivered == stats.items_accepted > 0
+    kinds = sorted(o["type"] for o in receiver.store.observations(otel_trace_id("scroll-2")))
+    assert kinds == ["AGENT", "EVENT", "GENERATION", "TOOL", "TOOL"]
+
+
+def test_an_ingestion_stream_against_v4_is_told_why_and_what_to_do(receiver_v4, caplog):
+    """`transport = "ingestion"` is taken at its word: v4 refuses the events, counted and logged
+    with Langfuse's reason (its `error`, which says to send OTLP), not only 'Event type not accepted'."""
+    from .helpers import stream as make_stream
+
+    stream = make_stream(receiver_v4.url, transport="ingestion")
+    stream.on_event(created())
+    with caplog.at_level(logging.WARNING):
+        outcome = stream.shutdown(5)
+    assert not outcome.ok and stream.stats().dropped == {"status_400": 1}
+    assert "Event type not accepted" in caplog.text and "OTLP" in caplog.text
+
+
+def test_a_v4_refusal_from_a_langfuse_that_still_says_v3_stands(caplog):
+    """Asked again, Langfuse still reports a version before 4: nothing to move to; the refused
+    items are dropped and counted as refused (status_400), with the reason."""
+    from dirigent_langfuse.wire import V4_REFUSAL
+
+    def refuse(request):
+        batch = json.loads(request.body)["batch"]
+        return 207, {}, json.dumps({"successes": [], "errors": [
+            {"id": i["id"], "status": 400, "message": V4_REFUSAL, "error": "events_only"} for i in batch]})
+
+    with responses.RequestsMock() as rs:
+        rs.add(responses.GET, HEALTH_URL, json={"status": "OK", "version": "3.120.0"})
+        rs.add_callback(responses.POST, INGESTION_URL, callback=refuse)
+        stream = make(transport="auto")
+        stream.on_event(created())
+        with caplog.at_level(logging.WARNING):
+            outcome = stream.shutdown(5)
+        health_calls = [c for c in rs.calls if c.request.url == HEALTH_URL]
+    assert not outcome.ok and stream.stats().dropped == {"status_400": 1}
+    assert stream.stats().transport == "ingestion" and len(health_calls) == 2  # chosen, then asked again
+    assert "still reports a version before 4" in caplog.text

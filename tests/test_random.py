@@ -152,6 +152,8 @@ def test_random_sessions_and_faults_keep_every_promise(seed, caplog):
     rng = random.Random(seed)
     transport = rng.choice(["ingestion", "otel", "auto"])
     version = rng.choice(["3.120.0", "4.2.0"])  # what the receiver says it is, for "auto"
+    if transport == "ingestion":  # v4 refuses the legacy API's events (the receiver does too)
+        version = "3.120.0"
     mask = rng.choice([None, None, scrub, broken])
     rate = rng.choice([1.0, 1.0, 0.5])
     knobs: Dict[str, Any] = dict(

@@ -319,3 +319,18 @@ def test_completion_start_time_is_read_from_spans_as_langfuse_reads_it():
     assert _completion_start('"2026-11-25T09:00:01.100Z"') == "2026-11-25T09:00:01.100Z"  # JSON text, as SDKs write
     assert _completion_start("2026-11-25T09:00:01.100Z") is None  # a bare time is not JSON: Langfuse keeps none
     assert _completion_start(None) is None
+
+
+def test_as_v4_the_legacy_endpoint_takes_score_events_only():
+    """Langfuse v4 (its default events_only write mode) answers 207 with a 400 per trace or
+    observation event on /api/public/ingestion; the receiver does the same, so a rehearsal of
+    `transport = "ingestion"` against v4 sees what Langfuse would do."""
+    from dirigent_langfuse.wire import V4_REFUSAL
+
+    score = {"id": "s1", "type": "score-create", "timestamp": "2026-11-30T10:00:00.000Z",
+             "body": {"traceId": "scroll-1", "name": "quality", "value": 1}}
+    with Receiver(version="4.2.0") as receiver:
+        answer = post(receiver, session_items() + [score]).json()
+    assert [s["id"] for s in answer["successes"]] == ["s1"]
+    assert {e["status"] for e in answer["errors"]} == {400} and len(answer["errors"]) == len(session_items())
+    assert all(e["message"] == V4_REFUSAL and "OTLP" in e["error"] for e in answer["errors"])
