@@ -50,12 +50,17 @@ class LangfuseRetry(Retry):
 
     urllib3 waits nothing before its first retry and `factor × 2^(n-1)` after; the seed wants
     100 ms before the first, then 200, 400, 800, capped at `backoff_max`.
+
+    Once the stream's shutdown deadline has passed (`stop`, shared by every copy urllib3 makes,
+    the one of a request in flight included), nothing is retried and no wait goes past it: the
+    attempt in flight at the deadline is the last.
     """
 
     sleeper: Callable[[float], None] = staticmethod(time.sleep)
 
     def __init__(self, *args: Any, max_retry_after: float = 60.0, **kwargs: Any) -> None:
         self.max_retry_after = max_retry_after
+        self.stop: List[Optional[float]] = [None]  # a time.monotonic() deadline, shared with the copies
         super().__init__(*args, **kwargs)
         self.backoff_cap = kwargs.get("backoff_max", 1.0)
 
@@ -64,19 +69,33 @@ class LangfuseRetry(Retry):
         new.max_retry_after = self.max_retry_after
         new.backoff_cap = self.backoff_cap
         new.sleeper = self.sleeper
+        new.stop = self.stop
         return new
+
+    def _left(self) -> Optional[float]:
+        stop = self.stop[0]
+        return None if stop is None else stop - time.monotonic()
+
+    def is_exhausted(self) -> bool:
+        left = self._left()
+        return (left is not None and left <= 0) or super().is_exhausted()
+
+    def _sleep(self, seconds: float) -> None:
+        left = self._left()
+        if left is not None:
+            seconds = min(seconds, max(0.0, left))
+        if seconds > 0:
+            self.sleeper(seconds)
 
     def sleep_for_retry(self, response: Any) -> bool:
         retry_after = self.get_retry_after(response)
         if retry_after:
-            self.sleeper(retry_after)
+            self._sleep(retry_after)
             return True
         return False
 
     def _sleep_backoff(self) -> None:
-        backoff = self.get_backoff_time()
-        if backoff > 0:
-            self.sleeper(backoff)
+        self._sleep(self.get_backoff_time())
 
     def get_backoff_time(self) -> float:
         errors = 0
@@ -230,7 +249,8 @@ class LangfuseClient:
         self.session = self._setup(session or requests.Session())
 
     def _setup(self, session: requests.Session) -> requests.Session:
-        adapter = HTTPAdapter(max_retries=make_retry(self.config), pool_connections=1,
+        self._retry = make_retry(self.config)
+        adapter = HTTPAdapter(max_retries=self._retry, pool_connections=1,
                               pool_maxsize=self.config.max_inflight + 1)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
@@ -257,6 +277,11 @@ class LangfuseClient:
     def reset(self) -> None:
         """A new Session, for a forked child: the parent's pooled sockets must not be shared."""
         self.session = self._setup(requests.Session())
+
+    def stop_retrying_at(self, deadline: float) -> None:
+        """No retry, and no wait between attempts, past `deadline` (`time.monotonic()`), also for
+        a request in flight: set by the stream's shutdown."""
+        self._retry.stop[0] = deadline
 
     def __repr__(self) -> str:
         return f"LangfuseClient(host={self.config.host!r}, public_key={self.config.public_key!r})"

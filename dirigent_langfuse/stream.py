@@ -304,6 +304,7 @@ class LangfuseStream(SessionStream):
         return self._shutdown(timeout)
 
     def _shutdown(self, timeout: float) -> StreamOutcome:
+        self.client.stop_retrying_at(time.monotonic() + min(timeout, threading.TIMEOUT_MAX))
         unbound = self._pending.drain("unbound_at_shutdown")
         result = self._worker.shutdown(timeout)
         if not result.timed_out:

@@ -465,7 +465,9 @@ class Worker:
                     self._stepping += 1
                     return "prepare", None
                 if not self._outbox:
-                    if closing and (main or not self._busy):  # (closing: the main thread took the queue above)
+                    # (closing: the main thread took the queue above; it stays while a request is in
+                    # flight, whose records may come back to be encoded again: `_rewire`)
+                    if closing and ((main and not self._inflight) or (not main and not self._busy)):
                         return None
                     wake = now + self.config.flush_interval
                 else:

@@ -256,3 +256,18 @@ def test_otlp_partial_success_and_400():
     responses.replace("POST", HOST + "/api/public/otel/v1/traces", status=400, json={"message": "Invalid OTLP"})
     with pytest.raises(LangfuseStatusError, match="Invalid OTLP"):
         make().send_otlp(b"{}")
+
+
+def test_a_retry_stops_at_the_shutdown_deadline_also_for_a_request_in_flight():
+    import time
+
+    client = make(max_retries=3)
+    in_flight = client._retry.new(total=2)  # urllib3's copy, for a request already under way
+    slept = []
+    in_flight.sleeper = slept.append
+    assert not in_flight.is_exhausted()
+    client.stop_retrying_at(time.monotonic() + 0.05)
+    in_flight._sleep(10.0)  # a backoff or a Retry-After never waits past the deadline
+    assert slept and slept[0] <= 0.05
+    client.stop_retrying_at(time.monotonic() - 1.0)
+    assert in_flight.is_exhausted() and client._retry.new().is_exhausted()

@@ -493,3 +493,22 @@ def test_every_request_in_flight_keeps_its_connection(receiver, caplog):
             s.on_event(started(f"m{i}"))
         assert s.shutdown(60).ok
     assert "Connection pool is full" not in caplog.text
+
+
+def test_nothing_is_retried_past_the_shutdown_deadline(receiver):
+    """Before, the request in flight at the shutdown deadline went on retrying on the daemon
+    thread (max_retries more attempts of connect + read timeout each, and the waits between), so
+    a stream that had said 'timed out' kept sending long after. Now the attempt in flight at the
+    deadline is the last one."""
+    from dirigent_langfuse.faults import Fault
+
+    receiver.faults.add(Fault.slow(30.0, times=10))  # Langfuse hangs: every attempt times out
+    s = stream(receiver.url, read_timeout=0.5, connect_timeout=0.5, max_retries=3, backoff_base=0.05,
+               flush_interval=30)
+    s.on_event(started("m1"))
+    outcome = s.shutdown(0.2)
+    assert not outcome.ok and "timed out" in outcome.detail
+    for thread in s._worker._threads:
+        thread.join(10)
+    assert not any(t.is_alive() for t in s._worker._threads)
+    assert receiver.faults.applied == 1  # one attempt, no retry after the deadline
