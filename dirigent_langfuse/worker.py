@@ -809,12 +809,12 @@ class Worker:
         auto = resolve is not None
         # Written for ingestion before this Langfuse moved to v4: encoded again, as spans (`auto`).
         records, other = self.spool.load(wire, ("ingestion",) if auto and wire == "otel" else ())
-        if auto and wire == "ingestion":
+        legacy = [r for r in records if r.wire]  # (only those of another wire are marked)
+        if legacy:
+            records = [r for r in records if not r.wire]
+        if auto and wire == "ingestion":  # never sent as OTel, should auto move on
             for record in records:
                 record.wire = "ingestion"
-        legacy = [r for r in records if r.wire == "ingestion" and wire == "otel"]
-        if legacy:
-            records = [r for r in records if r.wire != "ingestion"]
         with self._lock:
             n = sum(r.weight for r in records) + sum(r.weight for r in legacy)
             self.accepted += n + other
