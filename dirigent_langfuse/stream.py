@@ -35,7 +35,7 @@ from .streams import (
     seconds,
 )
 from .transport import IngestionTransport
-from .worker import FlushResult, Worker, weak_hook
+from .worker import FlushResult, Forks, Worker
 
 __all__ = ["LangfuseStream", "make_transport"]
 
@@ -90,6 +90,7 @@ class _Exits:
 _exits = _Exits()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_exits.reset_after_fork)
+_forks = Forks(after_in_child="_after_fork")  # after the workers' (imported first): a child resets them first
 
 
 def make_transport(config: LangfuseConfig, client: LangfuseClient, masker: Optional[Masker] = None) -> Any:
@@ -149,8 +150,7 @@ class LangfuseStream(SessionStream):
         self.events_sampled_out = 0
         self.events_held = 0
         self.events_failed = 0
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=weak_hook(self._after_fork))
+        _forks.add(self)
         _exits.add(self)
 
     def _at_exit(self) -> None:

@@ -48,18 +48,49 @@ def yield_gil() -> None:
     time.sleep(0)
 
 
-def weak_hook(method: Callable[[], None]) -> Callable[[], None]:
-    """`method` as a fork hook that does not keep its object alive (fork hooks cannot be
-    unregistered): once the object is gone, the hook does nothing. (The exit holds its streams
-    until shutdown(): see `_Exits` in stream.py.)"""
-    ref = weakref.WeakMethod(method)
+class Forks:
+    """Fork hooks for every living object of a kind, registered once. Hooks cannot be
+    unregistered: one set per stream would pile up (and all run at every fork) for the life of a
+    host that makes streams and drops them. Objects are held weakly; the set's lock is held
+    through the fork, so the child never finds it caught mid-change."""
 
-    def hook() -> None:
-        bound = ref()
-        if bound is not None:
-            bound()
+    def __init__(self, before: str = "", after_in_parent: str = "", after_in_child: str = "") -> None:
+        self._methods = (before, after_in_parent, after_in_child)
+        self._members: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._lock = threading.RLock()  # re-entrant: a signal handler may make a stream inside add()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(before=self._before, after_in_parent=self._parent, after_in_child=self._child)
 
-    return hook
+    def add(self, member: Any) -> None:
+        with self._lock:
+            self._members.add(member)
+
+    def _call(self, which: int) -> None:
+        name = self._methods[which]
+        if not name:
+            return
+        for member in list(self._members):
+            try:
+                getattr(member, name)()
+            except Exception:  # never log around a fork (see the module docstring); the others go on
+                pass
+
+    def _before(self) -> None:
+        self._lock.acquire()
+        self._call(0)
+
+    def _parent(self) -> None:
+        try:
+            self._call(1)
+        finally:
+            self._lock.release()
+
+    def _child(self) -> None:
+        self._lock = threading.RLock()
+        self._call(2)
+
+
+_forks = Forks("_before_fork", "_after_fork_in_parent", "_after_fork")
 
 
 class FlushResult:
@@ -101,12 +132,7 @@ class Worker:
         self._random = random
         self._throttled = Throttled(log)
         self._init_state()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(
-                before=weak_hook(self._before_fork),
-                after_in_parent=weak_hook(self._after_fork_in_parent),
-                after_in_child=weak_hook(self._after_fork),
-            )
+        _forks.add(self)
         if spool is not None:
             self._spool_loaded = False
             self._start()  # re-send what an earlier process left, without waiting for an event

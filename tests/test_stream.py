@@ -533,3 +533,27 @@ def test_two_versions_of_one_observation_are_never_in_flight_at_once():
     assert stream.shutdown(10).ok
     assert transport.overlaps == []
     assert transport.sent == [["generation-create"], ["generation-update"]]
+
+
+def test_streams_made_and_dropped_leave_no_fork_hooks_behind(monkeypatch):
+    """Fork hooks cannot be unregistered. Before, every stream registered four (its own and its
+    worker's): a host that made a stream per request and dropped it piled them up for its whole
+    life, and ran them all at every fork. The hooks are registered once, at import."""
+    import gc
+    import os
+    import weakref
+
+    from dirigent_langfuse import worker as worker_module
+
+    registered = []
+    monkeypatch.setattr(os, "register_at_fork", lambda **hooks: registered.append(hooks), raising=False)
+    streams = [make(atexit_flush=False) for _ in range(3)]
+    assert registered == []
+    workers = [s._worker for s in streams]
+    assert all(w in worker_module._forks._members for w in workers)  # still reset in a forked child
+    for s in streams:
+        s.shutdown(1)
+    gone = [weakref.ref(w) for w in workers]
+    del streams, workers, s
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None, None]  # nothing kept for the hooks' sake
