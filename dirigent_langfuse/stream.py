@@ -151,7 +151,8 @@ class LangfuseStream(SessionStream):
         self.events_held = 0
         self.events_failed = 0
         _forks.add(self)
-        _exits.add(self)
+        if config.tracing_enabled:  # a disabled stream has nothing to deliver: not held for the exit
+            _exits.add(self)
 
     def _at_exit(self) -> None:
         if self.config.atexit_flush:

@@ -557,3 +557,20 @@ def test_streams_made_and_dropped_leave_no_fork_hooks_behind(monkeypatch):
     del streams, workers, s
     gc.collect()
     assert [ref() for ref in gone] == [None, None, None]  # nothing kept for the hooks' sake
+
+
+def test_a_disabled_stream_dropped_without_shutdown_is_collected():
+    """Before, the exit held every stream until shutdown(), a disabled one too: a host that made
+    a stream per request with LANGFUSE_TRACING_ENABLED=false (tests, development) kept them all.
+    A disabled stream has nothing to deliver; an enabled one is still held until shutdown()."""
+    import gc
+    import weakref
+
+    off = weakref.ref(make(tracing_enabled=False))
+    on = make()
+    held = weakref.ref(on)
+    del on
+    gc.collect()
+    assert off() is None
+    assert held() is not None  # what it queued would be lost at exit otherwise
+    held().shutdown(1)
