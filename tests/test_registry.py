@@ -121,31 +121,23 @@ def test_stream_set_fans_out_by_scope_and_isolates_failures(caplog):
     assert a.closed == b.closed == 1
 
 
-class Waiting(Recording):
-    """Its backend hangs: shutdown waits its whole timeout, unless `released` is set meanwhile."""
+class Gated(Recording):
+    """Notes each shutdown's timeout. One that `opens` sets the gate and answers at once (FAILED
+    with no time left); the other's backend hangs: it waits for the gate, at most its timeout."""
 
-    def __init__(self, name, released):
+    def __init__(self, name, gate, opens=False):
         super().__init__(name)
-        self.released = released
+        self.gate, self.opens = gate, opens
         self.timeouts = []
 
     def shutdown(self, timeout=None):
         self.timeouts.append(timeout)
-        if self.released.wait(timeout):
-            return StreamOutcome.delivered()
-        return StreamOutcome.failed(StreamError.TRANSPORT, "timed out")
-
-
-class Releasing(Recording):
-    def __init__(self, name, release):
-        super().__init__(name)
-        self.release = release
-        self.timeouts = []
-
-    def shutdown(self, timeout=None):
-        self.timeouts.append(timeout)
-        self.release.set()
-        return StreamOutcome.delivered() if timeout else StreamOutcome.failed(StreamError.TRANSPORT, "no time left")
+        if self.opens:
+            self.gate.set()
+            ok = bool(timeout)
+        else:
+            ok = self.gate.wait(timeout)
+        return StreamOutcome.delivered() if ok else StreamOutcome.failed(StreamError.TRANSPORT, "no time")
 
 
 def test_a_stream_set_shuts_its_streams_down_at_once_so_a_hanging_one_costs_the_others_nothing():
@@ -153,7 +145,7 @@ def test_a_stream_set_shuts_its_streams_down_at_once_so_a_hanging_one_costs_the_
     whose backend hung spent all of it, and the next got no time at all to deliver (its items
     dropped although its backend was fine). Now every stream gets the whole timeout, at once."""
     release = threading.Event()
-    hanging, healthy = Waiting("hanging", release), Releasing("healthy", release)
+    hanging, healthy = Gated("hanging", release), Gated("healthy", release, opens=True)
     outcomes = StreamSet([hanging, healthy]).shutdown(5)
     assert healthy.timeouts == [5.0] and hanging.timeouts == [5.0]
     assert outcomes["healthy"].ok and outcomes["hanging"].ok  # released while it waited: both ran at once
@@ -161,7 +153,7 @@ def test_a_stream_set_shuts_its_streams_down_at_once_so_a_hanging_one_costs_the_
 
 def test_a_stream_set_answers_for_a_stream_that_does_not_answer_and_goes_on(caplog):
     never = threading.Event()
-    stuck, other = Waiting("stuck", never), Recording("other")
+    stuck, other = Gated("stuck", never), Recording("other")
     stuck.shutdown = lambda timeout=None: never.wait() or StreamOutcome.delivered()  # ignores its timeout
     with caplog.at_level(logging.WARNING):
         outcomes = StreamSet([stuck, other]).shutdown(0)
