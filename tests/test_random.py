@@ -7,7 +7,8 @@ checks what must hold whatever the mix: every accepted item delivered or counted
 after shutdown, nothing duplicated, no bug in the worker, no unexpected error logged, every
 session that was kept arrived as a trace, named, nothing the host changed later shows, and over
 OTel an ended session leaves nothing incomplete. A second test restarts a stream on its spool
-after a shutdown during an outage. They found seven bugs, each now with a test of its own
+after a shutdown during an outage; a third upgrades Langfuse from v3 to v4 under an `auto` stream
+at a random point, and checks that nothing is lost. They found seven bugs, each now with a test of its own
 (tests/test_encoding.py, test_receiver.py, test_stream.py, test_faults.py, test_otel.py,
 test_spool.py); `RANDOM_SEEDS=1000 python -m pytest tests/test_random.py` searches wider.
 """
@@ -291,3 +292,42 @@ def test_random_restarts_with_a_spool_deliver_everything_once(seed, tmp_path):
         if transport == "ingestion":
             landed = receiver.store.envelope_count() + receiver.store.counters().get("resent", 0)
             assert receiver.store.envelope_count() <= a.items_delivered + b.items_delivered <= landed, what
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("RANDOM_SEEDS", "40")) // 4))
+def test_random_sessions_across_an_upgrade_to_v4_lose_nothing(seed):
+    """An `auto` stream meets Langfuse v3, which is upgraded to v4 at a random point of the
+    sessions (down for a while, or not; with faults). v4 refuses the ingestion API's events;
+    whatever had been encoded for ingestion is sent again as spans: every accepted item is
+    delivered, none dropped, nothing left pending."""
+    rng = random.Random(20_000 + seed)
+    knobs: Dict[str, Any] = dict(
+        transport="auto", batch_size=rng.choice([1, 4, 32]), max_inflight=rng.choice([1, 2, 3]),
+        flush_interval=0.02, backoff_base=0.001, backoff_max=0.002, retry_backoff_max=0.05,
+        connect_timeout=0.5, read_timeout=2.0,
+    )
+    events = [e for n in range(rng.randint(1, 5)) for e in one_session(rng, n)]
+    cut = rng.randint(0, len(events))
+    with Receiver(version="3.120.0") as receiver:
+        receiver.faults.add(*faults(rng))
+        stream = LangfuseStream(config(receiver.url, **knobs), name=f"up{seed}")
+        for event in events[:cut]:
+            stream.on_event(event)
+        if rng.random() < 0.5:
+            stream.flush(2)
+        down = rng.random() < 0.5
+        if down:
+            receiver.pause()
+        receiver.version = "4.2.0"
+        for event in events[cut:]:
+            stream.on_event(event)
+        if down:
+            stream.flush(0.2)  # encoded for ingestion while Langfuse is down
+            receiver.resume()
+        outcome = stream.shutdown(20)
+        stats = stream.stats()
+        what = dict(seed=seed, cut=cut, down=down, outcome=outcome.detail, stats=stats.as_dict())
+        assert stats.items_pending == 0, what
+        assert set(stats.dropped) <= {"otel_rejected"}, what  # (a span fault may reject some)
+        assert stats.items_accepted == stats.items_delivered + sum(stats.dropped.values()), what
+        assert receiver.store.counters().get("duplicates", 0) == 0, what
