@@ -287,6 +287,57 @@ def test_shutdown_from_a_signal_handler_that_interrupted_the_stream_never_hangs(
     assert receiver.store.envelope_count() == 4
 
 
+SIGTERM_SET = r"""
+import os, signal, sys, threading
+sys.path.insert(0, sys.argv[1])
+from tests.helpers import config, created, started, completed, ended
+from dirigent_langfuse import LangfuseStream, StreamSet
+a, b = (LangfuseStream(config(sys.argv[2], atexit_flush=True, flush_interval=30, shutdown_timeout=10), name=n)
+        for n in "ab")
+streams = StreamSet([a, b])
+
+def on_term(signum, frame):
+    print("handler:", sorted((k, v.status.value) for k, v in streams.shutdown(10).items()), flush=True)
+
+signal.signal(signal.SIGTERM, on_term)
+clock, armed = a._worker._clock, [False]
+
+def clock_that_signals():  # SIGTERM lands while this thread is inside a's worker critical section
+    if armed[0] and threading.current_thread() is threading.main_thread() and a._worker.inside():
+        armed[0] = False
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):
+            pass
+    return clock()
+
+a._worker._clock = clock_that_signals
+for stream in (a, b):
+    scroll = "scroll-" + stream.name
+    for event in (created(scroll), started("m1", scroll, t=1), completed("m1", scroll, t=2), ended(scroll, t=3)):
+        stream.on_event(event)
+armed[0] = True
+a.flush(10)  # interrupted by the SIGTERM
+print("later:", sorted((k, v.status.value) for k, v in streams.shutdown(10).items()), flush=True)
+"""
+
+
+def test_a_stream_set_shut_down_from_a_signal_handler_that_interrupted_one_of_its_streams(receiver):
+    """The set calls its streams on threads of their own, except when the calling thread is
+    inside one of them (here a SIGTERM handler interrupted stream a): then it calls them here, a
+    answers at once and goes on on a thread of its own, b is shut down in the handler. Nothing
+    hangs and everything is delivered."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    try:
+        result = subprocess.run([sys.executable, "-c", SIGTERM_SET, str(ROOT), receiver.url], capture_output=True,
+                                text=True, timeout=30, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process hung in its SIGTERM handler")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["handler: [('a', 'failed'), ('b', 'delivered')]",
+                                          "later: [('a', 'delivered'), ('b', 'delivered')]"], result.stdout
+    assert receiver.store.envelope_count() == 8
+
+
 DROPPED = r"""
 import logging, sys
 sys.path.insert(0, sys.argv[1])
