@@ -77,8 +77,8 @@ class LangfuseRetry(Retry):
         return None if stop is None else stop - time.monotonic()
 
     def is_exhausted(self) -> bool:
-        left = self._left()
-        return (left is not None and left <= 0) or super().is_exhausted()
+        left = self._left()  # (a retry whose backoff ends past the deadline would start after it)
+        return (left is not None and left <= self.get_backoff_time()) or super().is_exhausted()
 
     def _sleep(self, seconds: float) -> None:
         left = self._left()

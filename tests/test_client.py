@@ -271,3 +271,9 @@ def test_a_retry_stops_at_the_shutdown_deadline_also_for_a_request_in_flight():
     assert slept and slept[0] <= 0.05
     client.stop_retrying_at(time.monotonic() - 1.0)
     assert in_flight.is_exhausted() and client._retry.new().is_exhausted()
+    from urllib3.util.retry import RequestHistory
+
+    client.stop_retrying_at(time.monotonic() + 0.05)
+    after_a_503 = in_flight.new(history=(RequestHistory("POST", "/", None, 503, None),))
+    assert after_a_503.get_backoff_time() == 0.1  # its retry would start after the deadline: none
+    assert after_a_503.is_exhausted()
