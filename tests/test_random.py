@@ -34,7 +34,7 @@ from dirigent_langfuse.sampling import sampled_in
 from .helpers import bound, completed, config, created, ended, started, tool_call, tool_update, update
 
 SEEDS = range(int(os.environ.get("RANDOM_SEEDS", "40")))  # RANDOM_SEEDS=1000 to search wider
-KNOWN = {"status_400", "otel_rejected"}  # the only drops a transient fault may cause
+KNOWN = {"otel_rejected"}  # the only drop a transient fault may cause (a span fault: OTLP rejects, no retry)
 
 
 def scrub(data: Any) -> Any:
