@@ -151,7 +151,11 @@ class StreamSet:
         for index, stream in enumerate(self.streams):
             thread = threading.Thread(target=self._answer, args=(index, call, timeout, answers),
                                       name=f"dirigent-streamset[{stream.name}]:{call}", daemon=True)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError:  # no new thread at interpreter exit (Python 3.12): this one here
+                self._answer(index, call, timeout, answers)
+                continue
             threads.append(thread)
         deadline = None if timeout is None else time.monotonic() + timeout + _GRACE
         for thread in threads:

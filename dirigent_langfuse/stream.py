@@ -76,10 +76,16 @@ class _Exits:
         if len(streams) == 1:
             streams[0]._at_exit()
             return
-        threads = [threading.Thread(target=s._at_exit, name=f"dirigent-langfuse[{s.name}]:exit", daemon=True)
-                   for s in streams]
-        for thread in threads:
-            thread.start()
+        threads = []
+        for stream in streams:
+            thread = threading.Thread(target=stream._at_exit, name=f"dirigent-langfuse[{stream.name}]:exit",
+                                      daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # Python 3.12 starts no thread at exit: one after another, here
+                stream._at_exit()
+                continue
+            threads.append(thread)
         for thread in threads:
             thread.join()  # each bounded by its stream's shutdown_timeout
 
@@ -292,10 +298,14 @@ class LangfuseStream(SessionStream):
                 finisher.join(min(timeout, threading.TIMEOUT_MAX))
             return self._final or StreamOutcome.failed(StreamError.CLOSED, "shutdown already running")
         if self._worker.inside():
-            self._finisher = threading.Thread(
+            finisher = threading.Thread(
                 target=self._shutdown, args=(timeout,), name=f"dirigent-langfuse[{self.name}]:shutdown", daemon=True
             )
-            self._finisher.start()
+            try:
+                finisher.start()
+            except RuntimeError as exc:  # no new thread at interpreter exit (Python 3.12)
+                return StreamOutcome.failed(StreamError.TRANSPORT, f"shutdown cannot go on from here: {exc}")
+            self._finisher = finisher
             return StreamOutcome.failed(
                 StreamError.TRANSPORT,
                 "shutdown was called from inside the stream (a signal handler, a mask, a log handler?), where it "

@@ -276,21 +276,32 @@ class Worker:
         return True
 
     def _start(self) -> None:
-        """The worker thread, and `max_inflight - 1` sender threads that only send (all daemons)."""
+        """The worker thread, and `max_inflight - 1` sender threads that only send (all daemons).
+        Where no thread may start (Python 3.12 refuses new threads once the interpreter exits: a
+        host's own exit hook), none runs: what is queued waits for `shutdown()`, which then works
+        on the caller's thread."""
+        refused = None
         with self._lock:
             if self._running():
                 return
             if self._stopped:
                 return
-            self._threads = [
-                threading.Thread(target=self._run, args=(role,), name=f"dirigent-langfuse[{self.name}]:{role}",
-                                 daemon=True)
-                for role in ["main"] + ["sender"] * (self.config.max_inflight - 1)
-            ]
-            self._alive += len(self._threads)
-            for thread in self._threads:
-                thread.start()
-            self._main_looping = True  # (the thread clears it on its way out, under this lock)
+            started = []
+            for role in ["main"] + ["sender"] * (self.config.max_inflight - 1):
+                thread = threading.Thread(target=self._run, args=(role,),
+                                          name=f"dirigent-langfuse[{self.name}]:{role}", daemon=True)
+                try:
+                    thread.start()  # (it waits for this lock before its first step)
+                except RuntimeError as exc:
+                    refused = exc
+                    break
+                started.append(thread)
+                self._alive += 1
+            self._threads = started
+            self._main_looping = bool(started)  # (the thread clears it on its way out, under this lock)
+        if refused is not None and not started:
+            log.warning("stream %r: cannot start the worker thread (%s); what is queued is sent by shutdown()",
+                        self.name, refused)
 
     def inside(self) -> bool:
         """True when this thread cannot wait for the worker: it is already inside one of the
@@ -327,6 +338,9 @@ class Worker:
                                "a mask, a log handler?), where it cannot wait")
         if not self._running():
             self._start()
+            if not self._running() and not self._stopped:  # no thread may start (the interpreter is exiting)
+                return FlushResult(False, False, self.pending, "no worker thread can start (the interpreter is "
+                                   "exiting?): shutdown() sends what is queued")
         with self._lock:
             target = self.accepted - self.dropped.get("queue_full", 0)
             failures = self.failed_requests

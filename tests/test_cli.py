@@ -209,6 +209,8 @@ for stream in streams:
 """
 
 
+@pytest.mark.skipif(sys.version_info[:2] == (3, 12), reason="Python 3.12 starts no thread at exit: the streams "
+                    "are shut down one after another (test_the_exit_shuts_streams_down_where_no_thread_may_start)")
 def test_the_exit_shuts_every_stream_down_at_once(receiver):
     """Before, each stream had an exit hook of its own, run one after another: N streams whose
     backend hangs held the exit for N × shutdown_timeout, and a stream whose delivery waited on
@@ -218,6 +220,43 @@ def test_the_exit_shuts_every_stream_down_at_once(receiver):
                             timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     assert "not delivered" not in result.stderr, result.stderr
+    assert receiver.store.envelope_count() == 8
+
+
+EXITS_NO_THREADS = r"""
+import atexit, logging, sys, threading
+sys.path.insert(0, sys.argv[1])
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+from tests.helpers import config, created, started, completed, ended
+from dirigent_langfuse import LangfuseStream
+
+streams = [LangfuseStream(config(sys.argv[2], atexit_flush=True, flush_interval=30, shutdown_timeout=5), name=name)
+           for name in "ab"]
+for stream in streams:
+    scroll = "scroll-" + stream.name
+    for event in (created(scroll), started("m1", scroll, t=1), completed("m1", scroll, t=2), ended(scroll, t=3)):
+        stream.on_event(event)
+start = threading.Thread.start
+
+def refuse(self):
+    if self.name.startswith("dirigent-"):
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+    start(self)
+
+# Runs before the streams' exit hook (registered earlier): from then on no thread of ours may start, as on 3.12
+atexit.register(lambda: setattr(threading.Thread, "start", refuse))
+"""
+
+
+def test_the_exit_shuts_streams_down_where_no_thread_may_start(receiver):
+    """Python 3.12 starts no new thread once the interpreter exits. Before, the exit hook of two
+    streams or more raised there ('Exception ignored in atexit callback') and delivered nothing.
+    Now it shuts them down one after another on the exiting thread."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", EXITS_NO_THREADS, str(ROOT), receiver.url], capture_output=True,
+                            text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Exception ignored" not in result.stderr and "not delivered" not in result.stderr, result.stderr
     assert receiver.store.envelope_count() == 8
 
 

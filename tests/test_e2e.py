@@ -512,3 +512,33 @@ def test_nothing_is_retried_past_the_shutdown_deadline(receiver):
         thread.join(10)
     assert not any(t.is_alive() for t in s._worker._threads)
     assert receiver.faults.applied == 1  # one attempt, no retry after the deadline
+
+
+def test_where_no_thread_may_start_shutdown_sends_on_the_caller_s_thread(receiver, monkeypatch):
+    """Python 3.12 starts no new thread once the interpreter is exiting: a host's own exit hook
+    that makes a stream, or sends its last events, met a RuntimeError, and the worker's count of
+    its threads went wrong, so shutdown() never counted what was left. Now no thread runs, flush()
+    says so at once, and shutdown() sends what is queued on the caller's thread; a StreamSet calls
+    its streams one after another."""
+    import threading
+
+    from dirigent_langfuse import StreamSet
+
+    start = threading.Thread.start
+
+    def refuse(self):  # ours only: the receiver serves each connection on a thread of its own
+        if self.name.startswith("dirigent-"):
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    a, b = stream(receiver.url, name="a"), stream(receiver.url, name="b")
+    for s, scroll in ((a, "scroll-a"), (b, "scroll-b")):
+        assert s.on_event(started("m1", scroll)).status is OutcomeStatus.ACCEPTED
+        assert s.on_event(completed("m1", scroll, t=1)).status is OutcomeStatus.ACCEPTED
+    flushed = a.flush(30)
+    assert not flushed.ok and "no worker thread can start" in flushed.detail
+    outcomes = StreamSet([a, b]).shutdown(10)
+    assert all(o.ok for o in outcomes.values()), outcomes
+    assert receiver.store.envelope_count() == 4
+    assert a.stats().items_delivered == b.stats().items_delivered == 2
