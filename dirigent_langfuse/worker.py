@@ -299,9 +299,10 @@ class Worker:
                 self._alive += 1
             self._threads = started
             self._main_looping = bool(started)  # (the thread clears it on its way out, under this lock)
-        if refused is not None and not started:
-            log.warning("stream %r: cannot start the worker thread (%s); what is queued is sent by shutdown()",
-                        self.name, refused)
+        if refused is not None and not started:  # (asked again at each event: said once a minute)
+            self._throttled("no_thread", logging.WARNING,
+                            "stream %r: cannot start the worker thread (%s); what is queued is sent by shutdown()",
+                            self.name, refused)
 
     def inside(self) -> bool:
         """True when this thread cannot wait for the worker: it is already inside one of the

@@ -514,7 +514,7 @@ def test_nothing_is_retried_past_the_shutdown_deadline(receiver):
     assert receiver.faults.applied == 1  # one attempt, no retry after the deadline
 
 
-def test_where_no_thread_may_start_shutdown_sends_on_the_caller_s_thread(receiver, monkeypatch):
+def test_where_no_thread_may_start_shutdown_sends_on_the_caller_s_thread(receiver, monkeypatch, caplog):
     """Python 3.12 starts no new thread once the interpreter is exiting: a host's own exit hook
     that makes a stream, or sends its last events, met a RuntimeError, and the worker's count of
     its threads went wrong, so shutdown() never counted what was left. Now no thread runs, flush()
@@ -538,6 +538,8 @@ def test_where_no_thread_may_start_shutdown_sends_on_the_caller_s_thread(receive
         assert s.on_event(completed("m1", scroll, t=1)).status is OutcomeStatus.ACCEPTED
     flushed = a.flush(30)
     assert not flushed.ok and "no worker thread can start" in flushed.detail
+    said = [r for r in caplog.records if "cannot start the worker thread" in r.getMessage()]
+    assert len(said) == 2  # once per stream, not once per event
     outcomes = StreamSet([a, b]).shutdown(10)
     assert all(o.ok for o in outcomes.values()), outcomes
     assert receiver.store.envelope_count() == 4
