@@ -450,7 +450,7 @@ class OtelTransport:
         except Exception as exc:  # a bug of ours: the span still goes (and counts), without those fields
             obs = _Open(obs.kind, obs.trace, unencodable(body, exc), obs.weight)
             data, truncated = utf8(self.span(obs, sid, is_root)), True
-        return Record(obs.trace + "/" + sid, data, obs.weight, truncated)
+        return Record(obs.trace + "/" + sid, data, obs.weight, truncated, wire="otel")
 
     def _trace_attrs(self, scroll: str) -> str:
         """The trace's attributes as JSON text, built once per change of the trace."""
@@ -608,11 +608,7 @@ class AutoTransport:
         return self._chosen
 
     def prepare(self, items: Sequence[Dict[str, Any]]) -> List[Record]:
-        records = self.resolve().prepare(items)
-        if isinstance(self._chosen, IngestionTransport):
-            for record in records:
-                record.wire = "ingestion"
-        return records
+        return self.resolve().prepare(items)
 
     def rewire(self, records: Sequence[Record]) -> Optional[List[Record]]:
         """`records`, encoded for ingestion, as OTel spans, once Langfuse is known to take OTel
@@ -654,7 +650,7 @@ class AutoTransport:
         if not legacy:
             return chosen.send(records)
         rest = [r for r in records if r.wire != "ingestion"]
-        report = chosen.send(rest) if rest else Report()
+        report = chosen.send(rest) if rest else Report(sent=False)
         report.rewire.extend(legacy)
         return report
 

@@ -195,8 +195,8 @@ class Spool:
 
     def load(self, wire: str, also: Sequence[str] = ()) -> Tuple[List[Record], int]:
         """Claims the orphans of this stream (records whose owner is dead); returns those of this
-        wire format (and of the formats in `also`, marked with theirs) in their original order,
-        and the count of the others, removed."""
+        wire format (and of the formats in `also`), each marked with its own, in their original
+        order, and the count of the others, removed."""
         try:
             db = self._db()
             self._claim(db)
@@ -209,8 +209,7 @@ class Spool:
             log.error("spool %s: cannot read (%s); going on without the spool", self.path, exc)
             return [], 0
         # (a row written before slots holds the record's key alone)
-        keep = [Record(slot.rpartition(_SLOT)[0] or slot, bytes(data), weight, slot=slot,
-                       wire="" if w == wire else w)
+        keep = [Record(slot.rpartition(_SLOT)[0] or slot, bytes(data), weight, slot=slot, wire=w)
                 for slot, w, data, weight in rows if w == wire or w in also]
         other = [Record(slot, b"", weight, slot=slot) for slot, w, _, weight in rows if w != wire and w not in also]
         if other:

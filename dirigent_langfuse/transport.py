@@ -36,8 +36,9 @@ class Record:
     queued items it stands for (`weight`; an OTel span merges its create and its updates).
     `refusals`: how many answers refused it alone with a retryable status (a 207's 5xx).
     `slot`: its row in the spool, once spooled (two records may share a key: a replayed item, a
-    span sent again; each has a row of its own). `wire`: "ingestion" on a record `transport =
-    "auto"` encoded for ingestion, so that it is never sent as OTel once auto has moved on."""
+    span sent again; each has a row of its own). `wire`: the format it was encoded in ("ingestion"
+    or "otel"), so that `transport = "auto"`, once it has moved on, never sends a record in the
+    other one."""
 
     __slots__ = ("key", "data", "weight", "truncated", "refusals", "slot", "wire")
 
@@ -60,12 +61,14 @@ class Report:
     """A request's result, record by record. `error` is set when the whole request failed;
     `refused` (reason, message) when it succeeded but refused some records for now. `rewire`:
     records in a wire format Langfuse no longer takes (it was upgraded to v4): the transport may
-    encode them again (`AutoTransport.rewire`)."""
+    encode them again (`AutoTransport.rewire`). `sent`: False when no request was made (every
+    record was for `rewire`): no answer of Langfuse's, so nothing for health or the counts."""
 
     delivered: List[Record] = attrs.field(factory=list)
     retry: List[Record] = attrs.field(factory=list)
     dropped: List[Tuple[Record, str, str]] = attrs.field(factory=list)
     rewire: List[Record] = attrs.field(factory=list)
+    sent: bool = True
     error: Optional[LangfuseError] = None
     refused: Optional[Tuple[str, str]] = None
     retries: int = 0
@@ -100,7 +103,7 @@ class IngestionTransport:
             if stamp:
                 _stamp(item, self.environment, self.release)
             data, truncated = encode_item(item, self.max_item_bytes)
-            out.append(Record(item["id"], data, 1, truncated))
+            out.append(Record(item["id"], data, 1, truncated, wire="ingestion"))
         return out
 
     def close_open(self, now: Optional[float] = None) -> List[Record]:

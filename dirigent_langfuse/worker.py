@@ -703,8 +703,7 @@ class Worker:
             report = self.transport.send(batch)
         except LangfuseError as exc:
             report = Report(error=exc, retries=exc.retries)
-        if report.rewire and not (report.delivered or report.dropped or report.retry or report.error
-                                  or report.bytes_sent):
+        if not report.sent:
             with self._lock:  # no request was made: they all wait to be encoded again
                 self._rewire.extend(report.rewire)
                 self._landed(batch)
@@ -847,15 +846,11 @@ class Worker:
             self._spool_loaded = False  # loaded by the first prepare once a transport is chosen
             self._not_chosen([], exc)
             return
-        auto = resolve is not None
         # Written for ingestion before this Langfuse moved to v4: encoded again, as spans (`auto`).
-        records, other = self.spool.load(wire, ("ingestion",) if auto and wire == "otel" else ())
-        legacy = [r for r in records if r.wire]  # (only those of another wire are marked)
+        records, other = self.spool.load(wire, ("ingestion",) if resolve is not None and wire == "otel" else ())
+        legacy = [r for r in records if r.wire != wire]
         if legacy:
-            records = [r for r in records if not r.wire]
-        if auto and wire == "ingestion":  # never sent as OTel, should auto move on
-            for record in records:
-                record.wire = "ingestion"
+            records = [r for r in records if r.wire == wire]
         with self._lock:
             n = sum(r.weight for r in records) + sum(r.weight for r in legacy)
             self.accepted += n + other
