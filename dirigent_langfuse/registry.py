@@ -17,7 +17,7 @@ from typing import Dict, Iterable, List, Optional
 from .bus import BusEvent
 from .errors import RegistryError
 from .specs import StreamSpec
-from .streams import OutcomeStatus, SessionStream, StreamError, StreamOutcome, seconds
+from .streams import OutcomeStatus, SessionStream, StreamError, StreamOutcome, daemon, seconds
 
 __all__ = ["StreamFactory", "StreamFactoryRegistry", "StreamSet", "ENTRY_POINT_GROUP"]
 
@@ -149,14 +149,11 @@ class StreamSet:
         answers: Dict[int, StreamOutcome] = {}
         threads = []
         for index, stream in enumerate(self.streams):
-            thread = threading.Thread(target=self._answer, args=(index, call, timeout, answers),
-                                      name=f"dirigent-streamset[{stream.name}]:{call}", daemon=True)
-            try:
-                thread.start()
-            except RuntimeError:  # no new thread at interpreter exit (Python 3.12): this one here
+            thread = daemon(self._answer, f"dirigent-streamset[{stream.name}]:{call}", index, call, timeout, answers)
+            if thread is None:
                 self._answer(index, call, timeout, answers)
-                continue
-            threads.append(thread)
+            else:
+                threads.append(thread)
         deadline = None if timeout is None else time.monotonic() + timeout + _GRACE
         for thread in threads:
             left = None if deadline is None else min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)

@@ -32,6 +32,7 @@ from .streams import (
     StreamError,
     StreamOutcome,
     StreamStats,
+    daemon,
     seconds,
 )
 from .transport import IngestionTransport
@@ -78,14 +79,11 @@ class _Exits:
             return
         threads = []
         for stream in streams:
-            thread = threading.Thread(target=stream._at_exit, name=f"dirigent-langfuse[{stream.name}]:exit",
-                                      daemon=True)
-            try:
-                thread.start()
-            except RuntimeError:  # Python 3.12 starts no thread at exit: one after another, here
+            thread = daemon(stream._at_exit, f"dirigent-langfuse[{stream.name}]:exit")
+            if thread is None:  # no thread at exit (Python 3.12): one after another, here
                 stream._at_exit()
-                continue
-            threads.append(thread)
+            else:
+                threads.append(thread)
         for thread in threads:
             thread.join()  # each bounded by its stream's shutdown_timeout
 
@@ -298,13 +296,10 @@ class LangfuseStream(SessionStream):
                 finisher.join(min(timeout, threading.TIMEOUT_MAX))
             return self._final or StreamOutcome.failed(StreamError.CLOSED, "shutdown already running")
         if self._worker.inside():
-            finisher = threading.Thread(
-                target=self._shutdown, args=(timeout,), name=f"dirigent-langfuse[{self.name}]:shutdown", daemon=True
-            )
-            try:
-                finisher.start()
-            except RuntimeError as exc:  # no new thread at interpreter exit (Python 3.12)
-                return StreamOutcome.failed(StreamError.TRANSPORT, f"shutdown cannot go on from here: {exc}")
+            finisher = daemon(self._shutdown, f"dirigent-langfuse[{self.name}]:shutdown", timeout)
+            if finisher is None:
+                return StreamOutcome.failed(StreamError.TRANSPORT, "shutdown cannot go on from here: no thread may "
+                                            "start (the interpreter is exiting)")
             self._finisher = finisher
             return StreamOutcome.failed(
                 StreamError.TRANSPORT,

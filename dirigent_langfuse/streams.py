@@ -16,7 +16,7 @@ import enum
 import math
 import numbers
 import threading
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import attrs
 
@@ -230,6 +230,17 @@ def __getattr__(name: str) -> Any:
 
         return getattr(registry, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def daemon(target: Callable[..., Any], name: str, *args: Any) -> Optional[threading.Thread]:
+    """`target(*args)` on a daemon thread, started; None where no thread may start (Python 3.12
+    starts none once the interpreter is exiting: an exit hook), and the caller does the work itself."""
+    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:
+        return None
+    return thread
 
 
 def seconds(timeout: Optional[float], default: float) -> float:

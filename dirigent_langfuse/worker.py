@@ -33,7 +33,7 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequenc
 
 from .config import LangfuseConfig
 from .errors import LangfuseError
-from .streams import HealthTracker, Health
+from .streams import Health, HealthTracker, daemon
 from .throttle import Throttled
 from .transport import NotChosen, Record, Report, request_error
 
@@ -280,7 +280,6 @@ class Worker:
         Where no thread may start (Python 3.12 refuses new threads once the interpreter exits: a
         host's own exit hook), none runs: what is queued waits for `shutdown()`, which then works
         on the caller's thread."""
-        refused = None
         with self._lock:
             if self._running():
                 return
@@ -288,21 +287,16 @@ class Worker:
                 return
             started = []
             for role in ["main"] + ["sender"] * (self.config.max_inflight - 1):
-                thread = threading.Thread(target=self._run, args=(role,),
-                                          name=f"dirigent-langfuse[{self.name}]:{role}", daemon=True)
-                try:
-                    thread.start()  # (it waits for this lock before its first step)
-                except RuntimeError as exc:
-                    refused = exc
+                thread = daemon(self._run, f"dirigent-langfuse[{self.name}]:{role}", role)
+                if thread is None:
                     break
-                started.append(thread)
+                started.append(thread)  # (it waits for this lock before its first step)
                 self._alive += 1
             self._threads = started
             self._main_looping = bool(started)  # (the thread clears it on its way out, under this lock)
-        if refused is not None and not started:  # (asked again at each event: said once a minute)
-            self._throttled("no_thread", logging.WARNING,
-                            "stream %r: cannot start the worker thread (%s); what is queued is sent by shutdown()",
-                            self.name, refused)
+        if not started:  # (asked again at each event: said once a minute)
+            self._throttled("no_thread", logging.WARNING, "stream %r: cannot start the worker thread (the interpreter "
+                            "is exiting?); what is queued is sent by shutdown()", self.name)
 
     def inside(self) -> bool:
         """True when this thread cannot wait for the worker: it is already inside one of the
