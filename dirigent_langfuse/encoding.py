@@ -47,6 +47,7 @@ TRUNCATION_MARKER = "…[truncated by dirigent_langfuse: {size} bytes in all]"
 _REPR_LIMIT = 1000
 _TRUNCATABLE = ("input", "output", "metadata")
 UNENCODABLE = "<dirigent_langfuse could not encode this field ({error}); see its log>"
+CIRCULAR = "<circular>"  # a container met again inside itself (also in the payload copies: snapshot.py)
 
 
 def _float(value: float) -> Any:
@@ -126,7 +127,7 @@ def to_jsonable(value: Any, _seen: Optional[set] = None, _depth: int = 0) -> Any
     if isinstance(value, (dict, list, tuple)):
         marker = id(value)
         if marker in _seen:
-            return "<circular>"
+            return CIRCULAR
         _seen.add(marker)
         try:
             if isinstance(value, dict):

@@ -22,11 +22,12 @@ from typing import Any, List, Set
 
 import attrs
 
+from .encoding import CIRCULAR
+
 __all__ = ["own", "own_event", "LIMIT"]
 
 LIMIT = 10_000
 _DEPTH = 100  # deeper than this is kept by reference
-CIRCULAR = "<circular>"  # what encoding.py writes for a container inside itself
 
 # Values that never change: shared, not copied.
 _LEAVES = frozenset({str, int, float, bool, type(None), bytes})

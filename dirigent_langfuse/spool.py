@@ -120,8 +120,8 @@ class Spool:
         self.owner, self._owner_fd = token, fd
 
     def release(self) -> None:
-        """Give the records left here to the next start (the stream has shut down). Idempotent,
-        and safe from two threads at once (the shutdown's, and the worker's last one)."""
+        """Give the records left here to the next start (the stream has shut down; called by the
+        worker's last thread). Idempotent and thread-safe."""
         with self._release_lock:
             fd, self._owner_fd = self._owner_fd, None
         if fd is not None:
