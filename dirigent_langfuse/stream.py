@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
@@ -87,14 +86,13 @@ class _Exits:
         for thread in threads:
             thread.join()  # each bounded by its stream's shutdown_timeout
 
-    def reset_after_fork(self) -> None:
+    def _after_fork(self) -> None:
         self._lock = threading.RLock()
 
 
-_exits = _Exits()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_exits.reset_after_fork)
 _forks = Forks(after_in_child="_after_fork")  # after the workers' (imported first): a child resets them first
+_exits = _Exits()
+_forks.add(_exits)
 
 
 def make_transport(config: LangfuseConfig, client: LangfuseClient, masker: Optional[Masker] = None) -> Any:
