@@ -22,7 +22,7 @@ import threading
 import tempfile
 import time
 from importlib import resources
-from typing import Any, Counter, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple
+from typing import IO, Any, Counter, Iterable, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple, Union
 
 from . import __version__
 from .bus import KNOWN_TYPES, BusEvent, UnknownEvent, event_from_json
@@ -52,18 +52,31 @@ def _example_lines() -> List[str]:
 
 
 def _read_events(
-    lines: Iterator[str], errors: List[Tuple[int, str]], show: Optional[TextIO] = None
+    lines: Iterable[Union[bytes, str]], errors: List[Tuple[int, str]], show: Optional[TextIO] = None
 ) -> Iterator[Tuple[int, BusEvent]]:
-    """Decode JSON Lines; a bad line is recorded (and shown at once on `show`), never fatal."""
+    """Decode JSON Lines; a bad line is recorded (and shown at once on `show`), never fatal.
+
+    Lines given as bytes are read as UTF-8 (JSON Lines' encoding) one by one, so that a line that
+    is not UTF-8 text is one malformed line, not the end of the run; a byte order mark at the
+    start (as Windows tools write) is skipped."""
     for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
         try:
-            yield number, event_from_json(json.loads(line))
+            text = line.decode("utf-8") if isinstance(line, bytes) else line
+            if number == 1 and text.startswith("\ufeff"):
+                text = text[1:]
+            if not text.strip():
+                continue
+            yield number, event_from_json(json.loads(text))
+        except UnicodeDecodeError as exc:
+            _malformed(errors, show, number, f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at byte {exc.start + 1})")
         except (ValueError, BusEventError) as exc:
-            errors.append((number, str(exc)))
-            if show is not None:
-                show.write(f"mirror: line {number}: {exc}\n")
+            _malformed(errors, show, number, str(exc))
+
+
+def _malformed(errors: List[Tuple[int, str]], show: Optional[TextIO], number: int, problem: str) -> None:
+    errors.append((number, problem))
+    if show is not None:
+        show.write(f"mirror: line {number}: {problem}\n")
 
 
 def _summary(stats: StreamStats) -> str:
@@ -189,6 +202,20 @@ class _Progress:
 
 
 def cmd_mirror(args: argparse.Namespace) -> int:
+    stdin = args.file in (None, "-")
+    try:  # bytes: each line is decoded on its own (see _read_events)
+        source: IO[Any] = getattr(sys.stdin, "buffer", sys.stdin) if stdin else open(args.file, "rb")
+    except OSError as exc:
+        print(f"mirror: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    try:
+        return _mirror(args, source)
+    finally:
+        if not stdin:
+            source.close()
+
+
+def _mirror(args: argparse.Namespace, source: IO[Any]) -> int:
     try:
         streams = _build_streams(args.config, args.dry_run)
     except DirigentLangfuseError as exc:
@@ -197,23 +224,18 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     if not streams.streams:
         print("mirror: the config has no enabled stream", file=sys.stderr)
         return 2
-    source: TextIO = sys.stdin if args.file in (None, "-") else open(args.file, encoding="utf-8")
     errors: List[Tuple[int, str]] = []
     progress = _Progress(sys.stderr)
     events = 0
     failed_outcomes = 0
     unknown: Counter[str] = collections.Counter()  # types this version does not know: skipped, said once
-    try:
-        for _, event in _read_events(iter(source), errors, show=sys.stderr):
-            events += 1
-            if isinstance(event, UnknownEvent):
-                unknown[event.type] += 1
-            outcomes = streams.on_event(event)
-            failed_outcomes += sum(1 for o in outcomes.values() if o.status is OutcomeStatus.FAILED)
-            progress(events, len(errors))
-    finally:
-        if source is not sys.stdin:
-            source.close()
+    for _, event in _read_events(source, errors, show=sys.stderr):
+        events += 1
+        if isinstance(event, UnknownEvent):
+            unknown[event.type] += 1
+        outcomes = streams.on_event(event)
+        failed_outcomes += sum(1 for o in outcomes.values() if o.status is OutcomeStatus.FAILED)
+        progress(events, len(errors))
     progress(events, len(errors), final=True)
     if unknown:
         print(f"mirror: {sum(unknown.values())} events of types this version does not know were skipped: "

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Union
 
 import pytest
 
@@ -20,12 +21,14 @@ from .conftest import ROOT, SECRETS
 EXAMPLE = ROOT / "dirigent_langfuse" / "examples" / "coding_session.jsonl"
 
 
-def run(*args: str, stdin: str = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def run(*args: str, stdin: Union[str, bytes, None] = None, timeout: float = 60) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for key in ("LANGFUSE_BASE_URL", "LANGFUSE_HOST", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY"):
         env.pop(key, None)
     result = subprocess.run([sys.executable, "-m", "dirigent_langfuse", *args], input=stdin, capture_output=True,
-                            text=True, timeout=timeout, env=env, cwd=str(ROOT))
+                            text=not isinstance(stdin, bytes), timeout=timeout, env=env, cwd=str(ROOT))
+    if isinstance(stdin, bytes):  # bytes in, text out all the same
+        result.stdout, result.stderr = (out.decode("utf-8", "replace") for out in (result.stdout, result.stderr))
     for secret in SECRETS[:-1]:
         assert secret not in result.stdout + result.stderr, "a secret was printed"
     return result
@@ -96,6 +99,37 @@ def test_mirror_says_which_event_types_it_skipped_as_unknown(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "2 events of types this version does not know were skipped: SessionCreated 2" in result.stderr
     assert "known: connector_status, message_completed" in result.stderr
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_mirror_reads_a_bom_crlf_and_a_line_that_is_not_utf8_as_one_bad_line(tmp_path, receiver, source):
+    """JSON Lines from a Windows tool (a byte order mark, CRLF) and one line that is not UTF-8
+    (a log's stray latin-1 byte). Before, the BOM made line 1 malformed and the byte ended the run
+    with a UnicodeDecodeError traceback: the events after it were never read."""
+    lines = EXAMPLE.read_bytes().splitlines()
+    lines.insert(3, b'{"type": "session_updated", "title": "caf\xe9"}')
+    data = b"\xef\xbb\xbf" + b"\r\n".join(lines) + b"\r\n"
+    config = write_config(tmp_path / "streams.toml", receiver.url, transport="ingestion", flush_interval=0.1)
+    if source == "file":
+        (tmp_path / "events.jsonl").write_bytes(data)
+        result = run("mirror", "--config", str(config), str(tmp_path / "events.jsonl"))
+    else:
+        result = run("mirror", "--config", str(config), "-", stdin=data)
+    assert result.returncode == 1, result.stderr  # the bad line is a failure of the run...
+    assert "Traceback" not in result.stderr
+    assert "mirror: line 4: not UTF-8 text (byte 0xe9 at byte 42)" in result.stderr
+    assert "FAILED: 27 events, 1 malformed lines" in result.stderr  # ...and every other line was read
+    summary = re.search(r"items=(\d+) delivered=(\d+).*dropped=(\S+)", result.stderr)
+    assert summary and summary.group(1) == summary.group(2) and summary.group(3) == "none"
+    assert len(receiver.store.traces()) == 2
+
+
+def test_mirror_a_file_it_cannot_read_exits_2(tmp_path):
+    config = write_config(tmp_path / "streams.toml", "http://127.0.0.1:9")
+    for path, reason in ((tmp_path / "missing.jsonl", "No such file or directory"), (tmp_path, "Is a directory")):
+        result = run("mirror", "--config", str(config), str(path))
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert f"mirror: cannot read {path}: {reason}" in result.stderr
 
 
 def test_mirror_bad_config_exits_2(tmp_path):
