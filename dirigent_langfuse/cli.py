@@ -275,6 +275,9 @@ def cmd_receive(args: argparse.Namespace) -> int:
     except OSError as exc:  # ssl.SSLError too
         print(f"receive: cannot load the TLS certificate and key: {exc}", file=sys.stderr)
         return 2
+    except ConfigError as exc:  # the database
+        print(f"receive: {exc.problem}", file=sys.stderr)
+        return 2
     receiver.faults.add(*faults)
     stop = threading.Event()
     try:
@@ -305,7 +308,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not os.path.exists(args.db):
         print(f"show: no database at {args.db}", file=sys.stderr)
         return 2
-    store = Store(args.db)
+    try:
+        store = Store(args.db)
+    except ConfigError as exc:
+        print(f"show: {exc.problem}", file=sys.stderr)
+        return 2
     try:
         text = render_all(store, args.trace_id)
     finally:

@@ -531,6 +531,6 @@ def _observation_view(obs: Dict[str, Any]) -> Dict[str, Any]:
 
 def parse_listen(text: str) -> Tuple[str, int]:
     host, _, port = text.rpartition(":")
-    if not port.isdigit():
-        raise ValueError(f"--listen must be HOST:PORT, got {text!r}")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen must be HOST:PORT (a port from 0 to 65535), got {text!r}")
     return host or "127.0.0.1", int(port)

@@ -24,6 +24,7 @@ import sqlite3
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+from .errors import ConfigError
 from .mapping import merge_body
 from .wire import decode_span, otlp_spans
 
@@ -46,6 +47,7 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 );
 """
+_TABLES = frozenset({"log", "bodies", "counters"})
 
 _SPAN = "otel-span"  # a span's own JSON (written by earlier versions; still read)
 _SPAN_REF = "otel-ref"  # a span, "@<bodies.seq>:<index>": the index-th span of a stored export
@@ -132,14 +134,32 @@ class Store:
     """Thread-safe: one connection, one lock (the receiver's threads take turns)."""
 
     def __init__(self, path: str = ":memory:") -> None:
+        """Raises `ConfigError` (key `db`) for a path that cannot be opened, a file that is not
+        SQLite, or a database of something else (a spool, another program's): never writes
+        our tables into it."""
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        if path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._counts: Dict[str, int] = collections.Counter(dict(self._db.execute("SELECT name, value FROM counters")))
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot be opened as the receiver's database: {path} ({exc})", key="db") from None
+        try:
+            tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            others = tables - _TABLES - {"sqlite_sequence"}
+            if others and not tables & _TABLES:
+                raise ConfigError(f"{path} is another program's database (it holds {', '.join(sorted(others))}), "
+                                  "not a receiver's", key="db")
+            if path != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._counts: Dict[str, int] = collections.Counter(dict(self._db.execute("SELECT name, value FROM counters")))
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise ConfigError(f"cannot be opened as the receiver's database: {path} ({exc})", key="db") from None
+        except ConfigError:
+            self._db.close()
+            raise
         self._dirty: Dict[str, int] = collections.Counter()
         self._view: Optional[_View] = None
         self._closed = False

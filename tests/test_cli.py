@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -165,6 +166,31 @@ def test_receive_then_show(tmp_path):
     one = run("show", "--db", str(db), "sess-none")
     assert one.returncode == 1
     assert run("show", "--db", str(tmp_path / "missing.db")).returncode == 2
+
+
+def test_receive_and_show_refuse_a_database_they_cannot_use_with_exit_2(tmp_path):
+    """Before, each of these ended in a traceback (sqlite3's or bind()'s), and `show` pointed at a
+    spool wrote the receiver's tables into it."""
+    from dirigent_langfuse.spool import Spool
+
+    not_sqlite = tmp_path / "notes.db"
+    not_sqlite.write_text("not a database\n")
+    spool = tmp_path / "spool.db"
+    Spool(str(spool), "s").release()
+    cases = [
+        (("show", "--db", str(not_sqlite)), f"show: cannot be opened as the receiver's database: {not_sqlite} (file is not a database)"),
+        (("receive", "--db", str(not_sqlite)), f"receive: cannot be opened as the receiver's database: {not_sqlite} (file is not a database)"),
+        (("receive", "--db", str(tmp_path / "no" / "such" / "dir.db")), "receive: cannot be opened as the receiver's database"),
+        (("show", "--db", str(spool)), f"show: {spool} is another program's database (it holds spool), not a receiver's"),
+        (("receive", "--db", str(tmp_path / "lf.db"), "--listen", "127.0.0.1:65536"), "a port from 0 to 65535"),
+    ]
+    for args, said in cases:
+        listen = () if "--listen" in args else ("--listen", "127.0.0.1:0")
+        result = run(*args, *(listen if args[0] == "receive" else ()), timeout=20)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (args, result.stderr)
+        assert said in result.stderr, (args, result.stderr)
+    with sqlite3.connect(str(spool)) as db:
+        assert {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} <= {"spool", "sqlite_sequence"}
 
 
 def test_check_good_keys_bad_keys_unreachable(tmp_path, receiver):
