@@ -99,12 +99,26 @@ class Spool:
         self._conns: List[sqlite3.Connection] = []  # every thread's, closed by release()
         self._generation = 0
         try:
+            self._refuse_foreign()
             self._db()  # fail early, on the caller's thread, for a path that cannot be opened
             self._take_owner()
         except (sqlite3.Error, OSError) as exc:
             self._close_all()
             raise ConfigError(f"cannot be opened as a spool: {self.path} ({exc})", stream=stream, key="spool_path") from None
         self._close_all()  # the worker's threads open their own: none stays open on the caller's
+
+    def _refuse_foreign(self) -> None:
+        """A database that holds tables, none of them a spool, is another program's (a path
+        mistyped, or the receiver's): no table of ours, and no WAL mode, is ever put into it."""
+        db = sqlite3.connect(self.path, timeout=5.0)
+        try:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            db.close()
+        others = tables - {"spool", "sqlite_sequence"}
+        if others and "spool" not in tables:
+            raise ConfigError(f"{self.path} is another program's database (it holds {', '.join(sorted(others))}), "
+                              "not a spool", stream=self.stream, key="spool_path")
 
     def _owners(self) -> str:
         return self.path + ".owners"

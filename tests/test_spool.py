@@ -9,8 +9,11 @@ import sqlite3
 
 import pytest
 
+from dirigent_langfuse import ConfigError, LangfuseStream
 from dirigent_langfuse.spool import Spool
 from dirigent_langfuse.transport import Record
+
+from .helpers import config
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="spool owners need fcntl (POSIX)")
 
@@ -123,11 +126,34 @@ def test_two_processes_upgrading_an_old_spool_at_once_both_open_it(tmp_path):
 
 
 def test_a_spool_in_memory_is_refused_naming_spool_path():
-    from dirigent_langfuse import ConfigError
-
     with pytest.raises(ConfigError) as info:
         Spool(":memory:", "s")
     assert info.value.key == "spool_path"
+
+
+def test_another_program_s_database_is_refused_and_left_as_it_was(tmp_path, receiver):
+    """`spool_path` pointed at the host's own database (or the receiver's): before, the spool put
+    its table into it and switched it to WAL mode for good."""
+    from dirigent_langfuse.store import Store
+
+    app = tmp_path / "app.db"
+    with sqlite3.connect(str(app)) as db:
+        db.execute("CREATE TABLE users (id INTEGER)")
+    db.close()
+    Store(str(tmp_path / "lf.db")).close()
+    for path, holds in ((app, "users"), (tmp_path / "lf.db", "bodies, counters, log")):
+        with pytest.raises(ConfigError) as info:
+            LangfuseStream(config(receiver.url, spool_path=str(path)), name="s")
+        assert info.value.key == "spool_path" and info.value.stream == "s"
+        assert f"is another program's database (it holds {holds}), not a spool" in str(info.value)
+        db = sqlite3.connect(str(path))
+        try:
+            assert "spool" not in {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == ("delete" if path == app else "wal")
+        finally:
+            db.close()
+    Spool(str(tmp_path / "empty.db"), "s").release()  # a new file, or one that is a spool, is taken as ever
+    Spool(str(tmp_path / "empty.db"), "s").release()
 
 
 def test_an_owner_file_that_cannot_be_opened_is_left_alone_not_the_end_of_the_spool(tmp_path, monkeypatch):
