@@ -107,9 +107,12 @@ def load_stream_specs(source: Union[str, os.PathLike, Mapping[str, Any]]) -> Lis
         if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source and "=" not in source):
             path = Path(source)
             try:
-                text = path.read_text(encoding="utf-8")
+                text = path.read_text(encoding="utf-8-sig")  # TOML is UTF-8; a byte order mark (Notepad's) is skipped
             except OSError as exc:
                 raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"cannot read {path}: not UTF-8 text, as TOML must be (byte 0x{exc.object[exc.start]:02x} "
+                                  f"at offset {exc.start})") from None
         else:
             text = str(source)
         try:

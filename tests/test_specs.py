@@ -65,6 +65,20 @@ def test_invalid_toml_and_missing_file(tmp_path):
         load_stream_specs(str(tmp_path / "missing.toml"))
 
 
+def test_a_toml_file_that_is_not_utf8_is_a_config_error_and_a_bom_is_skipped(tmp_path):
+    """Before, a latin-1 file raised UnicodeDecodeError (a traceback from `check` and `mirror`), and
+    a file saved with a byte order mark was "not valid TOML" at line 1, column 1."""
+    entry = '[[streams]]\nname = "caf\u00e9"\ntype = "langfuse"\n[streams.params]\nhost = "http://x"\n'
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(entry.encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_stream_specs(str(latin))
+    assert str(info.value) == f"cannot read {latin}: not UTF-8 text, as TOML must be (byte 0xe9 at offset 23)"
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf" + entry.encode("utf-8"))
+    assert [s.name for s in load_stream_specs(str(bom))] == ["caf\u00e9"]
+
+
 @pytest.mark.parametrize(
     "params, key",
     [
