@@ -15,12 +15,14 @@ Promises:
   is no longer a mapping is sent whole, as one value, and a status message that is no longer a
   string is sent as text (Langfuse's schema refuses anything else, and the whole item with it).
 - `resolve("package.module:function")` turns a config's `mask` into the function, with a
-  `ConfigError` naming `mask` when it cannot.
+  `ConfigError` naming `mask` when it cannot: the module cannot be imported (or raised while it
+  was), the name is missing or not callable, or it cannot be called as `mask(data=value)`.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from typing import Any, Callable, Dict, Optional
 
@@ -46,15 +48,38 @@ def resolve(spec: str, stream: Optional[str] = None) -> Callable[..., Any]:
             found = getattr(found, part)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"cannot import {spec!r}: {exc}", stream=stream, key="mask") from None
+    except Exception as exc:  # the module itself raised while it was imported
+        raise ConfigError(f"cannot import {spec!r}: importing {module!r} raised {type(exc).__name__}: {exc}",
+                          stream=stream, key="mask") from None
     if not callable(found):
         raise ConfigError(f"{spec!r} is not callable", stream=stream, key="mask")
+    _check_call(found, repr(spec), stream)
     return found  # type: ignore[no-any-return]
+
+
+def _check_call(fn: Callable[..., Any], what: str, stream: Optional[str]) -> None:
+    """A function that cannot take `data=` would turn every value into FAILED: say so when the
+    stream is made, not in the logs of a deployed service."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have none: they are called and judged then
+        return
+    try:
+        signature.bind(data=None)
+    except TypeError:
+        raise ConfigError(f"{what} cannot be called as mask(data=value), as Langfuse's SDKs call it (its "
+                          f"signature is {signature}; write it as def mask(*, data, **kwargs))",
+                          stream=stream, key="mask") from None
 
 
 class Masker:
     """The mask function with its failure count. Used from the worker thread only."""
 
     def __init__(self, fn: Callable[..., Any], name: str = "langfuse") -> None:
+        """Raises `ConfigError` (key `mask`) for a function that cannot be called as `mask(data=value)`."""
+        if not callable(fn):
+            raise ConfigError(f"must be a function, got {type(fn).__name__}", stream=name, key="mask")
+        _check_call(fn, getattr(fn, "__qualname__", type(fn).__name__), name)
         self.fn = fn
         self.name = name
         self.failures = 0

@@ -133,11 +133,30 @@ def test_mask_from_the_config_names_a_function(receiver):
     ("no.such.module:f", "cannot import"),
     ("tests.test_masking:nope", "cannot import"),
     ("tests.test_masking:SECRET", "not callable"),
+    ("tests.mask_that_raises:scrub", "importing 'tests.mask_that_raises' raised ZeroDivisionError"),
+    ("tests.test_masking:positional", "cannot be called as mask(data=value)"),
 ])
 def test_a_mask_that_cannot_be_used_is_a_config_error_naming_it(spec, problem):
     with pytest.raises(ConfigError) as info:  # a bad form fails in the config, the rest when the stream is made
         LangfuseStream(LangfuseConfig(host="http://x", public_key="pk", secret_key="sk", mask=spec), name="s")
     assert info.value.key == "mask" and problem in str(info.value)
+
+
+def positional(value: Any) -> Any:  # a mask written with another parameter name: every value would be FAILED
+    return value
+
+
+@pytest.mark.parametrize("mask", [positional, lambda a, b: a, len])
+def test_a_mask_function_that_cannot_take_data_is_a_config_error_when_the_stream_is_made(mask):
+    """Before, such a mask was taken, raised TypeError on every call, and every input and output
+    reached Langfuse as FAILED: found in the logs of a deployed service, not when it started."""
+    with pytest.raises(ConfigError) as info:
+        LangfuseStream(LangfuseConfig(host="http://x", public_key="pk", secret_key="sk"), name="s", mask=mask)
+    assert info.value.key == "mask" and info.value.stream == "s"
+    assert "cannot be called as mask(data=value)" in str(info.value)
+    for fits in (scrub, broken, lambda data: data, lambda *, data, **kw: data, lambda **kw: kw["data"]):
+        LangfuseStream(LangfuseConfig(host="http://x", public_key="pk", secret_key="sk", tracing_enabled=False),
+                       mask=fits)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

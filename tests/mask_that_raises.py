@@ -1,0 +1,7 @@
+"""A mask module that raises while it is imported (tests/test_masking.py)."""
+
+1 / 0
+
+
+def scrub(data):  # never reached
+    return data
