@@ -41,6 +41,7 @@ class StreamFactoryRegistry:
 
     def __init__(self) -> None:
         self._factories: Dict[str, StreamFactory] = {}
+        self._broken: Dict[str, str] = {}  # entry points that could not be loaded: kind -> why
 
     def register(self, factory: StreamFactory) -> None:
         kind = getattr(factory, "kind", None)
@@ -54,6 +55,8 @@ class StreamFactoryRegistry:
         try:
             return self._factories[kind]
         except KeyError:
+            if kind in self._broken:
+                raise RegistryError(f"stream kind {kind!r} is installed but could not be loaded: {self._broken[kind]}") from None
             known = ", ".join(sorted(self._factories)) or "none"
             raise RegistryError(f"unknown stream kind {kind!r} (known: {known})") from None
 
@@ -65,7 +68,12 @@ class StreamFactoryRegistry:
 
     @classmethod
     def from_entry_points(cls, group: str = ENTRY_POINT_GROUP) -> "StreamFactoryRegistry":
-        """A registry with every factory installed packages declare under `group`."""
+        """A registry with every factory installed packages declare under `group`.
+
+        One package's broken entry point (its module raises on import, its factory on creation,
+        or it declares a kind another package declared already) costs only that kind: it is
+        logged at ERROR here, and asking for that kind raises `RegistryError` saying why. The
+        other kinds, ours among them, load as ever."""
         from importlib import metadata
 
         registry = cls()
@@ -80,8 +88,13 @@ class StreamFactoryRegistry:
             if (point.name, point.value) in seen:
                 continue
             seen.add((point.name, point.value))
-            factory = point.load()
-            registry.register(factory() if isinstance(factory, type) else factory)
+            try:
+                factory = point.load()
+                registry.register(factory() if isinstance(factory, type) else factory)
+            except Exception as exc:  # another package's bug: never the end of every stream
+                why = f"{type(exc).__name__}: {exc} (entry point {point.name} = {point.value})"
+                registry._broken.setdefault(point.name, why)
+                log.error("stream kind %r cannot be loaded, so no stream of that kind can be made: %s", point.name, why)
         return registry
 
 

@@ -73,6 +73,34 @@ def test_entry_point_registers_langfuse():
     assert isinstance(registry.get("langfuse"), LangfuseFactory)
 
 
+def test_a_broken_entry_point_costs_only_its_own_kind(monkeypatch, caplog):
+    """Another installed package's entry point raises on import, or declares our kind again.
+    Before, from_entry_points raised, and no stream of any kind could be made."""
+    from importlib import metadata
+
+    points = [
+        metadata.EntryPoint("langfuse", "dirigent_langfuse.factory:LangfuseFactory", "dirigent.streams"),
+        metadata.EntryPoint("kafka", "no_such_package.streams:KafkaFactory", "dirigent.streams"),
+        metadata.EntryPoint("langfuse", "dirigent_langfuse:LangfuseFactory", "dirigent.streams"),  # a fork of ours, say
+    ]
+
+    class Points(list):  # what Python 3.9's entry_points() answers: group -> points
+        def get(self, group, default=None):
+            return self if group == "dirigent.streams" else default
+
+    monkeypatch.setattr(metadata, "entry_points", lambda **kw: points if kw else Points(points))
+    with caplog.at_level(logging.ERROR, logger="dirigent_langfuse.registry"):
+        registry = StreamFactoryRegistry.from_entry_points()
+    assert isinstance(registry.get("langfuse"), LangfuseFactory)  # the first of the two, as installed
+    assert registry.kinds() == ["langfuse"]
+    with pytest.raises(RegistryError, match=r"stream kind 'kafka' is installed but could not be loaded: "
+                                            r"ModuleNotFoundError: No module named 'no_such_package'"):
+        registry.get("kafka")
+    said = [r.getMessage() for r in caplog.records]
+    assert any("'kafka' cannot be loaded" in m and "no_such_package.streams:KafkaFactory" in m for m in said), said
+    assert any("'langfuse' cannot be loaded" in m and "already registered" in m for m in said), said
+
+
 def test_factory_builds_a_langfuse_stream():
     (spec,) = load_stream_specs('[[streams]]\nname = "lf"\ntype = "langfuse"\n[streams.params]\n'
                                 'host = "http://127.0.0.1:9"\npublic_key = "p"\nsecret_key = "s"\natexit_flush = false\n')
