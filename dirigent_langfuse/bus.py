@@ -110,8 +110,17 @@ def _tags(value: Any) -> Tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        raise TypeError("tags must be a list of strings, not a string")
-    return tuple(value)
+        raise TypeError("'tags' must be a list of strings, not a string")
+    try:
+        return tuple(value)
+    except TypeError:
+        raise TypeError(f"'tags' must be a list of strings (got {type(value).__name__})") from None
+
+
+def _event_id(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    _str(instance, attribute, value)
+    if not value.strip():  # ids derive from it: two such events would share theirs, and one be lost
+        raise ValueError("'event_id' must not be empty (leave it out for a fresh one)")
 
 
 def _non_negative_int(instance: Any, attribute: "attrs.Attribute[int]", value: Any) -> None:
@@ -129,7 +138,7 @@ class BusEvent:
     native_session_id: str = attrs.field(validator=_str)
     scroll_id: Optional[str] = attrs.field(default=None, validator=_opt_str)
     at: datetime = attrs.field(factory=_now, converter=parse_time)
-    event_id: str = attrs.field(factory=_new_id, validator=_str)
+    event_id: str = attrs.field(factory=_new_id, validator=_event_id)
 
     @property
     def bound(self) -> bool:

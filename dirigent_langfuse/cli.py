@@ -71,6 +71,8 @@ def _read_events(
             _malformed(errors, show, number, f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at byte {exc.start + 1})")
         except (ValueError, BusEventError) as exc:
             _malformed(errors, show, number, str(exc))
+        except RecursionError:  # nested deeper than the JSON decoder goes
+            _malformed(errors, show, number, "nested too deeply to decode")
 
 
 def _malformed(errors: List[Tuple[int, str]], show: Optional[TextIO], number: int, problem: str) -> None:

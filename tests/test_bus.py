@@ -107,13 +107,18 @@ def test_unknown_fields_of_known_types_are_ignored():
           "cost_usd": True}, "cost_usd"),
         ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": "m",
           "cost_usd": "0.01"}, "cost_usd"),
+        ({"type": "session_created", "connector_id": "c", "native_session_id": "n", "tags": "one"}, "tags"),
+        ({"type": "session_created", "connector_id": "c", "native_session_id": "n", "tags": 5}, "tags"),
+        # ids derive from it: every event with "" shared its items' ids, and all but one were lost
+        ({"type": "session_created", "connector_id": "c", "native_session_id": "n", "event_id": ""}, "event_id"),
+        ({"type": "session_created", "connector_id": "c", "native_session_id": "n", "event_id": " "}, "event_id"),
     ],
 )
 def test_bad_fields_name_the_type_and_the_field(obj, field):
     with pytest.raises(BusEventError) as info:
         event_from_json(obj)
     assert info.value.event_type == obj["type"]
-    assert field in str(info.value), str(info.value)
+    assert info.value.field == field and field in str(info.value), str(info.value)
 
 
 def test_missing_type_or_non_object():

@@ -125,6 +125,17 @@ def test_mirror_reads_a_bom_crlf_and_a_line_that_is_not_utf8_as_one_bad_line(tmp
     assert len(receiver.store.traces()) == 2
 
 
+def test_a_line_nested_too_deeply_is_one_malformed_line():
+    """Before, json's RecursionError came out of the loop: a traceback, and the lines after it unread."""
+    from dirigent_langfuse.cli import _read_events
+
+    errors: list = []
+    good = EXAMPLE.read_text().splitlines()[0]
+    events = list(_read_events(["[" * 100_000 + "]" * 100_000, good], errors))
+    assert errors == [(1, "nested too deeply to decode")]
+    assert [n for n, _ in events] == [2]
+
+
 def test_mirror_a_file_it_cannot_read_exits_2(tmp_path):
     config = write_config(tmp_path / "streams.toml", "http://127.0.0.1:9")
     for path, reason in ((tmp_path / "missing.jsonl", "No such file or directory"), (tmp_path, "Is a directory")):
