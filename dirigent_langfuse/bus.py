@@ -117,10 +117,13 @@ def _tags(value: Any) -> Tuple[str, ...]:
         raise TypeError(f"'tags' must be a list of strings (got {type(value).__name__})") from None
 
 
-def _event_id(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+def _id(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    """An id that others derive from (items' envelope ids, a message's observation id): empty,
+    two events or messages would share theirs, and Langfuse keep only one."""
     _str(instance, attribute, value)
-    if not value.strip():  # ids derive from it: two such events would share theirs, and one be lost
-        raise ValueError("'event_id' must not be empty (leave it out for a fresh one)")
+    if not value.strip():
+        hint = " (leave it out for a fresh one)" if attribute.name == "event_id" else ""
+        raise ValueError(f"'{attribute.name}' must not be empty{hint}")
 
 
 def _non_negative_int(instance: Any, attribute: "attrs.Attribute[int]", value: Any) -> None:
@@ -138,7 +141,7 @@ class BusEvent:
     native_session_id: str = attrs.field(validator=_str)
     scroll_id: Optional[str] = attrs.field(default=None, validator=_opt_str)
     at: datetime = attrs.field(factory=_now, converter=parse_time)
-    event_id: str = attrs.field(factory=_new_id, validator=_event_id)
+    event_id: str = attrs.field(factory=_new_id, validator=_id)
 
     @property
     def bound(self) -> bool:
@@ -162,7 +165,7 @@ class SessionCreated(BusEvent):
 
 @attrs.frozen(kw_only=True)
 class MessageStarted(BusEvent):
-    message_id: str = attrs.field(validator=_str)
+    message_id: str = attrs.field(validator=_id)
     role: str = attrs.field(default="assistant", validator=_str)
     model: Optional[str] = attrs.field(default=None, validator=_opt_str)
     input: Any = None
@@ -199,7 +202,7 @@ def _usage(value: Any) -> Optional[Usage]:
 
 @attrs.frozen(kw_only=True)
 class MessageCompleted(BusEvent):
-    message_id: str = attrs.field(validator=_str)
+    message_id: str = attrs.field(validator=_id)
     output: Any = None
     usage: Optional[Usage] = attrs.field(default=None, converter=_usage)
     cost_usd: Optional[float] = attrs.field(default=None, validator=_opt_float)

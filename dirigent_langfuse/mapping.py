@@ -592,6 +592,17 @@ def maps(event: BusEvent) -> bool:
     return isinstance(event, SessionUpdate) and event.kind in _MAPPED_UPDATES
 
 
+def invalid(event: BusEvent) -> Optional[str]:
+    """Why an event cannot be mirrored as the ACP schema says it must be (None when it can): a
+    tool call without its `toolCallId`, which every tool call's span derives from."""
+    if isinstance(event, SessionUpdate) and event.kind in ("tool_call", "tool_call_update"):
+        call_id = event.update.get("toolCallId")
+        if not isinstance(call_id, str) or not call_id:
+            return (f"session_update {event.kind}: field 'update.toolCallId' must be a non-empty string, as ACP "
+                    f"requires (got {call_id!r:.40}); not mirrored")
+    return None
+
+
 def streams_text(event: BusEvent) -> bool:
     """True for the ACP chunks whose text the mapping keeps for the message in progress."""
     return isinstance(event, SessionUpdate) and event.kind in _CHUNKS

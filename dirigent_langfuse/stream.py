@@ -19,7 +19,7 @@ import attrs
 from .bus import BusEvent, UnknownEvent
 from .client import LangfuseClient
 from .config import LangfuseConfig
-from .mapping import MappingState, bus_event_to_items, maps, streams_text
+from .mapping import MappingState, bus_event_to_items, invalid, maps, streams_text
 from .masking import Masker
 from .masking import resolve as resolve_mask
 from .pending import PendingBuffer
@@ -34,6 +34,7 @@ from .streams import (
     daemon,
     seconds,
 )
+from .throttle import Throttled
 from .transport import IngestionTransport
 from .worker import FlushResult, Forks, Worker
 
@@ -152,6 +153,7 @@ class LangfuseStream(SessionStream):
         self.events_sampled_out = 0
         self.events_held = 0
         self.events_failed = 0
+        self._throttled = Throttled(log)  # events refused as invalid: said once a minute, with a count
         _forks.add(self)
         if config.tracing_enabled:  # a disabled stream has nothing to deliver: not held for the exit
             _exits.add(self)
@@ -211,6 +213,11 @@ class LangfuseStream(SessionStream):
         if isinstance(event, UnknownEvent):
             self._count("events_skipped")
             return StreamOutcome.skipped(f"unknown event type {event.type!r}")
+        problem = invalid(event)
+        if problem is not None:
+            self._count("events_failed")
+            self._throttled("invalid", logging.WARNING, "stream %r: %s", self.name, problem)
+            return StreamOutcome.failed(StreamError.INVALID, problem)
         if not event.scroll_id:
             if not self.config.late_bind_buffer:
                 self._count("events_skipped")

@@ -112,6 +112,9 @@ def test_unknown_fields_of_known_types_are_ignored():
         # ids derive from it: every event with "" shared its items' ids, and all but one were lost
         ({"type": "session_created", "connector_id": "c", "native_session_id": "n", "event_id": ""}, "event_id"),
         ({"type": "session_created", "connector_id": "c", "native_session_id": "n", "event_id": " "}, "event_id"),
+        # a message's observation id derives from it: every message with "" was one generation
+        ({"type": "message_started", "connector_id": "c", "native_session_id": "n", "message_id": ""}, "message_id"),
+        ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": ""}, "message_id"),
     ],
 )
 def test_bad_fields_name_the_type_and_the_field(obj, field):

@@ -4,13 +4,14 @@ import json
 import threading
 import time
 
+import attrs
 import pytest
 import responses
 
 from dirigent_langfuse import Health, LangfuseConfig, LangfuseStream, OutcomeStatus, StreamError
 from dirigent_langfuse.mapping import bus_event_to_items
 
-from .helpers import bound, completed, created, ended, started, tool_call
+from .helpers import bound, completed, created, ended, started, tool_call, tool_update
 
 HOST = "http://lf.test"
 URL = HOST + "/api/public/ingestion"
@@ -105,6 +106,26 @@ def test_skipped_outcomes(server):
     assert stream.on_event(bound()).status is OutcomeStatus.SKIPPED
     assert stream.on_event("not an event").error is StreamError.INVALID
     assert stream.stats().events_skipped == 3
+    stream.shutdown(1)
+
+
+@pytest.mark.parametrize("scroll", ["scroll-1", None])
+def test_a_tool_call_without_its_id_fails_as_invalid_and_is_said(server, scroll, caplog):
+    """ACP requires `toolCallId`; every tool span derives from it. Before, such an update was
+    SKIPPED ("nothing to send"), or held unbound and then mapped to nothing, and nothing was logged:
+    a host that dropped the id lost every tool call of its sessions without a word."""
+    stream = make()
+    bad = [tool_call(""), tool_call(None), tool_call(7), tool_update("", "completed")]
+    for event in bad:
+        event = attrs.evolve(event, scroll_id=scroll)
+        outcome = stream.on_event(event)
+        assert outcome.status is OutcomeStatus.FAILED and outcome.error is StreamError.INVALID, outcome
+        assert "'update.toolCallId' must be a non-empty string" in outcome.detail
+    warned = [r for r in caplog.records if "toolCallId" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING"  # once, then once a minute with a count
+    stats = stream.stats()
+    assert stats.events_failed == 4 and stats.events_skipped == 0 and stats.events_held == 0
+    assert stream.on_event(tool_call("t1", scroll=scroll)).status is not OutcomeStatus.FAILED
     stream.shutdown(1)
 
 
