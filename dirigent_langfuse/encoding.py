@@ -16,6 +16,10 @@ attrs / dataclass      dict of its fields
 objects with           `model_dump()` (pydantic v2), `dict()` / `to_dict()` result
 anything else          `repr()`, cut to 1,000 characters
 circular reference     the string "<circular>"
+int past Python's      its hex string ("0x..."): Python refuses to write more than
+  digit limit          4,300 decimal digits (`sys.set_int_max_str_digits`)
+a value whose own      "<TypeName>" (`repr` raised), or "<TypeName that could not be
+  code raises          read: ErrorType>" (a container whose `items()`/iteration raised)
 =====================  =========================================================
 
 An item over `max_bytes` has its largest fields among `input`, `output` and `metadata` (of the
@@ -58,7 +62,7 @@ def _float(value: float) -> Any:
     return value
 
 
-def _key(key: Any) -> str:
+def key_text(key: Any) -> str:
     """A dict key as `json` writes it ("null", "true", 1.5 as "1.5"), so the slow path writes the
     same keys as the fast one; a key `json` refuses (a tuple) is its `str()`."""
     if key is None or isinstance(key, bool):
@@ -66,8 +70,18 @@ def _key(key: Any) -> str:
     if isinstance(key, float):
         return str(_float(key))
     if isinstance(key, int):
-        return int.__repr__(key)
-    return str(key)
+        return _int_text(key)
+    try:
+        return str(key)
+    except Exception:  # the key's own __str__ raised
+        return f"<{type(key).__name__}>"
+
+
+def _int_text(value: int) -> str:
+    try:
+        return int.__repr__(value)
+    except ValueError:  # past sys.get_int_max_str_digits(): hex has no such limit
+        return hex(value)
 
 
 def _fallback(value: Any) -> Any:
@@ -120,8 +134,11 @@ def to_jsonable(value: Any, _seen: Optional[set] = None, _depth: int = 0) -> Any
         _seen = set()
     if _depth > 200:
         return "<too deep>"
-    if value is None or isinstance(value, (str, bool, int)):
+    if value is None or isinstance(value, (str, bool)):
         return value
+    if isinstance(value, int):
+        text = _int_text(value)
+        return value if text[:2] != "0x" and text[:3] != "-0x" else text
     if isinstance(value, float):
         return _float(value)
     if isinstance(value, (dict, list, tuple)):
@@ -131,11 +148,16 @@ def to_jsonable(value: Any, _seen: Optional[set] = None, _depth: int = 0) -> Any
         _seen.add(marker)
         try:
             if isinstance(value, dict):
-                return {k if isinstance(k, str) else _key(k): to_jsonable(v, _seen, _depth + 1) for k, v in value.items()}
+                return {k if isinstance(k, str) else key_text(k): to_jsonable(v, _seen, _depth + 1) for k, v in value.items()}
             return [to_jsonable(v, _seen, _depth + 1) for v in value]
+        except Exception as exc:  # a subclass whose items() or iteration raised
+            return f"<{type(value).__name__} that could not be read: {type(exc).__name__}>"
         finally:
             _seen.discard(marker)
-    replaced = _fallback(value)
+    try:
+        replaced = _fallback(value)
+    except Exception:  # the object's own code raised (a property read by attrs.asdict, say)
+        return f"<{type(value).__name__}>"
     if replaced is value or isinstance(replaced, str):
         return replaced if isinstance(replaced, str) else repr(value)[:_REPR_LIMIT]
     return to_jsonable(replaced, _seen, _depth + 1)
@@ -165,10 +187,12 @@ _fast: Callable[[Any], str] = _make_fast()
 
 
 def dumps(value: Any) -> bytes:
-    """UTF-8 JSON for any value; the fast path is the stdlib encoder, the slow path `to_jsonable`."""
+    """UTF-8 JSON for any value, never an exception: the fast path is the stdlib encoder, the
+    slow path `to_jsonable`, which turns whatever the fast one could not write (or whose own code
+    raised there) into plain JSON types."""
     try:
         text = _fast(value)
-    except (ValueError, TypeError, RecursionError):
+    except Exception:  # ValueError, TypeError, RecursionError, or the value's own code
         text = json.dumps(to_jsonable(value), separators=(",", ":"), ensure_ascii=False)
     return utf8(text)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import threading
 import time
 import uuid
@@ -34,6 +35,7 @@ from .bus import (
     SessionEnded,
     SessionUpdate,
 )
+from .encoding import as_text, key_text
 from .snapshot import own
 
 __all__ = ["bus_event_to_items", "maps", "streams_text", "merge_body", "MappingState", "observation_id", "envelope_id", "iso_time", "Item"]
@@ -130,12 +132,16 @@ def _map_value(value: Any) -> Any:
     if isinstance(value, bool) or isinstance(value, (str, float)):
         return value
     if isinstance(value, int):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # past a float's range: its text
+            return key_text(value)
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return list(value)
-    import json
-
-    return json.dumps(value, default=str, sort_keys=True)
+    try:
+        return json.dumps(value, default=str, sort_keys=True)
+    except Exception:  # keys that do not sort, or the value's own code raised: the encoder's text
+        return as_text(value)
 
 
 def merge_body(old: Dict[str, Any], new: Dict[str, Any], keep_first: Tuple[str, ...] = ()) -> Dict[str, Any]:
@@ -438,12 +444,12 @@ def _tool_call(event: SessionUpdate, scroll_id: str, state: Optional[MappingStat
     at = iso_time(event.at)
     body: Dict[str, Any] = {"id": obs, "traceId": scroll_id, "type": "TOOL"}
     if not is_update:
-        body["name"] = update.get("title") or "tool call"
+        body["name"] = _title(update.get("title")) or "tool call"
         body["startTime"] = at
         if parent is not None:
             body["parentObservationId"] = parent
     elif update.get("title"):
-        body["name"] = update["title"]
+        body["name"] = _title(update["title"])
     if update.get("rawInput") is not None:
         body["input"] = own(update["rawInput"])
     if status in ("completed", "failed"):
@@ -461,6 +467,12 @@ def _tool_call(event: SessionUpdate, scroll_id: str, state: Optional[MappingStat
     # or before a restart): a create would overwrite the call's start, name and parent in Langfuse.
     kind = "observation-update" if is_update else "observation-create"
     return [_item(event, 0, kind, body)]
+
+
+def _title(title: Any) -> Any:
+    """A tool call's title as Langfuse's `name`, which must be a string (a title of another type
+    made Langfuse refuse the whole item): text as it is, anything else as its JSON text."""
+    return title if type(title) is str or not title else as_text(title)
 
 
 def _failure_message(output: Any) -> str:

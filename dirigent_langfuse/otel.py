@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import __version__
 from .client import LangfuseClient
 from .config import LangfuseConfig
-from .encoding import as_text, shrink_fields, unencodable, utf8
+from .encoding import as_text, key_text, shrink_fields, unencodable, utf8
 from .mapping import iso_time, merge_into, uuid5_hex
 from .masking import Masker
 from .transport import IngestionTransport, NotChosen, Record, Report
@@ -203,7 +203,7 @@ _meta_heads: Dict[Any, str] = {}
 
 def _meta_head(key: Any) -> str:
     """The head of `langfuse.observation.metadata.<key>`, remembered (bounded: the keys are the host's)."""
-    head = _head(f"{OBS_METADATA}.{key}")
+    head = _head(f"{OBS_METADATA}.{key if type(key) is str else key_text(key)}")
     if len(_meta_heads) < 4096:
         _meta_heads[key] = head
     return head
@@ -449,7 +449,12 @@ class OtelTransport:
                 truncated = True
         except Exception as exc:  # a bug of ours: the span still goes (and counts), without those fields
             obs = _Open(obs.kind, obs.trace, unencodable(body, exc), obs.weight)
-            data, truncated = utf8(self.span(obs, sid, is_root)), True
+            try:
+                data = utf8(self.span(obs, sid, is_root))
+            except Exception:  # not even that: its ids, type and times, so that it still lands and counts
+                bare = {f: body[f] for f in ("startTime", "endTime", "parentObservationId") if type(body.get(f)) is str}
+                data = utf8(self.span(_Open(obs.kind, obs.trace, bare, obs.weight), sid, is_root, trace=False))
+            truncated = True
         return Record(obs.trace + "/" + sid, data, obs.weight, truncated, wire="otel")
 
     def _trace_attrs(self, scroll: str) -> str:
@@ -474,7 +479,7 @@ class OtelTransport:
             meta = self.masker.value(meta)
         if isinstance(meta, dict):
             for mkey, mvalue in meta.items():
-                parts.append(_str_kv(f"{TRACE_METADATA}.{mkey}", mvalue))
+                parts.append(_str_kv(f"{TRACE_METADATA}.{mkey if type(mkey) is str else key_text(mkey)}", mvalue))
         elif meta is not None:  # a mask answered something else than a mapping: sent whole
             parts.append(_str_kv(TRACE_METADATA, meta))
         if self._static:
@@ -483,18 +488,19 @@ class OtelTransport:
         info["\x00text"] = text
         return text
 
-    def span(self, obs: _Open, sid: str, is_root: bool) -> str:
-        """One OTLP/JSON `Span` with span id `sid`, as text; a root (the session) has no parent."""
+    def span(self, obs: _Open, sid: str, is_root: bool, trace: bool = True) -> str:
+        """One OTLP/JSON `Span` with span id `sid`, as text; a root (the session) has no parent.
+        `trace=False`: without the trace's attributes (the last resort of `_emit`)."""
         body = obs.body
         get = body.get
         scroll = obs.trace
         attrs = [_TYPE_HEAD + _quote(obs.kind) + "}}"]
-        trace_attrs = self._trace_attrs(scroll)
+        trace_attrs = self._trace_attrs(scroll) if trace else self._static
         if trace_attrs:
             attrs.append(trace_attrs)
         for field, head, is_map in _OBS_HEADS:
             value = get(field)
-            if value is not None and value != "" and (value or not is_map):
+            if value is not None and value != "" and (not is_map or value):
                 attrs.append(head + _quote(value if type(value) is str else as_text(value)) + "}}")
         if is_root:  # the trace's input and output are the session's (its root span's)
             for field, key in (("input", TRACE_INPUT), ("output", TRACE_OUTPUT)):
@@ -516,12 +522,14 @@ class OtelTransport:
         if not is_root:
             parent_id = get("parentObservationId")
             text += ',"parentSpanId":"' + (span_id(parent_id) if parent_id else session_span_id(scroll)) + '"'
+        name = get("name") or obs.kind
         text += (
-            ',"name":' + _quote(str(get("name") or obs.kind)) + ',"kind":1,"startTimeUnixNano":"' + start
+            ',"name":' + _quote(name if type(name) is str else as_text(name)) + ',"kind":1,"startTimeUnixNano":"' + start
             + '","endTimeUnixNano":"' + end + '","attributes":[' + ",".join(attrs) + "]"
         )
         if get("level") == "ERROR":
-            text += ',"status":{"code":2,"message":' + _quote(str(get("statusMessage") or "error")) + "}"
+            message = get("statusMessage") or "error"
+            text += ',"status":{"code":2,"message":' + _quote(message if type(message) is str else as_text(message)) + "}"
         return text + "}"
 
     # -- the wire ---------------------------------------------------------------------------------

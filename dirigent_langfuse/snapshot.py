@@ -13,7 +13,9 @@ most `LIMIT` members of containers per payload, and 100 levels deep; a container
 past either is kept by reference and read when it is encoded. A container inside itself is copied
 as the encoder would write it, the string "<circular>" (not as 100 levels of copies). Other objects (dataclasses,
 pydantic models, anything with `model_dump()`) are kept by reference too: turning them into JSON
-runs their own code, which belongs on the worker thread.
+runs their own code, which belongs on the worker thread. A container subclass whose own code
+raises while it is copied (`len()`, `items()`) is kept by reference as well: the host's call never
+fails for it, and the encoder writes what it can (see encoding.py).
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ def own(value: Any, limit: int = LIMIT) -> Any:
     """`value` as it is now: a copy of its containers (at most `limit` members), leaves shared."""
     if type(value) in _LEAVES:
         return value
-    return _copy(value, [limit], 0, set())
+    try:
+        return _copy(value, [limit], 0, set())
+    except Exception:  # a container subclass whose len() or items() raised: the encoder copes, later
+        return value
 
 
 def _copy(value: Any, left: List[int], depth: int, path: Set[int]) -> Any:

@@ -98,6 +98,39 @@ def test_a_repr_that_raises_still_encodes():
     assert json.loads(dumps({"v": Hostile()}))["v"]
 
 
+class HostileText:
+    """A host object whose own __str__ and __repr__ raise."""
+
+    def __repr__(self):
+        raise RuntimeError("no repr")
+
+    __str__ = __repr__
+
+
+class Unreadable(dict):
+    def items(self):
+        raise RuntimeError("no items")
+
+
+class UnreadableList(list):
+    def __iter__(self):
+        raise RuntimeError("no iteration")
+
+
+@pytest.mark.parametrize("value, expected", [
+    (10 ** 5000, hex(10 ** 5000)),  # past Python's 4,300 digits: json itself raises ValueError
+    ({10 ** 5000: 1}, {hex(10 ** 5000): 1}),
+    ({HostileText(): 1}, {"<HostileText>": 1}),  # a key whose __str__ raises
+    (Unreadable(a=1), "<Unreadable that could not be read: RuntimeError>"),
+    (UnreadableList([1]), "<UnreadableList that could not be read: RuntimeError>"),
+], ids=["huge-int", "huge-int-key", "hostile-key", "unreadable-dict", "unreadable-list"])
+def test_dumps_never_raises_for_a_value_python_or_its_own_code_cannot_write(value, expected):
+    """Before, each raised out of `dumps` (its docstring promised it never fails). On the OTel
+    path a trace's metadata is written outside the span's own fallback: the worker caught the
+    error and the session's spans were neither delivered nor counted as dropped."""
+    assert json.loads(dumps({"v": value}))["v"] == expected
+
+
 def test_oversized_item_is_truncated_with_a_marker_and_stays_valid(validate_item):
     huge = "x" * 2_000_000
     event = MessageStarted(**common(), message_id="m1", input=[{"role": "user", "content": huge}], model="m")
@@ -127,6 +160,42 @@ def test_odd_payloads_through_a_live_stream_all_arrive(receiver, validate_item):
     assert stats.items_delivered == len(odd) and stats.items_truncated == 1
     for item in receiver.store.items():
         validate_item(item)
+
+
+class LenRaises(list):
+    def __len__(self):
+        raise RuntimeError("no len")
+
+
+@pytest.mark.parametrize("transport", ["ingestion", "otel"])
+def test_hostile_payloads_and_odd_titles_reach_langfuse_over_both_transports(request, transport, validate_item):
+    """Payloads whose own code raises, numbers Python cannot write, and a tool title that is not
+    text. Before: over OTel, trace metadata holding such a value made the worker fail on every span
+    of the session, at shutdown too, and they were neither delivered nor counted as dropped
+    ("N item(s) not delivered", dropped {'internal_error': 0}); a list whose len() raised failed
+    on_event on the host's thread; and over ingestion a tool call titled with a number was refused
+    by Langfuse ("body.name must be a string") and lost."""
+    from .helpers import completed, created, ended, tool_call, tool_update
+
+    receiver = request.getfixturevalue("receiver" if transport == "ingestion" else "receiver_v4")
+    s = stream(receiver.url, transport=transport)
+    events = [created(metadata={"huge": 10 ** 5000, HostileText(): "hostile key"}),
+              started("m1", input=LenRaises([1]), model_parameters={"u": Unreadable(a=1), "mixed": {1: "a", "b": 2},
+                                                                    "huge": 10 ** 400}),
+              tool_call("t1", title=42), tool_update("t1", "completed", rawOutput={10 ** 5000: HostileText()}),
+              tool_call("t2", title={"verb": "edit"}), tool_update("t2", "failed", title=["x"]),
+              completed("m1", output=UnreadableList([1])), ended()]
+    for event in events:
+        assert s.on_event(event).status is OutcomeStatus.ACCEPTED, event
+    outcome = s.shutdown(10)
+    stats = s.stats()
+    assert outcome.status is OutcomeStatus.DELIVERED, outcome
+    assert stats.items_delivered == stats.items_accepted and not stats.dropped
+    names = {o["name"] for o in receiver.store.observations()}
+    assert {"42", '["x"]'} <= names, names  # t2's title as its last update gave it
+    if transport == "ingestion":
+        for item in receiver.store.items():
+            validate_item(item)
 
 
 def test_an_oversized_item_with_a_lone_surrogate_elsewhere_is_still_truncated():
@@ -172,4 +241,29 @@ def test_over_otel_a_bug_while_encoding_a_span_still_sends_it(monkeypatch, caplo
     items = bus_event_to_items(started("m1", input="x" * 5000), state) + bus_event_to_items(completed("m1", t=1), state)
     (record,) = transport.prepare(items)
     assert record.weight == 2 and record.truncated and b"could not encode" in record.data
+    assert "RuntimeError" in caplog.text
+
+
+def test_over_otel_a_span_that_fails_even_without_its_fields_still_goes_with_its_ids_and_times(monkeypatch, caplog):
+    """The last resort: before, a failure outside input, output and metadata (the trace's own
+    attributes) escaped the fallback, and the worker left the span neither delivered nor dropped."""
+    from dirigent_langfuse import otel
+    from dirigent_langfuse.client import LangfuseClient
+    from dirigent_langfuse.mapping import MappingState, bus_event_to_items
+
+    from .helpers import completed, config, started
+
+    def broken(self, scroll):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(otel.OtelTransport, "_trace_attrs", broken)
+    cfg = config("http://127.0.0.1:9", transport="otel")
+    transport = otel.OtelTransport(LangfuseClient(cfg), cfg)
+    state = MappingState()
+    items = bus_event_to_items(started("m1", input="x"), state) + bus_event_to_items(completed("m1", t=1), state)
+    (record,) = transport.prepare(items)
+    span = json.loads(record.data)
+    assert record.weight == 2 and record.truncated
+    assert span["spanId"] == otel.span_id(items[0]["body"]["id"]) and span["endTimeUnixNano"] > span["startTimeUnixNano"]
+    assert [a["key"] for a in span["attributes"]] == ["langfuse.observation.type"]
     assert "RuntimeError" in caplog.text

@@ -100,3 +100,18 @@ def test_own_event_copies_payload_fields_and_keeps_an_event_without_any():
     assert copy.input == [{"role": "user", "content": "hi"}] and copy.event_id == event.event_id and copy.at == event.at
     update = tool_call("t1", None)
     assert own_event(update).update == update.update and own_event(update).update is not update.update
+
+
+def test_a_container_whose_own_code_raises_is_kept_by_reference_never_raises():
+    """Before, its len() or items() raised out of `own`, on the host's thread: on_event FAILED."""
+
+    class LenRaises(list):
+        def __len__(self):
+            raise RuntimeError("no len")
+
+    class ItemsRaise(dict):
+        def items(self):
+            raise RuntimeError("no items")
+
+    for value in (LenRaises([1]), ItemsRaise(a=1), {"inner": LenRaises([2])}):
+        assert own(value) is value
