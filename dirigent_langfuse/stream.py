@@ -261,6 +261,10 @@ class LangfuseStream(SessionStream):
 
     def _outcome(self, result: FlushResult, what: str) -> StreamOutcome:
         if result.ok:
+            if result.pending:  # a flush's: never a shutdown's, which answers DELIVERED only with none
+                return StreamOutcome.delivered(
+                    f"{what}: everything delivered; {result.pending} item(s) still pending (accepted since the call, or, "
+                    "over OTel, in observations that have not ended: a span is sent once it ends)")
             return StreamOutcome.delivered(f"{what}: everything delivered")
         kinds = [self._worker.last_error_kind or ""] + list(result.dropped)
         refused = any((k.startswith("status_") and k != "status_429") or k == "otel_rejected" for k in kinds)

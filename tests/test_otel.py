@@ -382,6 +382,25 @@ def test_loopback_otel_session_lands_as_one_trace(receiver_v4, no_secrets_logged
     assert generation["usageDetails"]["input"] == 100
 
 
+def test_a_flush_over_otel_says_what_waits_in_observations_still_open(receiver_v4):
+    """Before, a flush with a session and a message still open answered "everything delivered"
+    while their items were pending and nothing had reached Langfuse."""
+    from .helpers import stream as make_stream
+
+    stream = make_stream(receiver_v4.url, transport="otel")
+    stream.on_event(created())
+    stream.on_event(started("m1"))
+    outcome = stream.flush(5)
+    assert outcome.status is OutcomeStatus.DELIVERED  # nothing failed...
+    assert outcome.detail.startswith("flush: everything delivered; 2 item(s) still pending")  # ...nothing was sent
+    assert "observations that have not ended" in outcome.detail and stream.stats().items_pending == 2
+    stream.on_event(completed("m1", t=1))
+    stream.on_event(ended(t=2))
+    assert stream.flush(5).detail == "flush: everything delivered"
+    assert stream.stats().items_pending == 0 and len(receiver_v4.store.observations()) == 2
+    stream.shutdown(1)
+
+
 def test_loopback_replay_does_not_duplicate(receiver_v4):
     from .helpers import stream as make_stream
 
