@@ -120,8 +120,9 @@ def _tags(value: Any) -> Tuple[str, ...]:
 def _id(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     """An id that others derive from (items' envelope ids, a message's observation id): empty,
     two events or messages would share theirs, and Langfuse keep only one."""
-    _str(instance, attribute, value)
-    if not value.strip():
+    if type(value) is not str and not isinstance(value, str):
+        raise _wrong_type(attribute, str, value)
+    if not value or value.isspace():
         hint = " (leave it out for a fresh one)" if attribute.name == "event_id" else ""
         raise ValueError(f"'{attribute.name}' must not be empty{hint}")
 

@@ -213,11 +213,6 @@ class LangfuseStream(SessionStream):
         if isinstance(event, UnknownEvent):
             self._count("events_skipped")
             return StreamOutcome.skipped(f"unknown event type {event.type!r}")
-        problem = invalid(event)
-        if problem is not None:
-            self._count("events_failed")
-            self._throttled("invalid", logging.WARNING, "stream %r: %s", self.name, problem)
-            return StreamOutcome.failed(StreamError.INVALID, problem)
         if not event.scroll_id:
             if not self.config.late_bind_buffer:
                 self._count("events_skipped")
@@ -225,6 +220,8 @@ class LangfuseStream(SessionStream):
             if not maps(event):
                 self._count("events_skipped")
                 return StreamOutcome.skipped("no scroll_id, and nothing to send for this event")
+            if invalid(event):
+                return self._invalid(event)
             self._pending.hold(event)
             self._count("events_held")
             return StreamOutcome.accepted("held until the host binds its scroll")
@@ -234,15 +231,20 @@ class LangfuseStream(SessionStream):
             with self._lock:
                 self.events_sampled_out += released + 1
             return StreamOutcome.skipped(f"session sampled out (sample_rate {self.config.sample_rate:g})")
+        refused = False
         if released:
             events = [attrs.evolve(e, scroll_id=event.scroll_id) for e in events]
-        events.append(event)
+            refused = invalid(event) is not None  # the held events go; this one is refused
+        if not refused:
+            events.append(event)
         items: List[Dict[str, Any]] = []
         for each in events:
             items.extend(bus_event_to_items(each, self._state))
         if not items:
             if streams_text(event) and self._state.in_message(event.scroll_id):
                 return _TEXT_KEPT
+            if invalid(event):  # asked only here: an event that made items was not
+                return self._invalid(event)
             self._count("events_skipped")
             return StreamOutcome.skipped("nothing to send for this event")
         if not self._worker.submit(items):
@@ -250,12 +252,20 @@ class LangfuseStream(SessionStream):
             if self._closed:
                 return StreamOutcome.failed(StreamError.CLOSED, "stream is shut down")
             return StreamOutcome.failed(StreamError.OVERFLOW, f"queue full ({self.config.max_queue_items} items); dropped")
+        if refused:
+            return self._invalid(event)
         if len(items) == 1 and not released:
             return _ONE_QUEUED
         detail = f"{len(items)} item(s) queued"
         if released:
             detail += f", {released} held event(s) released"
         return StreamOutcome.accepted(detail)
+
+    def _invalid(self, event: BusEvent) -> StreamOutcome:
+        problem = invalid(event) or "invalid"
+        self._count("events_failed")
+        self._throttled("invalid", logging.WARNING, "stream %r: %s", self.name, problem)
+        return StreamOutcome.failed(StreamError.INVALID, problem)
 
     # -- waiting ----------------------------------------------------------------------------------
 

@@ -129,6 +129,16 @@ def test_a_tool_call_without_its_id_fails_as_invalid_and_is_said(server, scroll,
     stream.shutdown(1)
 
 
+def test_an_invalid_tool_call_that_binds_the_session_releases_what_was_held_and_is_refused(server):
+    stream = make()
+    assert stream.on_event(started("m1", scroll=None)).detail.startswith("held")
+    outcome = stream.on_event(tool_call(""))  # bound: it releases the held message
+    assert outcome.status is OutcomeStatus.FAILED and "toolCallId" in outcome.detail
+    assert stream.shutdown(5).ok
+    stats = stream.stats()
+    assert stats.items_delivered == 1 and stats.events_failed == 1 and stats.events_held == 0  # none left held
+
+
 def test_health_drift_through_the_stream(server):
     stream = make(flush_interval=30, retry_backoff_max=60)
     server.answers = [503] * 4 * 5  # 5 sends, each 1 try + 3 HTTP retries
