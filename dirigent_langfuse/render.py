@@ -11,19 +11,23 @@ Offsets are from the trace's start; failures are marked with ✗, unfinished wor
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Dict, List, Optional
+from datetime import datetime, timezone
+from typing import Any, Dict, List, Optional, Set
 
 __all__ = ["render_trace", "render_all"]
 
+_NEVER = datetime.max.replace(tzinfo=timezone.utc)  # observations without a start sort last
 
-def _time(value: Optional[str]) -> Optional[datetime]:
-    if not value:
+
+def _time(value: Any) -> Optional[datetime]:
+    """An aware time (naive ones are UTC, as Langfuse reads them), or None for what is not one."""
+    if not value or not isinstance(value, str):
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
 
 
 def _seconds(a: Optional[datetime], b: Optional[datetime]) -> Optional[float]:
@@ -80,21 +84,36 @@ def render_trace(trace: Dict[str, Any], observations: List[Dict[str, Any]]) -> s
         head += f"  ended: {meta['end_reason']}"
     ids = {o.get("id") for o in observations}
     children: Dict[Optional[str], List[Dict[str, Any]]] = {}
-    for obs in sorted(observations, key=lambda o: (o.get("startTime") or "", o.get("name") or "")):
+    ordered = sorted(observations, key=lambda o: (_time(o.get("startTime")) or _NEVER, str(o.get("name") or "")))
+    for obs in ordered:
         parent = obs.get("parentObservationId")
         children.setdefault(parent if parent in ids else None, []).append(obs)
     starts = [_time(o.get("startTime")) for o in observations] + [_time(trace.get("timestamp"))]
     origin = min((s for s in starts if s is not None), default=None)
     lines = [head]
+    shown: Set[int] = set()
 
-    def walk(parent: Optional[str], prefix: str) -> None:
-        kids = children.get(parent, [])
-        for i, obs in enumerate(kids):
-            last = i == len(kids) - 1
+    def walk(kids: List[Dict[str, Any]], prefix: str) -> None:
+        """Depth first, without recursion (a chain of observations may be deeper than Python's stack)."""
+        stack = [(kids, prefix, 0)]
+        while stack:
+            kids, prefix, i = stack.pop()
+            if i >= len(kids):
+                continue
+            stack.append((kids, prefix, i + 1))
+            obs, last = kids[i], i == len(kids) - 1
+            if id(obs) in shown:
+                continue
+            shown.add(id(obs))
             lines.append(prefix + ("└─ " if last else "├─ ") + _line(obs, origin))
-            walk(obs.get("id"), prefix + ("   " if last else "│  "))
+            stack.append((children.get(obs.get("id"), []), prefix + ("   " if last else "│  "), 0))
 
-    walk(None, "")
+    walk(children.get(None, []), "")
+    for obs in ordered:  # parents that form a cycle (a client's bug): shown, never hidden
+        if id(obs) not in shown:
+            shown.add(id(obs))
+            lines.append(f"└─ {_line(obs, origin)}  ⟲ in a cycle of parents (its parent: {obs.get('parentObservationId')})")
+            walk(children.get(obs.get("id"), []), "   ")
     if not observations:
         lines.append("└─ (no observations)")
     return "\n".join(lines)

@@ -334,3 +334,25 @@ def test_as_v4_the_legacy_endpoint_takes_score_events_only():
     assert [s["id"] for s in answer["successes"]] == ["s1"]
     assert {e["status"] for e in answer["errors"]} == {400} and len(answer["errors"]) == len(session_items())
     assert all(e["message"] == V4_REFUSAL and "OTLP" in e["error"] for e in answer["errors"])
+
+
+def test_show_renders_every_observation_also_in_a_cycle_of_parents_a_deep_chain_or_naive_times():
+    """Observations stored by any client (the receiver takes what Langfuse takes). Before: those
+    whose parents formed a cycle were left out of the tree without a word; a chain deeper than
+    Python's stack raised RecursionError; a naive start time beside an aware one raised TypeError."""
+    from dirigent_langfuse.render import render_trace
+
+    def obs(oid, parent=None, start="2026-11-25T09:00:00Z", name=None):
+        return {"id": oid, "type": "SPAN", "name": name or oid, "parentObservationId": parent, "startTime": start}
+
+    cycle = [obs("a", "b"), obs("b", "a"), obs("c", "c"), obs("root"), obs("kid", "root")]
+    text = render_trace({"id": "t", "name": "x"}, cycle)
+    for name in ("a", "b", "c", "root", "kid"):
+        assert f"SPAN {name} " in text, text
+    assert "SPAN a  +0.00s  … (not ended)  ⟲ in a cycle of parents (its parent: b)" in text
+    assert "   └─ SPAN b " in text  # under a, once
+    deep = [obs(f"d{i}", f"d{i - 1}" if i else None) for i in range(3000)]
+    assert len(render_trace({"id": "t"}, deep).splitlines()) == 3001
+    naive = [obs("n", start="2026-11-25T09:00:01"), obs("z", start="2026-11-25T09:00:02Z")]
+    assert render_trace({"id": "t"}, naive).splitlines()[1:] == [
+        "├─ SPAN n  +0.00s  … (not ended)", "└─ SPAN z  +1.00s  … (not ended)"]
