@@ -255,8 +255,9 @@ class _Handler(BaseHTTPRequestHandler):
         receiver = self.server.receiver
         try:
             payload = json.loads(data)
-        except ValueError:
-            self._send(400, {"message": "Invalid request data", "error": "body is not JSON"})
+        except (ValueError, RecursionError) as exc:
+            reason = "body is nested too deeply" if isinstance(exc, RecursionError) else "body is not JSON"
+            self._send(400, {"message": "Invalid request data", "error": reason})
             return
         if not isinstance(payload, dict) or not isinstance(payload.get("batch"), list):
             self._send(400, {"message": "Invalid request data", "error": "expected {\"batch\": [...]}"})
@@ -303,6 +304,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except (ValueError, OtlpError) as exc:
             self._send(400, {"message": f"Invalid OTLP export: {exc}"})
+            return
+        except RecursionError:
+            self._send(400, {"message": "Invalid OTLP export: nested too deeply"})
             return
         answer: Dict[str, Any] = {}
         kept = list(enumerate(spans))

@@ -142,6 +142,8 @@ _HEX = re.compile(r"[0-9a-fA-F]+")
 
 
 def _any_value(value: Any) -> Any:
+    """The value of an AnyValue, read leniently: a span the receiver accepted must always read
+    back (an intValue that is no integer is kept as it came, a malformed list or map is empty)."""
     if not isinstance(value, dict):
         raise OtlpError("attribute value must be an AnyValue object")
     if "stringValue" in value:
@@ -149,16 +151,27 @@ def _any_value(value: Any) -> Any:
     if "boolValue" in value:
         return bool(value["boolValue"])
     if "intValue" in value:
-        return int(value["intValue"])
+        return _number(int, value["intValue"])
     if "doubleValue" in value:
-        return float(value["doubleValue"])
+        return _number(float, value["doubleValue"])
     if "arrayValue" in value:
-        return [_any_value(v) for v in (value["arrayValue"] or {}).get("values", [])]
+        values = value["arrayValue"].get("values") if isinstance(value["arrayValue"], dict) else None
+        return [_any_value(v) for v in values if isinstance(v, dict)] if isinstance(values, list) else []
     if "kvlistValue" in value:
-        return {kv["key"]: _any_value(kv.get("value")) for kv in (value["kvlistValue"] or {}).get("values", [])}
+        values = value["kvlistValue"].get("values") if isinstance(value["kvlistValue"], dict) else None
+        return {kv["key"]: _any_value(kv.get("value")) for kv in values or ()
+                if isinstance(kv, dict) and isinstance(kv.get("key"), str) and isinstance(kv.get("value"), dict)} \
+            if isinstance(values, list) else {}
     if "bytesValue" in value:
         return value["bytesValue"]
     return None
+
+
+def _number(kind: Any, value: Any) -> Any:
+    try:
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        return value
 
 
 def _attributes(entries: Any) -> Dict[str, Any]:
@@ -285,7 +298,7 @@ def decode_span(span: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     if parent is not None:
         parent = _id(parent, 16, "parentSpanId")
     attrs = _attributes(span.get("attributes"))
-    status = span.get("status") or {}
+    status = span.get("status") if isinstance(span.get("status"), dict) else {}
     start = _iso(span.get("startTimeUnixNano"))
     obs: Dict[str, Any] = {
         "id": span_id,

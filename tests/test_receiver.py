@@ -356,3 +356,25 @@ def test_show_renders_every_observation_also_in_a_cycle_of_parents_a_deep_chain_
     naive = [obs("n", start="2026-11-25T09:00:01"), obs("z", start="2026-11-25T09:00:02Z")]
     assert render_trace({"id": "t"}, naive).splitlines()[1:] == [
         "├─ SPAN n  +0.00s  … (not ended)", "└─ SPAN z  +1.00s  … (not ended)"]
+
+
+def test_a_body_nested_too_deeply_gets_400_and_an_odd_attribute_value_still_reads_back(receiver):
+    """Before: JSON nested past the decoder's depth killed the handler (the connection closed with
+    no answer); and a span accepted with an intValue that is no integer ("12a") made every later
+    read of the store raise, so `show`, the traces API and counters() all failed from then on."""
+    deep = b'{"batch":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    for path in ("/api/public/ingestion", "/api/public/otel/v1/traces"):
+        answer = requests.post(receiver.url + path, data=deep, auth=AUTH, timeout=5,
+                               headers={"Content-Type": "application/json"})
+        assert answer.status_code == 400 and "nested too deeply" in answer.text
+    odd = [{"key": "a", "value": {"intValue": "12a"}}, {"key": "b", "value": {"arrayValue": 5}},
+           {"key": "c", "value": {"kvlistValue": {"values": [1, {"key": "k"}]}}}, {"key": "d", "value": {"doubleValue": "x"}},
+           {"key": "langfuse.observation.metadata.n", "value": {"intValue": "7"}}]
+    span = {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "s", "startTimeUnixNano": "1764061200000000000",
+            "endTimeUnixNano": "1764061201000000000", "status": "not an object", "attributes": odd}
+    export = {"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}
+    answer = requests.post(receiver.url + "/api/public/otel/v1/traces", json=export, auth=AUTH, timeout=5)
+    assert answer.status_code == 200
+    (obs,) = receiver.store.observations()
+    assert obs["metadata"] == {"n": 7} and receiver.store.counters()["spans_received"] == 1
+    assert requests.get(receiver.url + "/api/public/traces", auth=AUTH, timeout=5).status_code == 200
