@@ -53,8 +53,13 @@ def _decode_protobuf(data: bytes) -> Dict[str, Any]:
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     except ImportError:
         raise LookupError("application/x-protobuf needs the optional opentelemetry-proto package") from None
+    from google.protobuf.message import DecodeError
+
     message = ExportTraceServiceRequest()
-    message.ParseFromString(data)
+    try:
+        message.ParseFromString(data)
+    except DecodeError as exc:  # not a ValueError: it killed the handler, the client got no answer
+        raise ValueError(f"not an ExportTraceServiceRequest in protobuf ({exc})") from None
     out = MessageToDict(message)
     for rs in out.get("resourceSpans", []):
         for ss in rs.get("scopeSpans", []):

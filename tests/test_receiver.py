@@ -378,3 +378,12 @@ def test_a_body_nested_too_deeply_gets_400_and_an_odd_attribute_value_still_read
     (obs,) = receiver.store.observations()
     assert obs["metadata"] == {"n": 7} and receiver.store.counters()["spans_received"] == 1
     assert requests.get(receiver.url + "/api/public/traces", auth=AUTH, timeout=5).status_code == 200
+
+
+def test_a_protobuf_body_that_does_not_parse_gets_400(receiver):
+    """Before, protobuf's DecodeError (not a ValueError) killed the handler: no answer at all."""
+    pytest.importorskip("opentelemetry.proto", reason="protobuf exports need the optional opentelemetry-proto")
+    for body in (b"\xff\xff\xff\xff garbage", b"\x0a" + b"\xff" * 20):
+        answer = requests.post(receiver.url + "/api/public/otel/v1/traces", data=body, auth=AUTH, timeout=5,
+                               headers={"Content-Type": "application/x-protobuf"})
+        assert answer.status_code == 400 and "not an ExportTraceServiceRequest in protobuf" in answer.text
