@@ -109,7 +109,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- helpers ---------------------------------------------------------------------------------
 
+    def _guarded(self, handle: Any) -> None:
+        """A bug of the receiver's answers 500, as a server would, instead of closing the
+        connection with no answer at all (which a client takes for a network failure)."""
+        self._answered = False
+        try:
+            handle()
+        except Exception as exc:
+            log.exception("receiver: %s %s failed", self.command, urlsplit(self.path).path)
+            self.close_connection = True
+            if not self._answered:
+                self._send(500, {"message": f"internal error in the receiver ({type(exc).__name__}); see its log"})
+
     def _send(self, code: int, payload: Any, headers: Optional[Dict[str, str]] = None, raw: Optional[bytes] = None) -> None:
+        self._answered = True
         body = raw if raw is not None else json.dumps(payload).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json" if raw is None else "text/html")
@@ -232,6 +245,12 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routes ----------------------------------------------------------------------------------
 
     def do_POST(self) -> None:
+        self._guarded(self._post)
+
+    def do_GET(self) -> None:
+        self._guarded(self._get)
+
+    def _post(self) -> None:
         path = urlsplit(self.path).path
         receiver = self.server.receiver
         receiver.store.bump("requests")
@@ -323,7 +342,7 @@ class _Handler(BaseHTTPRequestHandler):
         receiver.store.bump("batches")
         self._send(200, answer)
 
-    def do_GET(self) -> None:
+    def _get(self) -> None:
         parts = urlsplit(self.path)
         path = parts.path.rstrip("/")
         receiver = self.server.receiver

@@ -387,3 +387,18 @@ def test_a_protobuf_body_that_does_not_parse_gets_400(receiver):
         answer = requests.post(receiver.url + "/api/public/otel/v1/traces", data=body, auth=AUTH, timeout=5,
                                headers={"Content-Type": "application/x-protobuf"})
         assert answer.status_code == 400 and "not an ExportTraceServiceRequest in protobuf" in answer.text
+
+
+def test_a_bug_of_the_receiver_answers_500_not_silence(receiver, monkeypatch, caplog):
+    """Before, any exception in a handler closed the connection with no answer, which a client
+    takes for a network failure; Langfuse, like any server, answers 500."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(receiver.store, "add_items", broken)
+    answer = post(receiver, session_items())
+    assert answer.status_code == 500 and "RuntimeError" in answer.json()["message"]
+    assert "receiver: POST /api/public/ingestion failed" in caplog.text
+    monkeypatch.setattr(receiver.store, "traces", broken)
+    assert requests.get(receiver.url + "/api/public/traces", auth=AUTH, timeout=5).status_code == 500
