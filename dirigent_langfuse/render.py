@@ -36,6 +36,12 @@ def _seconds(a: Optional[datetime], b: Optional[datetime]) -> Optional[float]:
     return (b - a).total_seconds()
 
 
+def _map(value: Any) -> Dict[str, Any]:
+    """A field that should be a mapping; anything else a client stored there (Langfuse's
+    metadata may be any JSON) is read as empty."""
+    return value if isinstance(value, dict) else {}
+
+
 def _line(obs: Dict[str, Any], origin: Optional[datetime]) -> str:
     start = _time(obs.get("startTime"))
     end = _time(obs.get("endTime"))
@@ -53,18 +59,17 @@ def _line(obs: Dict[str, Any], origin: Optional[datetime]) -> str:
         parts.append(f"first token {first_token:.2f}s")
     if obs.get("model"):
         parts.append(str(obs["model"]))
-    usage = obs.get("usageDetails") or {}
+    usage = _map(obs.get("usageDetails"))
     if usage:
         tokens = f"in {usage.get('input', 0)} / out {usage.get('output', 0)}"
         cached = usage.get("input_cache_read")
         if cached:
             tokens += f" / cache {cached}"
         parts.append(tokens)
-    cost = (obs.get("costDetails") or {}).get("total")
-    if isinstance(cost, (int, float)):
+    cost = _map(obs.get("costDetails")).get("total")
+    if isinstance(cost, (int, float)) and not isinstance(cost, bool):
         parts.append(f"${cost:.4f}")
-    meta = obs.get("metadata") or {}
-    if str(meta.get("incomplete", "")).lower() == "true":
+    if str(_map(obs.get("metadata")).get("incomplete", "")).lower() == "true":
         parts.append("… incomplete")
     if obs.get("level") == "ERROR":
         parts.append(f"✗ ERROR: {obs.get('statusMessage') or 'failed'}")
@@ -77,9 +82,10 @@ def render_trace(trace: Dict[str, Any], observations: List[Dict[str, Any]]) -> s
     for label, key in (("session", "sessionId"), ("user", "userId")):
         if trace.get(key):
             head += f"  {label}={trace[key]}"
-    if trace.get("tags"):
-        head += "  tags=" + ",".join(trace["tags"])
-    meta = trace.get("metadata") or {}
+    tags = trace.get("tags")
+    if tags:
+        head += "  tags=" + (",".join(str(t) for t in tags) if isinstance(tags, list) else str(tags))
+    meta = _map(trace.get("metadata"))
     if meta.get("end_reason"):
         head += f"  ended: {meta['end_reason']}"
     ids = {o.get("id") for o in observations}

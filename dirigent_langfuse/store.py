@@ -109,14 +109,16 @@ class _View:
         body = item.get("body") or {}
         kind = item.get("type")
         self._fingerprint([kind, body])
+        # A body without an id (the spec allows it) gets one, as Langfuse gives it a fresh one:
+        # here its envelope's, so that a read is the same every time.
         if kind == "trace-create":
             trace = dict(body)
             trace.setdefault("timestamp", item.get("timestamp"))
-            self.trace(body["id"], trace)
+            self.trace(body.get("id") or item["id"], trace)
         elif kind in _OBSERVATION_TYPES or kind in ("observation-create", "observation-update"):
             obs = dict(body)
             obs.setdefault("type", _OBSERVATION_TYPES.get(kind))
-            if kind.endswith("-create") and not obs.get("id"):
+            if not obs.get("id"):
                 obs["id"] = item["id"]
             self.observation(obs)
 

@@ -75,9 +75,9 @@ def _check_observation(kind: str, body: Dict[str, Any]) -> Optional[str]:
             return f"body.{key} must be an ISO-8601 date-time"
     if kind.endswith("-update") and not isinstance(body.get("id"), str):
         return "body.id is required for an update"
-    if body.get("level") is not None and body["level"] not in LEVELS:
+    if body.get("level") is not None and (not isinstance(body["level"], str) or body["level"] not in LEVELS):
         return f"body.level must be one of {sorted(LEVELS)}"
-    if kind.startswith("observation-") and body.get("type") not in OBSERVATION_TYPES:
+    if kind.startswith("observation-") and (not isinstance(body.get("type"), str) or body["type"] not in OBSERVATION_TYPES):
         return f"body.type must be one of {sorted(OBSERVATION_TYPES)}"
     params = body.get("modelParameters")
     if params is not None and (not isinstance(params, dict) or not all(_map_value_ok(v) for v in params.values())):
@@ -107,7 +107,7 @@ def check_item(item: Any) -> Optional[str]:
     if not _is_time(item.get("timestamp")):
         return "timestamp is required (an ISO-8601 date-time)"
     kind = item.get("type")
-    if kind not in INGESTION_TYPES:
+    if not isinstance(kind, str) or kind not in INGESTION_TYPES:
         return f"type {kind!r} is not an ingestion event type"
     body = item.get("body")
     if not isinstance(body, dict):
@@ -116,6 +116,8 @@ def check_item(item: Any) -> Optional[str]:
         for key in _TRACE_STRINGS:
             if not _is_str(body.get(key)):
                 return f"body.{key} must be a string"
+        if body.get("timestamp") is not None and not _is_time(body["timestamp"]):
+            return "body.timestamp must be an ISO-8601 date-time"
         tags = body.get("tags")
         if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
             return "body.tags must be a list of strings"

@@ -402,3 +402,36 @@ def test_a_bug_of_the_receiver_answers_500_not_silence(receiver, monkeypatch, ca
     assert "receiver: POST /api/public/ingestion failed" in caplog.text
     monkeypatch.setattr(receiver.store, "traces", broken)
     assert requests.get(receiver.url + "/api/public/traces", auth=AUTH, timeout=5).status_code == 500
+
+
+def test_items_of_odd_types_get_400_and_whatever_was_accepted_reads_back(receiver):
+    """Found by fuzzing the receiver with items of random field types. Before: a level, type or
+    observation type that is a list or dict raised TypeError in the check (no answer, later a
+    500); a trace-create without a body id (the spec allows it) or an update without one made
+    every later read raise KeyError; a trace whose metadata is a string (Langfuse's metadata is
+    any JSON) broke `show`; a trace timestamp that is no time was taken."""
+    from dirigent_langfuse.render import render_all
+
+    ts = "2026-11-25T09:00:00.000Z"
+    refused = [
+        {"id": "r1", "timestamp": ts, "type": "span-create", "body": {"id": "o1", "traceId": "t1", "level": {"a": 1}}},
+        {"id": "r2", "timestamp": ts, "type": "observation-create", "body": {"id": "o2", "traceId": "t1", "type": ["SPAN"]}},
+        {"id": "r3", "timestamp": ts, "type": ["trace-create"], "body": {"id": "t1"}},
+        {"id": "r4", "timestamp": ts, "type": "trace-create", "body": {"id": "t1", "timestamp": "not a time"}},
+    ]
+    answer = post(receiver, refused)
+    assert answer.status_code == 207
+    assert [e["id"] for e in answer.json()["errors"]] == ["r1", "r2", "r3", "r4"]
+    assert all(e["status"] == 400 for e in answer.json()["errors"])
+    taken = [
+        {"id": "a1", "timestamp": ts, "type": "trace-create", "body": {"name": "no id", "metadata": "a string"}},
+        {"id": "a2", "timestamp": ts, "type": "span-create", "body": {"traceId": "a1", "name": "kid", "startTime": ts,
+                                                                   "metadata": [1, 2], "usageDetails": {"input": 3}}},
+        {"id": "a3", "timestamp": ts, "type": "trace-create", "body": {"id": "t2", "tags": ["x"], "metadata": ["list"]}},
+    ]
+    answer = post(receiver, taken)
+    assert answer.status_code == 207 and not answer.json()["errors"]
+    assert {t["id"] for t in receiver.store.traces()} == {"a1", "t2"}
+    text = render_all(receiver.store)
+    assert "trace 'no id' (a1)" in text and "SPAN kid" in text and "in 3 / out 0" in text
+    assert requests.get(receiver.url + "/api/public/traces", auth=AUTH, timeout=5).status_code == 200
