@@ -35,7 +35,7 @@ from .bus import (
     SessionEnded,
     SessionUpdate,
 )
-from .encoding import as_text, key_text
+from .encoding import as_text, key_text, to_jsonable
 from .snapshot import own
 
 __all__ = ["bus_event_to_items", "maps", "streams_text", "merge_body", "MappingState", "observation_id", "envelope_id", "iso_time", "Item"]
@@ -301,7 +301,9 @@ def _item(event: BusEvent, index: int, type_: str, body: Dict[str, Any]) -> Item
 
 
 def _trace(event: SessionCreated, scroll_id: str) -> List[Item]:
-    metadata: Dict[str, Any] = own(event.metadata) if event.metadata else {}
+    metadata: Any = own(event.metadata) if event.metadata is not None else {}
+    if type(metadata) is not dict:  # the host's own object, whose code raised while it was copied: never changed
+        metadata = {"metadata": to_jsonable(metadata)}
     metadata.update(
         _prune(
             {
@@ -448,7 +450,7 @@ def _tool_call(event: SessionUpdate, scroll_id: str, state: Optional[MappingStat
         body["startTime"] = at
         if parent is not None:
             body["parentObservationId"] = parent
-    elif update.get("title"):
+    elif _title(update.get("title")):
         body["name"] = _title(update["title"])
     if update.get("rawInput") is not None:
         body["input"] = own(update["rawInput"])
@@ -472,11 +474,18 @@ def _tool_call(event: SessionUpdate, scroll_id: str, state: Optional[MappingStat
 def _title(title: Any) -> Any:
     """A tool call's title as Langfuse's `name`, which must be a string (a title of another type
     made Langfuse refuse the whole item): text as it is, anything else as its JSON text."""
-    return title if type(title) is str or not title else as_text(title)
+    return title if title is None or type(title) is str else as_text(title)
 
 
 def _failure_message(output: Any) -> str:
     """A short statusMessage for a failed tool call, from its output when that is text."""
+    try:
+        return _failure_text(output)
+    except Exception:  # the host's object (kept by reference: its code raised while copied) raised again
+        return "tool call failed"
+
+
+def _failure_text(output: Any) -> str:
     if isinstance(output, str) and output.strip():
         text = output.strip()
     elif isinstance(output, dict) and isinstance(output.get("error"), str):

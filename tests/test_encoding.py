@@ -179,14 +179,18 @@ def test_hostile_payloads_and_odd_titles_reach_langfuse_over_both_transports(req
 
     receiver = request.getfixturevalue("receiver" if transport == "ingestion" else "receiver_v4")
     s = stream(receiver.url, transport=transport)
+    host_meta = Unreadable(a=1)
     events = [created(metadata={"huge": 10 ** 5000, HostileText(): "hostile key"}),
               started("m1", input=LenRaises([1]), model_parameters={"u": Unreadable(a=1), "mixed": {1: "a", "b": 2},
                                                                     "huge": 10 ** 400}),
               tool_call("t1", title=42), tool_update("t1", "completed", rawOutput={10 ** 5000: HostileText()}),
               tool_call("t2", title={"verb": "edit"}), tool_update("t2", "failed", title=["x"]),
-              completed("m1", output=UnreadableList([1])), ended()]
+              tool_call("t3", title=LenRaises(["x"])), tool_update("t3", "failed", rawOutput=UnreadableList([1])),
+              completed("m1", output=UnreadableList([1])), ended(),
+              created("scroll-2", metadata=host_meta), ended("scroll-2")]
     for event in events:
         assert s.on_event(event).status is OutcomeStatus.ACCEPTED, event
+    assert list(dict.keys(host_meta)) == ["a"]  # the host's object is never changed
     outcome = s.shutdown(10)
     stats = s.stats()
     assert outcome.status is OutcomeStatus.DELIVERED, outcome
