@@ -111,10 +111,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _guarded(self, handle: Any) -> None:
         """A bug of the receiver's answers 500, as a server would, instead of closing the
-        connection with no answer at all (which a client takes for a network failure)."""
+        connection with no answer at all (which a client takes for a network failure). A client
+        that went away (OSError) still just ends the connection (`handle_error`)."""
         self._answered = False
         try:
             handle()
+        except OSError:  # the client went away (a timeout, a reset): the connection's end, as before
+            raise
         except Exception as exc:
             log.exception("receiver: %s %s failed", self.command, urlsplit(self.path).path)
             self.close_connection = True
