@@ -111,18 +111,27 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _guarded(self, handle: Any) -> None:
         """A bug of the receiver's answers 500, as a server would, instead of closing the
-        connection with no answer at all (which a client takes for a network failure). A client
-        that went away (OSError) still just ends the connection (`handle_error`)."""
+        connection with no answer at all (which a client takes for a network failure), and is
+        logged at ERROR. A connection that ended under it (the client went away: a timeout, a
+        reset; a fault closed it; the receiver was paused or stopped, its store closed, while the
+        request ran) ends as before, logged at DEBUG (`handle_error`)."""
         self._answered = False
         try:
             handle()
-        except OSError:  # the client went away (a timeout, a reset): the connection's end, as before
+        except OSError:
             raise
         except Exception as exc:
-            log.exception("receiver: %s %s failed", self.command, urlsplit(self.path).path)
             self.close_connection = True
-            if not self._answered:
+            where = (self.command, urlsplit(self.path).path, type(exc).__name__, exc)
+            stopped = self.server.receiver._server is not self.server  # paused or stopped under it
+            if self._answered or stopped:
+                log.debug("receiver: %s %s ended with its connection (%s: %s)", *where, exc_info=exc)
+                return
+            log.error("receiver: %s %s failed (%s: %s)", *where, exc_info=exc)  # before the answer: a
+            try:  # client that reads the 500 finds it logged
                 self._send(500, {"message": f"internal error in the receiver ({type(exc).__name__}); see its log"})
+            except (OSError, ValueError):  # no connection left to answer on
+                pass
 
     def _send(self, code: int, payload: Any, headers: Optional[Dict[str, str]] = None, raw: Optional[bytes] = None) -> None:
         self._answered = True

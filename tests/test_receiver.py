@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import logging
 import socket
 from typing import Any, Dict, List
 
@@ -435,3 +436,52 @@ def test_items_of_odd_types_get_400_and_whatever_was_accepted_reads_back(receive
     text = render_all(receiver.store)
     assert "trace 'no id' (a1)" in text and "SPAN kid" in text and "in 3 / out 0" in text
     assert requests.get(receiver.url + "/api/public/traces", auth=AUTH, timeout=5).status_code == 200
+
+
+def test_a_request_cut_off_by_stop_ends_with_its_connection_and_logs_no_error(caplog):
+    """b137edf's 500-for-a-bug also caught what stop() does to a request still being handled (its
+    store closed under it: ProgrammingError) and logged it at ERROR, from a thread that outlived
+    its test: the next test's log check saw it (test_random, now and then in the full suite)."""
+    import threading
+
+    receiver = Receiver().start()
+    inside = threading.Event()
+    next_fault = receiver.faults.next
+
+    def seen():
+        inside.set()
+        return next_fault()
+
+    receiver.faults.next = seen
+    receiver.faults.add(Fault.slow(0.3))  # the handler sleeps here while the receiver stops
+    handled = threading.Event()
+    said: list = []
+
+    class Told(logging.Handler):  # the handler's last word on the request, whatever its level
+        def emit(self, record):
+            if "POST /api/public/ingestion" in record.getMessage():
+                said.append(record.levelname)
+                handled.set()
+
+    caplog.set_level(logging.DEBUG, logger="dirigent_langfuse.receiver")
+    told = Told()
+    logging.getLogger("dirigent_langfuse.receiver").addHandler(told)
+    answers: list = []
+
+    def client():
+        try:
+            answers.append(post(receiver, session_items()).status_code)
+        except requests.ConnectionError as exc:
+            answers.append(type(exc).__name__)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    assert inside.wait(5)
+    receiver.stop()
+    thread.join(5)
+    assert answers == ["ConnectionError"]
+    try:
+        assert handled.wait(5)  # the handler met the closed store and said so
+    finally:
+        logging.getLogger("dirigent_langfuse.receiver").removeHandler(told)
+    assert said == ["DEBUG"]
