@@ -18,6 +18,7 @@ from __future__ import annotations
 import email.utils
 import gzip
 import logging
+import math
 import re
 import time
 from datetime import datetime, timezone
@@ -234,6 +235,11 @@ def _retry_after(response: requests.Response, cap: float) -> Optional[float]:
     return min(max(seconds, 0.0), cap)
 
 
+def _entries(value: Any) -> List[Any]:
+    """A 207's `successes` or `errors`: a list; anything else in its place is read as none."""
+    return value if isinstance(value, list) else []
+
+
 class LangfuseClient:
     """Sends ingestion batches and OTLP exports to one Langfuse project.
 
@@ -351,10 +357,10 @@ class LangfuseClient:
             data = None
         if not (isinstance(data, dict) and ("successes" in data or "errors" in data)):
             raise _not_langfuse(response, INGESTION_PATH)
-        for entry in data.get("successes") or ():
+        for entry in _entries(data.get("successes")):
             if isinstance(entry, dict) and isinstance(entry.get("id"), str):
                 successes.append(entry["id"])
-        for entry in data.get("errors") or ():
+        for entry in _entries(data.get("errors")):
             if isinstance(entry, dict) and isinstance(entry.get("id"), str):
                 status = entry.get("status")
                 message = entry.get("message") or entry.get("error") or ""
@@ -364,7 +370,7 @@ class LangfuseClient:
                 errors.append(
                     ItemError(
                         entry["id"],
-                        int(status) if isinstance(status, (int, float)) else 500,
+                        int(status) if isinstance(status, (int, float)) and math.isfinite(status) else 500,
                         _short(message if isinstance(message, str) else str(message)),
                     )
                 )

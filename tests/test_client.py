@@ -128,6 +128,13 @@ def test_a_2xx_that_is_not_langfuse_s_answer_is_an_error_never_a_delivery():
         assert "not Langfuse's answer" in str(info.value) and "is host" in str(info.value)
     responses.add("POST", URL, status=207, json={"successes": "?", "errors": [{"no": "id"}, 5]})
     assert make().send([]).errors == ()  # Langfuse's answer, oddly filled: tolerated
+    # ...also with lists that are not lists and statuses that are no numbers (before: TypeError,
+    # and OverflowError or ValueError for an infinite or NaN status, out of the worker's send)
+    responses.add("POST", URL, status=207, json={"successes": 5, "errors": {"id": "x"}})
+    assert make().send([]).errors == ()
+    responses.add("POST", URL, status=207, body='{"successes": [], "errors": [{"id": "a", "status": Infinity},'
+                                                 ' {"id": "b", "status": NaN}, {"id": "c", "status": "400"}]}')
+    assert [(e.id, e.status) for e in make().send([]).errors] == [("a", 500), ("b", 500), ("c", 500)]
 
 
 @responses.activate
