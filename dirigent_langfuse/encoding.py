@@ -138,7 +138,7 @@ def to_jsonable(value: Any, _seen: Optional[set] = None, _depth: int = 0) -> Any
         return value
     if isinstance(value, int):
         text = _int_text(value)
-        return value if text[:2] != "0x" and text[:3] != "-0x" else text
+        return text if text.startswith(("0x", "-0x")) else value  # (json writes the int itself)
     if isinstance(value, float):
         return _float(value)
     if isinstance(value, (dict, list, tuple)):
