@@ -165,14 +165,17 @@ def to_jsonable(value: Any, _seen: Optional[set] = None, _depth: int = 0) -> Any
 
 def _make_fast() -> Callable[[Any], str]:
     """The C encoder made once (`JSONEncoder.encode` builds a new one per call). Without a
-    circular-reference check: a cycle raises RecursionError, and `dumps` takes the slow path."""
+    circular-reference check: a cycle raises RecursionError, and `dumps` takes the slow path.
+
+    `c_make_encoder` is CPython's private API: should a Python lack it, or call it otherwise than
+    3.9 to 3.13 do, the public encoder is used (slower, same text), never an import error."""
+    fallback = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_fallback).encode
     try:
         from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - a Python without the C accelerator
-        c_make_encoder = None
-    if c_make_encoder is None:  # pragma: no cover
-        return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_fallback).encode
-    encoder = c_make_encoder(None, _fallback, encode_basestring, None, ":", ",", False, False, False)
+
+        encoder = c_make_encoder(None, _fallback, encode_basestring, None, ":", ",", False, False, False)
+    except Exception:  # ImportError or None (no C accelerator), TypeError (another signature)
+        return fallback
     join = "".join
 
     def encode(value: Any) -> str:

@@ -271,3 +271,27 @@ def test_over_otel_a_span_that_fails_even_without_its_fields_still_goes_with_its
     assert span["spanId"] == otel.span_id(items[0]["body"]["id"]) and span["endTimeUnixNano"] > span["startTimeUnixNano"]
     assert [a["key"] for a in span["attributes"]] == ["langfuse.observation.type"]
     assert "RuntimeError" in caplog.text
+
+
+@pytest.mark.parametrize("broken", ["missing", "signature"])
+def test_without_cpython_s_private_c_encoder_encoding_still_works(monkeypatch, broken):
+    """`c_make_encoder` is private to CPython: a Python that lacks it, or calls it otherwise, must
+    cost speed, not the import of the package (before, a changed signature raised TypeError when
+    encoding.py was imported)."""
+    import json.encoder
+
+    from dirigent_langfuse import encoding
+
+    if broken == "missing":
+        monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    else:  # a Python whose private encoder takes other arguments than ours (its own JSONEncoder's work)
+        real = json.encoder.c_make_encoder
+
+        def other(markers, *args):
+            if markers is None:
+                raise TypeError("make_encoder() takes other arguments")
+            return real(markers, *args)
+
+        monkeypatch.setattr(json.encoder, "c_make_encoder", other)
+    fast = encoding._make_fast()
+    assert fast({"k": [1, 2.5, None, True, "é"], "t": dt.date(2026, 1, 1)}) == '{"k":[1,2.5,null,true,"é"],"t":"2026-01-01"}'
