@@ -32,7 +32,7 @@ import weakref
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .config import LangfuseConfig
-from .errors import LangfuseError
+from .errors import LangfuseError, LangfuseStatusError
 from .streams import Health, HealthTracker, daemon
 from .throttle import Throttled
 from .transport import NotChosen, Record, Report, request_error
@@ -720,6 +720,11 @@ class Worker:
             if retryable:
                 report.retry = list(batch)
             else:
+                if isinstance(report.error, LangfuseStatusError) and report.error.status == 413:  # one item alone
+                    report.error = LangfuseStatusError(413, (
+                        f"{report.error.message} (one item of {len(batch[0].data):,} bytes, too large on its own for "
+                        f"Langfuse or a proxy in front of it: set max_item_bytes below that limit, now "
+                        f"{self.config.max_item_bytes:,})"))
                 message = str(report.error)
                 report.dropped = [(r, reason, message) for r in batch]
             self._account(batch, report, reason, retry_after)

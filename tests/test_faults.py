@@ -600,3 +600,25 @@ def test_shutdown_is_bounded_when_langfuse_hangs(fast_receiver, transport, no_se
     stats = stream.stats()
     assert stats.items_pending == 0 and stats.dropped.get("shutdown", 0) > 0
     check("hung Langfuse at shutdown", transport, receiver, stream, caller.max_block, expect_all=False, uncertain=True)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_item_too_large_on_its_own_for_langfuse_is_dropped_saying_what_to_set(transport, caplog):
+    """A proxy in front of Langfuse with a body limit below `max_item_bytes`: the 413 splits
+    requests down to the one item, which is then dropped, counted. Before, the log and the
+    outcome quoted only the proxy's 413; they now say how large the item was and what to set."""
+    import os
+
+    with Receiver(max_request_bytes=50_000, version="4.2.0" if transport == "otel" else "3.120.0") as receiver:
+        stream = LangfuseStream(config(receiver.url, transport=transport, max_item_bytes=200_000, **FAST), name="proxy")
+        stream.on_event(created("p1"))
+        stream.on_event(started("m1", scroll="p1", input=os.urandom(60_000).hex()))  # 120 kB, hardly compressible
+        stream.on_event(completed("m1", scroll="p1", t=1))
+        stream.on_event(ended("p1", t=2))
+        outcome = stream.shutdown(10)
+        stats = stream.stats()
+    # the message and the trace (ingestion: its closing trace-create; OTel: the session span) carry the input
+    assert stats.dropped == {"status_413": 2 if transport == "ingestion" else 4}, stats.dropped
+    for said in (outcome.detail, stats.last_error, caplog.text):
+        assert "too large on its own for Langfuse or a proxy in front of it: set max_item_bytes below that limit, " \
+               "now 200,000" in said, said
