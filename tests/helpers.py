@@ -88,3 +88,36 @@ def config(url: str, **kw: Any) -> LangfuseConfig:
 def stream(url: str, **kw: Any) -> LangfuseStream:
     name = kw.pop("name", "test")
     return LangfuseStream(config(url, **kw), name=name)
+
+
+# Host objects whose own code raises (the encoder, the payload copy and the mapping must cope).
+
+
+class HostileText:
+    """Its own __str__ and __repr__ raise."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    __str__ = __repr__
+
+
+class Unreadable(dict):
+    """A dict whose items() raises."""
+
+    def items(self) -> Any:
+        raise RuntimeError("no items")
+
+
+class UnreadableList(list):
+    """A list whose iteration raises."""
+
+    def __iter__(self) -> Any:
+        raise RuntimeError("no iteration")
+
+
+class LenRaises(list):
+    """A list whose len() raises."""
+
+    def __len__(self) -> int:
+        raise RuntimeError("no len")

@@ -17,7 +17,7 @@ from dirigent_langfuse import MessageStarted, OutcomeStatus
 from dirigent_langfuse.encoding import TRUNCATION_MARKER, dumps, encode_item
 from dirigent_langfuse.mapping import bus_event_to_items
 
-from .helpers import common, started, stream
+from .helpers import HostileText, LenRaises, Unreadable, UnreadableList, common, started, stream
 
 
 class Color(enum.Enum):
@@ -98,25 +98,6 @@ def test_a_repr_that_raises_still_encodes():
     assert json.loads(dumps({"v": Hostile()}))["v"]
 
 
-class HostileText:
-    """A host object whose own __str__ and __repr__ raise."""
-
-    def __repr__(self):
-        raise RuntimeError("no repr")
-
-    __str__ = __repr__
-
-
-class Unreadable(dict):
-    def items(self):
-        raise RuntimeError("no items")
-
-
-class UnreadableList(list):
-    def __iter__(self):
-        raise RuntimeError("no iteration")
-
-
 @pytest.mark.parametrize("value, expected", [
     (10 ** 5000, hex(10 ** 5000)),  # past Python's 4,300 digits: json itself raises ValueError
     ({10 ** 5000: 1}, {hex(10 ** 5000): 1}),
@@ -160,11 +141,6 @@ def test_odd_payloads_through_a_live_stream_all_arrive(receiver, validate_item):
     assert stats.items_delivered == len(odd) and stats.items_truncated == 1
     for item in receiver.store.items():
         validate_item(item)
-
-
-class LenRaises(list):
-    def __len__(self):
-        raise RuntimeError("no len")
 
 
 @pytest.mark.parametrize("transport", ["ingestion", "otel"])

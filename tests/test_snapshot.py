@@ -9,7 +9,7 @@ from typing import Any, List
 from dirigent_langfuse.encoding import dumps
 from dirigent_langfuse.snapshot import LIMIT, own, own_event
 
-from .helpers import created, started, tool_call
+from .helpers import LenRaises, Unreadable, created, started, tool_call
 
 
 def test_a_copy_shares_no_container_with_the_original():
@@ -104,14 +104,5 @@ def test_own_event_copies_payload_fields_and_keeps_an_event_without_any():
 
 def test_a_container_whose_own_code_raises_is_kept_by_reference_never_raises():
     """Before, its len() or items() raised out of `own`, on the host's thread: on_event FAILED."""
-
-    class LenRaises(list):
-        def __len__(self):
-            raise RuntimeError("no len")
-
-    class ItemsRaise(dict):
-        def items(self):
-            raise RuntimeError("no items")
-
-    for value in (LenRaises([1]), ItemsRaise(a=1), {"inner": LenRaises([2])}):
+    for value in (LenRaises([1]), Unreadable(a=1), {"inner": LenRaises([2])}):
         assert own(value) is value
