@@ -485,3 +485,66 @@ def test_a_request_cut_off_by_stop_ends_with_its_connection_and_logs_no_error(ca
     finally:
         logging.getLogger("dirigent_langfuse.receiver").removeHandler(told)
     assert said == ["DEBUG"]
+
+
+_ODD = [None, "", "x", 0, -1, 1.5, True, [], [1, "a"], {}, {"a": 1}, {"a": {"b": [1]}}, "2026-11-25T09:00:00Z",
+        "2026-11-25T09:00:00", "not a time", 10 ** 20, [{"a": None}]]
+_BODY_FIELDS = ["id", "traceId", "name", "startTime", "endTime", "metadata", "input", "output", "level", "statusMessage",
+                "parentObservationId", "usageDetails", "costDetails", "modelParameters", "model", "tags", "userId",
+                "sessionId", "timestamp", "completionStartTime", "type", "environment", "public", "release", "version"]
+_ATTRIBUTES = ["langfuse.observation.type", "langfuse.observation.input", "langfuse.observation.usage_details",
+               "langfuse.observation.metadata", "langfuse.observation.metadata.x", "langfuse.trace.metadata.y",
+               "langfuse.trace.tags", "langfuse.trace.name", "user.id", "langfuse.observation.level",
+               "langfuse.observation.completion_start_time", "langfuse.observation.model.parameters"]
+
+
+def _any_value(rng, depth=0):
+    pick = rng.randint(0, 8 if depth < 2 else 5)
+    if pick == 0:
+        return {"stringValue": rng.choice(["x", "", '{"a": 1}', "[1]", '"2026-11-25T09:00:00Z"', "null", "ERROR"])}
+    if pick == 1:
+        return {"intValue": rng.choice(["5", 5, "x", "99999999999999999999999"])}
+    if pick == 2:
+        return {"doubleValue": rng.choice([1.5, "x", 1e308])}
+    if pick == 3:
+        return {"boolValue": rng.choice([True, "x"])}
+    if pick in (4, 5):
+        return rng.choice([{}, {"bytesValue": "!!"}])
+    if pick in (6, 7):
+        return {"arrayValue": rng.choice([{"values": [_any_value(rng, depth + 1)]}, {}, {"values": 5}, None])}
+    return {"kvlistValue": rng.choice([{"values": [{"key": "k", "value": _any_value(rng, depth + 1)}]}, {"values": [5]}])}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_items_and_spans_of_any_shape_are_answered_and_always_read_back(receiver, seed):
+    """What found the receiver's last bugs, kept: random ingestion items and OTLP spans of odd field
+    types. Every request gets an answer below 500, and the store reads back and renders after each."""
+    import random
+
+    from dirigent_langfuse.render import render_all
+
+    rng = random.Random(seed)
+    kinds = ["trace-create", "span-create", "span-update", "generation-create", "generation-update", "event-create",
+             "observation-create", "observation-update", "sdk-log", "score-create", ["x"]]
+    for n in range(60):
+        batch = []
+        for i in range(4):
+            body = {f: rng.choice(_ODD) for f in rng.sample(_BODY_FIELDS, rng.randint(0, 8))}
+            if rng.random() < 0.8:
+                body["id"] = rng.choice(["o1", "o2", "t1"])
+            if rng.random() < 0.7:
+                body["traceId"] = "t1"
+            batch.append({"id": f"e{n}-{i}", "timestamp": "2026-11-25T09:00:00.000Z", "type": rng.choice(kinds), "body": body})
+        assert post(receiver, batch).status_code < 500
+        span = {"traceId": rng.choice(["ab" * 16, "cd" * 16]), "spanId": rng.choice(["01" * 8, "02" * 8]),
+                "name": rng.choice(["s", None, 5]), "startTimeUnixNano": rng.choice(["1764061200000000000", None, "0"]),
+                "status": rng.choice([{"code": 2}, "s", None]),
+                "attributes": [{"key": rng.choice(_ATTRIBUTES), "value": _any_value(rng)} for _ in range(rng.randint(0, 5))]}
+        if rng.random() < 0.5:
+            span["parentSpanId"] = rng.choice(["01" * 8, "02" * 8])
+        export = {"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}
+        answer = requests.post(receiver.url + "/api/public/otel/v1/traces", json=export, auth=AUTH, timeout=5)
+        assert answer.status_code < 500, answer.text
+        receiver.store.traces(), receiver.store.observations(), receiver.store.counters()
+        render_all(receiver.store)
+    assert requests.get(receiver.url + "/api/public/traces", auth=AUTH, timeout=5).status_code == 200
