@@ -136,9 +136,9 @@ def _map_value(value: Any) -> Any:
             return float(value)
         except OverflowError:  # past a float's range: its text
             return key_text(value)
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
     try:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
         return json.dumps(value, default=str, sort_keys=True)
     except Exception:  # keys that do not sort, or the value's own code raised: the encoder's text
         return as_text(value)
@@ -302,8 +302,11 @@ def _item(event: BusEvent, index: int, type_: str, body: Dict[str, Any]) -> Item
 
 def _trace(event: SessionCreated, scroll_id: str) -> List[Item]:
     metadata: Any = own(event.metadata) if event.metadata is not None else {}
-    if type(metadata) is not dict:  # the host's own object, whose code raised while it was copied: never changed
-        metadata = {"metadata": to_jsonable(metadata)}
+    if metadata is event.metadata:  # the host's own object (its code raised while copied): never changed
+        try:
+            metadata = dict(metadata) if type(metadata) is dict else {"metadata": to_jsonable(metadata)}
+        except Exception:
+            metadata = {"metadata": to_jsonable(metadata)}
     metadata.update(
         _prune(
             {

@@ -331,3 +331,68 @@ def test_random_sessions_across_an_upgrade_to_v4_lose_nothing(seed):
         assert set(stats.dropped) <= {"otel_rejected"}, what  # (a span fault may reject some)
         assert stats.items_accepted == stats.items_delivered + sum(stats.dropped.values()), what
         assert receiver.store.counters().get("duplicates", 0) == 0, what
+
+
+def hostile(rng: random.Random, depth: int = 0) -> Any:
+    """A payload value of any kind a host may hand over, those whose own code raises among them."""
+    import decimal
+    import uuid
+
+    from .helpers import HostileText, LenRaises, Unreadable, UnreadableList
+
+    pick = rng.randint(0, 17 if depth < 2 else 12)
+    leaves = [None, "", "text", 5, -1.5, float("nan"), True, 10 ** 5000, HostileText(), decimal.Decimal("1.1"),
+              uuid.UUID(int=7), b"\xff", {1, 2}]
+    if pick < len(leaves):
+        return leaves[pick]
+    return [lambda: [hostile(rng, depth + 1) for _ in range(3)],
+            lambda: {rng.choice(["a", 1, None, HostileText(), (1, 2)]): hostile(rng, depth + 1) for _ in range(3)},
+            lambda: Unreadable(a=1), lambda: LenRaises([1]), lambda: UnreadableList([1])][pick - len(leaves)]()
+
+
+@pytest.mark.parametrize("seed", range(int(os.environ.get("RANDOM_SEEDS", "40")) // 10))
+@pytest.mark.parametrize("transport", ["ingestion", "otel"])
+def test_random_events_with_hostile_payloads_never_fail_the_host_and_every_item_is_accounted_for(seed, transport, caplog):
+    """Random events, in random order, bound and not, whose payloads include values whose own code
+    raises, numbers Python cannot write and titles that are not text. The fuzzing that found the
+    payload bugs of 2026-11-30 (b0c58bd, 34465aa), kept: `on_event` never raises, the host's objects
+    are never changed, nothing is logged at ERROR but the encoder's own report, and every item
+    accepted is delivered (or held unbound at the end, and counted)."""
+    rng = random.Random(30_000 + seed)
+    with Receiver(version="3.120.0" if transport == "ingestion" else "4.2.0") as receiver:
+        stream = LangfuseStream(config(receiver.url, transport=transport, flush_interval=0.02, max_item_bytes=20_000),
+                                name=f"hostile{seed}")
+        metas = []
+        for n in range(120):
+            scroll = rng.choice(["h1", "h2", None])
+            kw = dict(scroll=scroll, native=rng.choice(["n1", "n2"]))
+            pick = rng.randint(0, 6)
+            if pick == 0:
+                metas.append(hostile(rng))
+                event = created(**kw, metadata=metas[-1] if isinstance(metas[-1], dict) else {"m": metas[-1]})
+            elif pick == 1:
+                event = started(rng.choice(["m1", "m2"]), **kw, input=hostile(rng), model_parameters={"p": hostile(rng)})
+            elif pick == 2:
+                event = completed(rng.choice(["m1", "m2"]), **kw, output=hostile(rng))
+            elif pick in (3, 4):
+                make = tool_call if pick == 3 else (lambda i, **k: tool_update(i, rng.choice(["completed", "failed"]), **k))
+                event = make(rng.choice(["t1", "t2"]), **kw, title=hostile(rng), rawInput=hostile(rng),
+                             rawOutput=hostile(rng), content=hostile(rng), kind=hostile(rng))
+            elif pick == 5:
+                event = update({"sessionUpdate": rng.choice(["plan", "agent_message_chunk", "weird"]),
+                                "entries": hostile(rng), "content": {"type": "text", "text": hostile(rng)}}, scroll)
+            else:
+                event = ended(**kw)
+            outcome = stream.on_event(event)
+            assert outcome.status is not OutcomeStatus.FAILED, (seed, n, outcome)
+        outcome = stream.shutdown(10)
+        stats = stream.stats()
+    what = dict(seed=seed, outcome=outcome.detail, stats=stats.as_dict())
+    assert stats.items_pending == 0 and set(stats.dropped) <= {"unbound_at_shutdown"}, what
+    assert stats.items_accepted == stats.items_delivered + sum(stats.dropped.values()), what
+    for meta in metas:  # the host's own objects, as they were
+        if isinstance(meta, dict) and type(meta) is dict:
+            assert "connector_id" not in meta, what
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR
+              and "could not encode" not in r.getMessage()]
+    assert not errors, (what, errors)
