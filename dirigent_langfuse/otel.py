@@ -477,8 +477,14 @@ class OtelTransport:
         meta = info.get("metadata")
         if meta is not None and self.masker is not None:
             meta = self.masker.value(meta)
+        items = None
         if isinstance(meta, dict):
-            for mkey, mvalue in meta.items():
+            try:
+                items = list(meta.items())
+            except Exception:  # a mask answered a mapping that cannot be read: sent whole, as the encoder writes it
+                pass
+        if items is not None:
+            for mkey, mvalue in items:
                 parts.append(_str_kv(f"{TRACE_METADATA}.{mkey if type(mkey) is str else key_text(mkey)}", mvalue))
         elif meta is not None:  # a mask answered something else than a mapping: sent whole
             parts.append(_str_kv(TRACE_METADATA, meta))
@@ -513,9 +519,12 @@ class OtelTransport:
         if meta is not None and not isinstance(meta, dict):  # a mask answered something else: sent whole
             attrs.append(_str_kv(OBS_METADATA, meta))
         elif meta:
-            for mkey, mvalue in meta.items():
-                head = _meta_heads.get(mkey) or _meta_head(mkey)
-                attrs.append(head + _quote(mvalue if type(mvalue) is str else as_text(mvalue)) + "}}")
+            try:
+                for mkey, mvalue in meta.items():
+                    head = _meta_heads.get(mkey) or _meta_head(mkey)
+                    attrs.append(head + _quote(mvalue if type(mvalue) is str else as_text(mvalue)) + "}}")
+            except Exception:  # a mask answered a mapping that cannot be read: sent whole, as the encoder writes it
+                attrs.append(_str_kv(OBS_METADATA, meta))
         start = _nanos(get("startTime")) or _nanos(get("endTime")) or _nanos(_now_iso(self._clock()))
         end = _nanos(get("endTime")) or start
         text = '{"traceId":"' + otel_trace_id(scroll) + '","spanId":"' + sid + '"'

@@ -199,3 +199,21 @@ def test_a_mask_that_calls_flush_or_shutdown_never_waits_for_its_own_thread(rece
     assert final.status is OutcomeStatus.DELIVERED, final
     assert stream.stats().mask_failures == 0
     assert len(receiver.store.observations()) == 1
+
+
+def test_over_otel_a_mask_answering_a_mapping_that_cannot_be_read_costs_only_that_mapping(receiver_v4, caplog):
+    """Before, the span of every observation went through the encoder's last fallback (an ERROR
+    each), and the trace's metadata, written beside its name and user, cost every span of the
+    session its trace attributes: the trace had no user or session in Langfuse."""
+    from .helpers import Unreadable
+
+    def unreadable(*, data, **kwargs):
+        return Unreadable(a=1) if isinstance(data, dict) else data
+
+    stream = LangfuseStream(config(receiver_v4.url, transport="otel"), mask=unreadable)
+    for event in session("s9"):
+        stream.on_event(event)
+    assert stream.shutdown(10).ok
+    (trace,) = receiver_v4.store.traces()
+    assert trace.get("name") == "a session" and trace.get("sessionId") == "native-1"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
