@@ -251,6 +251,10 @@ def seconds(timeout: Optional[float], default: float) -> float:
         return default
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
         raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
-    if math.isnan(timeout):
+    try:
+        value = float(timeout)
+    except OverflowError:  # an int past a float's range: as long as math.inf, or 0
+        value = math.inf if timeout > 0 else 0.0
+    if math.isnan(value):
         raise ValueError("timeout must be a number of seconds or None, got nan")
-    return max(0.0, float(timeout))
+    return max(0.0, value)

@@ -351,6 +351,7 @@ def test_timeouts_of_inf_wait_without_a_bound_and_bad_ones_raise_naming_timeout(
         with pytest.raises(error, match="timeout must be a number of seconds or None"):
             s.shutdown(bad)
     assert s.flush(math.inf).status is OutcomeStatus.DELIVERED
+    assert s.flush(10 ** 400).status is OutcomeStatus.DELIVERED  # past a float's range: as inf (was OverflowError)
     s.on_event(completed("m1", "scroll-inf", t=2))
     assert s.shutdown(math.inf).status is OutcomeStatus.DELIVERED
     other = stream(receiver.url, flush_interval=30)
@@ -359,6 +360,7 @@ def test_timeouts_of_inf_wait_without_a_bound_and_bad_ones_raise_naming_timeout(
     late = stream(receiver.url, flush_interval=30)
     late.on_event(started("m3", "scroll-inf", t=4))
     assert "not yet delivered" in late.flush(-1).detail  # a negative timeout is 0
+    assert "not yet delivered" in late.flush(-10 ** 400).detail
     late.shutdown(10)
 
 
