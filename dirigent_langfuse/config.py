@@ -90,23 +90,39 @@ def _key_text(value: Any) -> Any:
 
 def _number(value: Any) -> bool:
     """A finite int or float (TOML has `inf` and `nan`: a timeout of either would never end, or
-    end at once, and a wait of `inf` seconds raises OverflowError)."""
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    end at once, and a wait of `inf` seconds raises OverflowError; so would an int past a
+    float's range)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _got(value: Any) -> str:
+    """A wrong value as an error shows it: its repr, cut short (an int past Python's 4,300-digit
+    limit has none)."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _positive(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if not _number(value) or value <= 0:
-        raise ConfigError(f"must be a finite positive number, got {value!r}", key=attribute.name)
+        raise ConfigError(f"must be a finite positive number, got {_got(value)}", key=attribute.name)
 
 
 def _non_negative(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if not _number(value) or value < 0:
-        raise ConfigError(f"must be zero or a finite positive number, got {value!r}", key=attribute.name)
+        raise ConfigError(f"must be zero or a finite positive number, got {_got(value)}", key=attribute.name)
 
 
 def _whole(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"must be a whole number of at least 1, got {value!r}", key=attribute.name)
+        raise ConfigError(f"must be a whole number of at least 1, got {_got(value)}", key=attribute.name)
 
 
 def _key(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
@@ -123,12 +139,12 @@ def _key(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
 
 def _bool(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if not isinstance(value, bool):
-        raise ConfigError(f"must be true or false, got {value!r}", key=attribute.name)
+        raise ConfigError(f"must be true or false, got {_got(value)}", key=attribute.name)
 
 
 def _opt_text(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if value is not None and (not isinstance(value, str) or not value.strip()):
-        raise ConfigError(f"must be a non-empty string when set, got {value!r}", key=attribute.name)
+        raise ConfigError(f"must be a non-empty string when set, got {_got(value)}", key=attribute.name)
 
 
 _ENVIRONMENT = re.compile(r"(?!langfuse)[a-z0-9_-]{1,40}")
@@ -139,7 +155,7 @@ def _environment(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -
     if value is not None and not (isinstance(value, str) and _ENVIRONMENT.fullmatch(value)):
         raise ConfigError(
             f"must be lower-case letters, digits, '-' or '_', at most 40, not starting with 'langfuse' "
-            f"(Langfuse's rule), got {value!r}",
+            f"(Langfuse's rule), got {_got(value)}",
             key=attribute.name,
         )
 
@@ -148,26 +164,26 @@ def _ca_bundle(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> 
     if value is None:
         return
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"must be the path of a CA certificate file or directory, got {value!r}", key=attribute.name)
+        raise ConfigError(f"must be the path of a CA certificate file or directory, got {_got(value)}", key=attribute.name)
     if not os.path.exists(value):
-        raise ConfigError(f"no such file or directory: {value!r}", key=attribute.name)
+        raise ConfigError(f"no such file or directory: {_got(value)}", key=attribute.name)
 
 
 def _fraction(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if not _number(value) or not 0 <= value <= 1:
-        raise ConfigError(f"must be a number from 0 to 1, got {value!r}", key=attribute.name)
+        raise ConfigError(f"must be a number from 0 to 1, got {_got(value)}", key=attribute.name)
 
 
 def _mask_spec(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     """'package.module:function', imported when the stream is made (see masking.py)."""
     if value is not None and not (isinstance(value, str) and re.fullmatch(r"[\w.]+:[\w.]+", value)):
-        raise ConfigError(f"must be 'package.module:function', got {value!r}", key=attribute.name)
+        raise ConfigError(f"must be 'package.module:function', got {_got(value)}", key=attribute.name)
 
 
 def _one_of(*choices: str) -> Any:
     def check(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
         if value not in choices:
-            raise ConfigError(f"must be one of {list(choices)}, got {value!r}", key=attribute.name)
+            raise ConfigError(f"must be one of {list(choices)}, got {_got(value)}", key=attribute.name)
 
     return check
 

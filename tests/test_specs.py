@@ -213,7 +213,7 @@ FLOATS = [f.name for f in __import__("attrs").fields(LangfuseConfig)
 
 
 @pytest.mark.parametrize("name", FLOATS)
-@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 10 ** 400, 10 ** 5000], ids=["nan", "inf", "1e400", "1e5000"])
 def test_a_duration_of_nan_or_inf_is_a_config_error(name, value):
     """TOML has `nan` and `inf`. Before, both passed: a flush_interval of nan made the worker
     wait nan seconds (ValueError in its thread), a fork_wait of inf raised OverflowError in the
@@ -221,3 +221,13 @@ def test_a_duration_of_nan_or_inf_is_a_config_error(name, value):
     with pytest.raises(ConfigError) as info:
         LangfuseConfig.from_params({"host": "http://h", "public_key": "pk", "secret_key": "sk", name: value}, env={})
     assert info.value.key == name and "finite" in str(info.value)
+    # (an int past a float's range raised OverflowError, and one past 4,300 digits ValueError
+    # while the error was written: neither named the key)
+    assert len(str(info.value)) < 200
+
+
+def test_a_sample_rate_past_a_float_s_range_is_a_config_error():
+    with pytest.raises(ConfigError) as info:
+        LangfuseConfig.from_params({"host": "http://h", "public_key": "pk", "secret_key": "sk", "sample_rate": 10 ** 400},
+                                   env={})
+    assert info.value.key == "sample_rate"
