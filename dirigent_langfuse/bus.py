@@ -102,8 +102,13 @@ def _opt_float(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> 
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _wrong_type(attribute, (int, float), value)
-    if not math.isfinite(value):  # JSON has no NaN: Langfuse would refuse the item that carries it
-        raise ValueError(f"'{attribute.name}' must be a finite number (got {value!r})")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int past a float's range
+        finite = False
+    if not finite:  # JSON has no NaN: Langfuse would refuse the item that carries it
+        shown = f"{value!r}" if isinstance(value, float) else f"an int of {value.bit_length()} bits"
+        raise ValueError(f"'{attribute.name}' must be a finite number (got {shown})")
 
 
 def _tags(value: Any) -> Tuple[str, ...]:

@@ -105,6 +105,11 @@ def test_unknown_fields_of_known_types_are_ignored():
           "cost_usd": float("inf")}, "cost_usd"),
         ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": "m",
           "cost_usd": True}, "cost_usd"),
+        # past a float's range (before: OverflowError, naming nothing), and past 4,300 digits
+        ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": "m",
+          "cost_usd": 10 ** 400}, "cost_usd"),
+        ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": "m",
+          "cost_usd": 10 ** 5000}, "cost_usd"),
         ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": "m",
           "cost_usd": "0.01"}, "cost_usd"),
         ({"type": "session_created", "connector_id": "c", "native_session_id": "n", "tags": "one"}, "tags"),
