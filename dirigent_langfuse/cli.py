@@ -73,6 +73,8 @@ def _read_events(
             _malformed(errors, show, number, str(exc))
         except RecursionError:  # nested deeper than the JSON decoder goes
             _malformed(errors, show, number, "nested too deeply to decode")
+        except Exception as exc:  # anything else a line can make the codec raise: that line's, not the run's
+            _malformed(errors, show, number, f"{type(exc).__name__}: {exc}")
 
 
 def _malformed(errors: List[Tuple[int, str]], show: Optional[TextIO], number: int, problem: str) -> None:

@@ -136,6 +136,24 @@ def test_a_line_nested_too_deeply_is_one_malformed_line():
     assert [n for n, _ in events] == [2]
 
 
+def test_whatever_a_line_makes_the_codec_raise_is_that_line_s_problem(monkeypatch):
+    """A bug of the codec's own (here: an OverflowError, as a huge cost_usd raised before
+    25eb25d) costs the line, not the run's remaining lines."""
+    from dirigent_langfuse import cli
+
+    def codec(obj):
+        if obj.get("boom"):
+            raise OverflowError("int too large to convert to float")
+        return real(obj)
+
+    real = cli.event_from_json
+    monkeypatch.setattr(cli, "event_from_json", codec)
+    errors: list = []
+    good = EXAMPLE.read_text().splitlines()[0]
+    events = list(cli._read_events(['{"boom": 1}', good], errors))
+    assert errors == [(1, "OverflowError: int too large to convert to float")] and [n for n, _ in events] == [2]
+
+
 def test_mirror_a_file_it_cannot_read_exits_2(tmp_path):
     config = write_config(tmp_path / "streams.toml", "http://127.0.0.1:9")
     for path, reason in ((tmp_path / "missing.jsonl", "No such file or directory"), (tmp_path, "Is a directory")):
