@@ -136,7 +136,9 @@ def _non_negative_int(instance: Any, attribute: "attrs.Attribute[int]", value: A
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{attribute.name!r} must be an integer (got {type(value).__name__})")
     if value < 0:
-        raise ValueError(f"{attribute.name!r} must not be negative (got {value})")
+        raise ValueError(f"{attribute.name!r} must not be negative (got {value if value > -2 ** 63 else 'a huge number'})")
+    if value >= 2 ** 63:  # Langfuse keeps counts as 64-bit integers
+        raise ValueError(f"{attribute.name!r} must be below 2**63 (got an int of {value.bit_length()} bits)")
 
 
 @attrs.frozen(kw_only=True)
