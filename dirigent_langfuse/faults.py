@@ -21,22 +21,44 @@ import collections
 import re
 import threading
 import time
-from typing import Callable, Deque, Optional
+from typing import Any, Callable, Deque, Optional
 
 import attrs
 
 __all__ = ["Fault", "FaultPlan", "parse_fault"]
 
 
+def _seconds(instance: "Fault", attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0 <= value < float("inf")):
+        raise ValueError(f"{attribute.name} must be a finite number of seconds, at least 0 (got {value!r})")
+
+
+def _at_least(least: int) -> Callable[..., None]:
+    def check(instance: "Fault", attribute: "attrs.Attribute[Any]", value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{attribute.name} must be a whole number of at least {least} (got {value!r})")
+
+    return check
+
+
+def _http_status(instance: "Fault", attribute: "attrs.Attribute[Any]", value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
+        raise ValueError(f"code must be an HTTP status from 100 to 599 (got {value!r})")
+
+
 @attrs.frozen(kw_only=True)
 class Fault:
+    """One scheduled answer. Checked when made: a value the receiver could not act on (a partial
+    failure of every 0th item, a wait of NaN seconds) is a ValueError here, not a dead handler."""
+
     kind: str = attrs.field(validator=attrs.validators.in_(("status", "slow", "reset", "partial", "page")))
-    code: int = 503
-    retry_after: Optional[float] = None
-    delay: float = 0.0
-    every: int = 2
-    times: int = 1
-    seconds: Optional[float] = None
+    code: int = attrs.field(default=503, validator=_http_status)
+    retry_after: Optional[float] = attrs.field(default=None, validator=_seconds)
+    delay: float = attrs.field(default=0.0, validator=_seconds)
+    every: int = attrs.field(default=2, validator=_at_least(1))
+    times: int = attrs.field(default=1, validator=_at_least(0))
+    seconds: Optional[float] = attrs.field(default=None, validator=_seconds)
 
     @classmethod
     def status(cls, code: int, times: int = 1, retry_after: Optional[float] = None, seconds: Optional[float] = None) -> "Fault":
@@ -81,8 +103,9 @@ def parse_fault(text: str) -> Fault:
             return Fault.page(times, seconds)
         code, _, every = (arg or "500/2").partition("/")
         return Fault.partial(int(code), int(every or 2), times)
-    except ValueError:
-        raise ValueError(f"bad fault {text!r}: its argument is not a number") from None
+    except ValueError as exc:
+        problem = str(exc) if "must be" in str(exc) else "its argument is not a number"
+        raise ValueError(f"bad fault {text!r}: {problem}") from None
 
 
 class FaultPlan:

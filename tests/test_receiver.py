@@ -548,3 +548,14 @@ def test_items_and_spans_of_any_shape_are_answered_and_always_read_back(receiver
         receiver.store.traces(), receiver.store.observations(), receiver.store.counters()
         render_all(receiver.store)
     assert requests.get(receiver.url + "/api/public/traces", auth=AUTH, timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("spec, problem", [
+    ("partial:500/0", "every must be a whole number of at least 1"),  # before: ZeroDivisionError in each handler
+    ("slow:nan", "delay must be a finite number of seconds"),  # before: ValueError from time.sleep in the handler
+    ("slow:-1", "delay must be a finite number of seconds"),
+    ("999", "code must be an HTTP status from 100 to 599"),
+])
+def test_a_fault_the_receiver_could_not_act_on_is_refused_when_made(spec, problem):
+    with pytest.raises(ValueError, match=problem):
+        parse_fault(spec)
