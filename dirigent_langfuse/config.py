@@ -11,7 +11,7 @@ import math
 import os
 import re
 import urllib.parse
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import attrs
 
@@ -40,7 +40,7 @@ def _env_bool(text: str) -> bool:
 
 
 # Optional ones that are not text: (variable, parse, what it must be).
-_ENV_PARSED = {
+_ENV_PARSED: Dict[str, Tuple[str, Callable[[str], Any], str]] = {
     "tracing_enabled": ("LANGFUSE_TRACING_ENABLED", _env_bool, "true or false"),
     "sample_rate": ("LANGFUSE_SAMPLE_RATE", float, "a number from 0 to 1"),
 }
@@ -270,11 +270,11 @@ class LangfuseConfig:
         if unknown:
             raise ConfigError(f"unknown key (known: {', '.join(sorted(names))})", stream=stream, key=unknown[0])
         values = dict(params)
-        for key, names in _ENV.items():
+        for key, variables in _ENV.items():
             if values.get(key) in (None, ""):
-                values[key] = next((env[var] for var in names if env.get(var)), None)
+                values[key] = next((env[var] for var in variables if env.get(var)), None)
             if values.get(key) in (None, ""):
-                raise ConfigError(f"is required (in params, or set {' or '.join(names)})", stream=stream, key=key)
+                raise ConfigError(f"is required (in params, or set {' or '.join(variables)})", stream=stream, key=key)
         for key, var in _ENV_OPTIONAL.items():
             if values.get(key) is None and env.get(var):
                 values[key] = env[var]

@@ -300,7 +300,7 @@ def decode_span(span: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     if parent is not None:
         parent = _id(parent, 16, "parentSpanId")
     attrs = _attributes(span.get("attributes"))
-    status = span.get("status") if isinstance(span.get("status"), dict) else {}
+    status: Dict[str, Any] = span["status"] if isinstance(span.get("status"), dict) else {}
     start = _iso(span.get("startTimeUnixNano"))
     obs: Dict[str, Any] = {
         "id": span_id,
