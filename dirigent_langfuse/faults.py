@@ -57,7 +57,7 @@ class Fault:
     retry_after: Optional[float] = attrs.field(default=None, validator=_seconds)
     delay: float = attrs.field(default=0.0, validator=_seconds)
     every: int = attrs.field(default=2, validator=_at_least(1))
-    times: int = attrs.field(default=1, validator=_at_least(0))
+    times: int = attrs.field(default=1, validator=_at_least(1))
     seconds: Optional[float] = attrs.field(default=None, validator=_seconds)
 
     @classmethod

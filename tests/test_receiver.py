@@ -555,6 +555,7 @@ def test_items_and_spans_of_any_shape_are_answered_and_always_read_back(receiver
     ("slow:nan", "delay must be a finite number of seconds"),  # before: ValueError from time.sleep in the handler
     ("slow:-1", "delay must be a finite number of seconds"),
     ("999", "code must be an HTTP status from 100 to 599"),
+    ("503*0", "times must be a whole number of at least 1"),  # before: applied to every request, for ever
 ])
 def test_a_fault_the_receiver_could_not_act_on_is_refused_when_made(spec, problem):
     with pytest.raises(ValueError, match=problem):
