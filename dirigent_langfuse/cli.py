@@ -279,8 +279,9 @@ def cmd_receive(args: argparse.Namespace) -> int:
     except OSError as exc:  # ssl.SSLError too
         print(f"receive: cannot load the TLS certificate and key: {exc}", file=sys.stderr)
         return 2
-    except ConfigError as exc:  # the database
-        print(f"receive: {exc.problem}", file=sys.stderr)
+    except ConfigError as exc:  # the database (its message names it), or the body limit
+        option = "" if exc.key == "db" else f"--{(exc.key or '').replace('_', '-')}: "
+        print(f"receive: {option}{exc.problem}", file=sys.stderr)
         return 2
     receiver.faults.add(*faults)
     stop = threading.Event()

@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from .encoding import dumps
+from .errors import ConfigError
 from .faults import Fault, FaultPlan
 from .store import Store
 from .wire import V4_REFUSAL, OtlpError, check_item, otlp_spans
@@ -449,7 +450,11 @@ class Receiver:
         max_request_bytes: int = MAX_REQUEST_BYTES,
         tls: Optional[Tuple[str, str]] = None,
     ) -> None:
-        """`tls`: (certificate file, key file), both PEM: serve https:// with them."""
+        """`tls`: (certificate file, key file), both PEM: serve https:// with them. A
+        `max_request_bytes` below 1 (every request would get 413) is a `ConfigError`."""
+        if isinstance(max_request_bytes, bool) or not isinstance(max_request_bytes, int) or max_request_bytes < 1:
+            raise ConfigError(f"must be a whole number of bytes, at least 1 (got {max_request_bytes!r})",
+                              key="max_request_bytes")
         self.host = host
         self.max_request_bytes = max_request_bytes
         self.tls: Optional[ssl.SSLContext] = None

@@ -212,6 +212,9 @@ def test_receive_and_show_refuse_a_database_they_cannot_use_with_exit_2(tmp_path
         (("receive", "--db", str(tmp_path / "no" / "such" / "dir.db")), "receive: cannot be opened as the receiver's database"),
         (("show", "--db", str(spool)), f"show: {spool} is another program's database (it holds spool), not a receiver's"),
         (("receive", "--db", str(tmp_path / "lf.db"), "--listen", "127.0.0.1:65536"), "a port from 0 to 65535"),
+        # every request would have been refused with 413
+        (("receive", "--db", str(tmp_path / "lf.db"), "--max-request-bytes", "-5"),
+         "receive: --max-request-bytes: must be a whole number of bytes, at least 1 (got -5)"),
     ]
     for args, said in cases:
         listen = () if "--listen" in args else ("--listen", "127.0.0.1:0")
