@@ -453,7 +453,7 @@ def test_a_request_cut_off_by_stop_ends_with_its_connection_and_logs_no_error(ca
         return next_fault()
 
     receiver.faults.next = seen
-    receiver.faults.add(Fault.slow(0.3))  # the handler sleeps here while the receiver stops
+    receiver.faults.add(Fault.slow(1.0))  # the handler sleeps here while the receiver stops (well within 1 s)
     handled = threading.Event()
     said: list = []
 
