@@ -303,10 +303,7 @@ def _item(event: BusEvent, index: int, type_: str, body: Dict[str, Any]) -> Item
 def _trace(event: SessionCreated, scroll_id: str) -> List[Item]:
     metadata: Any = own(event.metadata) if event.metadata is not None else {}
     if metadata is event.metadata:  # the host's own object (its code raised while copied): never changed
-        try:
-            metadata = dict(metadata) if type(metadata) is dict else {"metadata": to_jsonable(metadata)}
-        except Exception:
-            metadata = {"metadata": to_jsonable(metadata)}
+        metadata = dict(metadata) if type(metadata) is dict else {"metadata": to_jsonable(metadata)}
     metadata.update(
         _prune(
             {
@@ -448,13 +445,14 @@ def _tool_call(event: SessionUpdate, scroll_id: str, state: Optional[MappingStat
     status = update.get("status")
     at = iso_time(event.at)
     body: Dict[str, Any] = {"id": obs, "traceId": scroll_id, "type": "TOOL"}
+    title = _title(update.get("title"))
     if not is_update:
-        body["name"] = _title(update.get("title")) or "tool call"
+        body["name"] = title or "tool call"
         body["startTime"] = at
         if parent is not None:
             body["parentObservationId"] = parent
-    elif _title(update.get("title")):
-        body["name"] = _title(update["title"])
+    elif title:
+        body["name"] = title
     if update.get("rawInput") is not None:
         body["input"] = own(update["rawInput"])
     if status in ("completed", "failed"):

@@ -209,6 +209,18 @@ def _meta_head(key: Any) -> str:
     return head
 
 
+def _items(value: Any) -> Optional[List[Any]]:
+    """A metadata mapping's (key, value) pairs; None for anything else, or for a mapping that
+    cannot be read (a mask's answer whose items() raises): the caller sends it whole, as the
+    encoder writes it."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        return list(value.items())
+    except Exception:
+        return None
+
+
 def _list_kv(key: str, values: Sequence[str]) -> str:
     inner = ",".join('{"stringValue":' + _quote(v) + "}" for v in values)
     return '{"key":' + _quote(key) + ',"value":{"arrayValue":{"values":[' + inner + "]}}}"
@@ -477,16 +489,11 @@ class OtelTransport:
         meta = info.get("metadata")
         if meta is not None and self.masker is not None:
             meta = self.masker.value(meta)
-        items = None
-        if isinstance(meta, dict):
-            try:
-                items = list(meta.items())
-            except Exception:  # a mask answered a mapping that cannot be read: sent whole, as the encoder writes it
-                pass
+        items = _items(meta)
         if items is not None:
             for mkey, mvalue in items:
                 parts.append(_str_kv(f"{TRACE_METADATA}.{mkey if type(mkey) is str else key_text(mkey)}", mvalue))
-        elif meta is not None:  # a mask answered something else than a mapping: sent whole
+        elif meta is not None:  # a mask answered something else than a readable mapping: sent whole
             parts.append(_str_kv(TRACE_METADATA, meta))
         if self._static:
             parts.append(self._static)
@@ -516,15 +523,14 @@ class OtelTransport:
         if first:  # JSON text of the time, as Langfuse's SDKs write it and its server reads it
             attrs.append(_str_kv(OBS_COMPLETION_START, _quote(str(first))))
         meta = get("metadata")
-        if meta is not None and not isinstance(meta, dict):  # a mask answered something else: sent whole
-            attrs.append(_str_kv(OBS_METADATA, meta))
-        elif meta:
-            try:
-                for mkey, mvalue in meta.items():
+        if meta is not None:
+            items = _items(meta)
+            if items is None:  # a mask answered something else than a readable mapping: sent whole
+                attrs.append(_str_kv(OBS_METADATA, meta))
+            else:
+                for mkey, mvalue in items:
                     head = _meta_heads.get(mkey) or _meta_head(mkey)
                     attrs.append(head + _quote(mvalue if type(mvalue) is str else as_text(mvalue)) + "}}")
-            except Exception:  # a mask answered a mapping that cannot be read: sent whole, as the encoder writes it
-                attrs.append(_str_kv(OBS_METADATA, meta))
         start = _nanos(get("startTime")) or _nanos(get("endTime")) or _nanos(_now_iso(self._clock()))
         end = _nanos(get("endTime")) or start
         text = '{"traceId":"' + otel_trace_id(scroll) + '","spanId":"' + sid + '"'

@@ -80,6 +80,15 @@ def _lock(path: str) -> Optional[int]:
     return fd
 
 
+def foreign_tables(db: sqlite3.Connection, ours: "frozenset[str]") -> List[str]:
+    """The tables of another program's database, sorted: those `db` holds when none of them is
+    one of `ours` (SQLite's own aside); else none. The spool and the receiver's store never
+    write into such a database."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables.discard("sqlite_sequence")
+    return sorted(tables) if tables and not tables & ours else []
+
+
 class Spool:
     """A SQLite table of records not yet accepted by Langfuse, per stream."""
 
@@ -112,12 +121,11 @@ class Spool:
         mistyped, or the receiver's): no table of ours, and no WAL mode, is ever put into it."""
         db = sqlite3.connect(self.path, timeout=5.0)
         try:
-            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            others = foreign_tables(db, frozenset({"spool"}))
         finally:
             db.close()
-        others = tables - {"spool", "sqlite_sequence"}
-        if others and "spool" not in tables:
-            raise ConfigError(f"{self.path} is another program's database (it holds {', '.join(sorted(others))}), "
+        if others:
+            raise ConfigError(f"{self.path} is another program's database (it holds {', '.join(others)}), "
                               "not a spool", stream=self.stream, key="spool_path")
 
     def _owners(self) -> str:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .errors import ConfigError
 from .mapping import merge_body
+from .spool import foreign_tables
 from .wire import decode_span, otlp_spans
 
 __all__ = ["Store"]
@@ -146,10 +147,9 @@ class Store:
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot be opened as the receiver's database: {path} ({exc})", key="db") from None
         try:
-            tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            others = tables - _TABLES - {"sqlite_sequence"}
-            if others and not tables & _TABLES:
-                raise ConfigError(f"{path} is another program's database (it holds {', '.join(sorted(others))}), "
+            others = foreign_tables(self._db, _TABLES)
+            if others:
+                raise ConfigError(f"{path} is another program's database (it holds {', '.join(others)}), "
                                   "not a receiver's", key="db")
             if path != ":memory:":
                 self._db.execute("PRAGMA journal_mode=WAL")

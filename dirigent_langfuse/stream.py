@@ -220,8 +220,9 @@ class LangfuseStream(SessionStream):
             if not maps(event):
                 self._count("events_skipped")
                 return StreamOutcome.skipped("no scroll_id, and nothing to send for this event")
-            if invalid(event):
-                return self._invalid(event)
+            problem = invalid(event)
+            if problem is not None:
+                return self._refuse(problem)
             self._pending.hold(event)
             self._count("events_held")
             return StreamOutcome.accepted("held until the host binds its scroll")
@@ -231,11 +232,11 @@ class LangfuseStream(SessionStream):
             with self._lock:
                 self.events_sampled_out += released + 1
             return StreamOutcome.skipped(f"session sampled out (sample_rate {self.config.sample_rate:g})")
-        refused = False
+        refused = None
         if released:
             events = [attrs.evolve(e, scroll_id=event.scroll_id) for e in events]
-            refused = invalid(event) is not None  # the held events go; this one is refused
-        if not refused:
+            refused = invalid(event)  # the held events go; this one is refused
+        if refused is None:
             events.append(event)
         items: List[Dict[str, Any]] = []
         for each in events:
@@ -243,8 +244,9 @@ class LangfuseStream(SessionStream):
         if not items:
             if streams_text(event) and self._state.in_message(event.scroll_id):
                 return _TEXT_KEPT
-            if invalid(event):  # asked only here: an event that made items was not
-                return self._invalid(event)
+            problem = invalid(event)  # asked only here: an event that made items was not invalid
+            if problem is not None:
+                return self._refuse(problem)
             self._count("events_skipped")
             return StreamOutcome.skipped("nothing to send for this event")
         if not self._worker.submit(items):
@@ -252,8 +254,8 @@ class LangfuseStream(SessionStream):
             if self._closed:
                 return StreamOutcome.failed(StreamError.CLOSED, "stream is shut down")
             return StreamOutcome.failed(StreamError.OVERFLOW, f"queue full ({self.config.max_queue_items} items); dropped")
-        if refused:
-            return self._invalid(event)
+        if refused is not None:
+            return self._refuse(refused)
         if len(items) == 1 and not released:
             return _ONE_QUEUED
         detail = f"{len(items)} item(s) queued"
@@ -261,8 +263,8 @@ class LangfuseStream(SessionStream):
             detail += f", {released} held event(s) released"
         return StreamOutcome.accepted(detail)
 
-    def _invalid(self, event: BusEvent) -> StreamOutcome:
-        problem = invalid(event) or "invalid"
+    def _refuse(self, problem: str) -> StreamOutcome:
+        """FAILED(INVALID) for an event that cannot be mirrored: counted, said once a minute."""
         self._count("events_failed")
         self._throttled("invalid", logging.WARNING, "stream %r: %s", self.name, problem)
         return StreamOutcome.failed(StreamError.INVALID, problem)

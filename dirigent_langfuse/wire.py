@@ -157,16 +157,19 @@ def _any_value(value: Any) -> Any:
     if "doubleValue" in value:
         return _number(float, value["doubleValue"])
     if "arrayValue" in value:
-        values = value["arrayValue"].get("values") if isinstance(value["arrayValue"], dict) else None
-        return [_any_value(v) for v in values if isinstance(v, dict)] if isinstance(values, list) else []
+        return [_any_value(v) for v in _values(value["arrayValue"]) if isinstance(v, dict)]
     if "kvlistValue" in value:
-        values = value["kvlistValue"].get("values") if isinstance(value["kvlistValue"], dict) else None
-        return {kv["key"]: _any_value(kv.get("value")) for kv in values or ()
-                if isinstance(kv, dict) and isinstance(kv.get("key"), str) and isinstance(kv.get("value"), dict)} \
-            if isinstance(values, list) else {}
+        return {kv["key"]: _any_value(kv["value"]) for kv in _values(value["kvlistValue"])
+                if isinstance(kv, dict) and isinstance(kv.get("key"), str) and isinstance(kv.get("value"), dict)}
     if "bytesValue" in value:
         return value["bytesValue"]
     return None
+
+
+def _values(container: Any) -> List[Any]:
+    """An ArrayValue's or KeyValueList's `values`; empty when it is malformed."""
+    values = container.get("values") if isinstance(container, dict) else None
+    return values if isinstance(values, list) else []
 
 
 def _number(kind: Any, value: Any) -> Any:
