@@ -3,7 +3,9 @@
 The policy (`LangfuseRetry`): 5xx, 429 and connection errors are retried up to `max_retries`
 times inside one `send`, sleeping 100 ms → 200 → 400 → 800 ms, capped at `backoff_max` (1 s);
 a 429's or 503's `Retry-After` is honoured up to `max_retry_after`. Any other 4xx is final.
-Every request is bounded by the connect and read timeouts. POSTs are retried although POST is
+Every request is bounded by the connect and read timeouts, and an answer's body must come whole
+within `read_timeout` of its headers and be at most `ANSWER_BYTES` (a proxy that trickles its
+answer, or sends one without end, cannot hold the sending thread for longer). POSTs are retried although POST is
 not idempotent in general: Langfuse de-duplicates ingestion on the envelope id, and OTel spans
 carry deterministic ids.
 
@@ -36,7 +38,7 @@ from . import __version__
 from .config import LangfuseConfig
 from .errors import LangfuseStatusError, LangfuseTransportError
 
-__all__ = ["LangfuseClient", "LangfuseRetry", "IngestionResult", "ItemError", "USER_AGENT"]
+__all__ = ["LangfuseClient", "LangfuseRetry", "IngestionResult", "ItemError", "USER_AGENT", "ANSWER_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ USER_AGENT = f"dirigent-langfuse/{__version__} (python-requests/{requests.__vers
 INGESTION_PATH = "/api/public/ingestion"
 OTEL_PATH = "/api/public/otel/v1/traces"
 HEALTH_PATH = "/api/public/health"
+ANSWER_BYTES = 4 << 20  # of an answer's body, at most this is read: Langfuse's own are a few KiB
+_CHUNK = 64 << 10
 
 
 class LangfuseRetry(Retry):
@@ -59,8 +63,9 @@ class LangfuseRetry(Retry):
 
     sleeper: Callable[[float], None] = staticmethod(time.sleep)
 
-    def __init__(self, *args: Any, max_retry_after: float = 60.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_retry_after: float = 60.0, answer_seconds: float = 10.0, **kwargs: Any) -> None:
         self.max_retry_after = max_retry_after
+        self.answer_seconds = answer_seconds
         self.stop: List[Optional[float]] = [None]  # a time.monotonic() deadline, shared with the copies
         super().__init__(*args, **kwargs)
         self.backoff_cap = kwargs.get("backoff_max", 1.0)
@@ -68,9 +73,19 @@ class LangfuseRetry(Retry):
     def new(self, **kw: Any) -> "LangfuseRetry":
         new = super().new(**kw)
         new.max_retry_after = self.max_retry_after
+        new.answer_seconds = self.answer_seconds
         new.backoff_cap = self.backoff_cap
         new.sleeper = self.sleeper
         new.stop = self.stop
+        return new
+
+    def increment(self, *args: Any, **kwargs: Any) -> "LangfuseRetry":
+        new = super().increment(*args, **kwargs)
+        response = kwargs.get("response")
+        if response is not None:  # to be retried: urllib3 reads the rest of it first, without a bound
+            _, problem = read_answer(response, self.answer_seconds)
+            if problem is not None:
+                response.close()  # its remaining bytes are never read; the connection is not reused
         return new
 
     def _left(self) -> Optional[float]:
@@ -150,6 +165,7 @@ def make_retry(config: LangfuseConfig) -> LangfuseRetry:
         raise_on_status=False,
         raise_on_redirect=False,
         max_retry_after=config.max_retry_after,
+        answer_seconds=config.read_timeout,
     )
     try:
         return LangfuseRetry(backoff_max=config.backoff_max, **kwargs)
@@ -235,6 +251,51 @@ def _retry_after(response: requests.Response, cap: float) -> Optional[float]:
     return min(max(seconds, 0.0), cap)
 
 
+def read_answer(raw: Any, seconds: float) -> Tuple[bytes, Optional[str]]:
+    """The body of an answer (a urllib3 response) whose headers came: (what came, None) once it
+    came whole; else (what came, up to `ANSWER_BYTES`, and why the rest did not).
+
+    Read a piece at a time (`read1`: whatever the socket has) so that a trickle cannot hold the
+    thread past `seconds`. urllib3 before 2.3 has no `read1`: there the body is read from the
+    standard library's response beneath it, unless it is compressed, when the time is only
+    checked between pieces of 64 KiB."""
+    read = getattr(raw, "read1", None)
+    if read is None:
+        beneath: Any = getattr(raw, "_fp", None)
+        if hasattr(beneath, "read1") and not raw.headers.get("Content-Encoding"):
+            def read(size: int, decode_content: bool) -> bytes:
+                return beneath.read1(size)  # type: ignore[no-any-return]
+        else:
+            read = raw.read
+    deadline = time.monotonic() + seconds
+    parts: List[bytes] = []
+    size = 0
+    try:
+        while True:
+            if time.monotonic() >= deadline:
+                return b"".join(parts), f"did not complete within read_timeout ({seconds:g} s)"
+            piece = read(_CHUNK, decode_content=True)
+            if not piece:
+                return b"".join(parts), None
+            parts.append(piece)
+            size += len(piece)
+            if size > ANSWER_BYTES:
+                return b"".join(parts)[:ANSWER_BYTES], f"is larger than {ANSWER_BYTES >> 20} MiB"
+    except Exception as exc:  # the connection broke, or a body that does not decode
+        return b"".join(parts), f"broke off ({_describe(exc)})"
+
+
+def _read(response: requests.Response, seconds: float) -> Optional[str]:
+    """Reads the body of `response` (sent with `stream=True`) into it, bounded as `read_answer`;
+    returns why it is not whole, or None. The connection goes back to the pool only when whole."""
+    response._content, problem = read_answer(response.raw, seconds)
+    if problem is not None:
+        response.raw.close()
+    response._content_consumed = True  # type: ignore[attr-defined]  # (as requests marks a body it read)
+    response.close()
+    return problem
+
+
 def _entries(value: Any) -> List[Any]:
     """A 207's `successes` or `errors`: a list; anything else in its place is read as none."""
     return value if isinstance(value, list) else []
@@ -295,7 +356,8 @@ class LangfuseClient:
     def close(self) -> None:
         self.session.close()
 
-    def _post(self, path: str, body: bytes, headers: Dict[str, str]) -> requests.Response:
+    def _post(self, path: str, body: bytes, headers: Dict[str, str]) -> Tuple[requests.Response, Optional[str]]:
+        """The answer and why its body is not whole (None: it is), or a `LangfuseTransportError`."""
         request = requests.PreparedRequest()
         request.method = "POST"
         request.url = self.config.host + path
@@ -306,9 +368,9 @@ class LangfuseClient:
         request.body = body
         request.hooks = {"response": []}
         try:
-            return self.session.send(
+            response = self.session.send(
                 request, timeout=self.config.timeout, allow_redirects=False, proxies=self._proxies,
-                verify=self._verify, stream=False, cert=None,
+                verify=self._verify, stream=True, cert=None,
             )
         except requests.exceptions.RetryError as exc:  # only when urllib3 raises on exhaustion
             error = LangfuseTransportError(f"POST {path}: retries exhausted ({type(exc).__name__})")
@@ -320,13 +382,21 @@ class LangfuseClient:
             if type(reason).__name__ == "MaxRetryError":  # urllib3 tried max_retries more times
                 error.retries = self.config.max_retries
             raise error from None
+        return response, _read(response, self.config.read_timeout)
 
-    def _check(self, response: requests.Response, path: str) -> None:
+    def _check(self, response: requests.Response, path: str, problem: Optional[str] = None) -> None:
         """Only a 2xx means Langfuse took the request. A 3xx (a proxy sending http:// to https://,
         a moved host) is not followed, since a POST's body and credentials must not go where the
-        user did not configure, and it is final like a 4xx: it will not change by itself."""
+        user did not configure, and it is final like a 4xx: it will not change by itself.
+
+        A 2xx whose body did not come whole is no answer (it is retried, with the same ids);
+        any other status stands, with what of its body came."""
         status = response.status_code
         if 200 <= status < 300:
+            if problem is not None:
+                broken = LangfuseTransportError(f"POST {path}: HTTP {status}, but its answer {problem}")
+                broken.retries = _retries(response)
+                raise broken
             return
         if 300 <= status < 400:
             where = _short(response.headers.get("Location") or "(no Location)")
@@ -334,6 +404,8 @@ class LangfuseClient:
             message = f"redirected to {where}; set host to {host}"
         else:
             message = error_message(response)
+            if problem is not None:
+                message = f"{message} (the answer {problem})" if message else f"the answer {problem}"
         error = LangfuseStatusError(status, message, _retry_after(response, self.config.max_retry_after))
         error.retries = _retries(response)
         raise error
@@ -347,8 +419,8 @@ class LangfuseClient:
 
     def send_ingestion_body(self, body: bytes, count: int) -> IngestionResult:
         """POST an already encoded ingestion body (`{"batch": [...]}` with `count` items)."""
-        response = self._post(INGESTION_PATH, body, {"Content-Type": "application/json"})
-        self._check(response, INGESTION_PATH)
+        response, problem = self._post(INGESTION_PATH, body, {"Content-Type": "application/json"})
+        self._check(response, INGESTION_PATH, problem)
         successes: List[str] = []
         errors: List[ItemError] = []
         try:
@@ -388,8 +460,8 @@ class LangfuseClient:
         if compress:
             body = gzip.compress(body, compresslevel=1)  # fastest: the host's CPU over 15 % fewer bytes
             headers["Content-Encoding"] = "gzip"
-        response = self._post(OTEL_PATH, body, headers)
-        self._check(response, OTEL_PATH)
+        response, problem = self._post(OTEL_PATH, body, headers)
+        self._check(response, OTEL_PATH, problem)
         rejected = 0
         message = ""
         try:
@@ -423,13 +495,18 @@ class LangfuseClient:
         with a version only when it says one."""
         try:
             response = self.session.get(
-                self.config.host + HEALTH_PATH, timeout=self.config.timeout, headers={"Accept": "application/json"}
+                self.config.host + HEALTH_PATH, timeout=self.config.timeout, headers={"Accept": "application/json"},
+                stream=True,
             )
         except Exception as exc:  # no answer; or anything odd, taken as an answer that tells nothing
             log.debug("health check failed: %s", _describe(exc))
             return None, not isinstance(exc, requests.exceptions.RequestException)
+        problem = _read(response, self.config.read_timeout)
         if response.status_code == 429 or response.status_code >= 500:
             return None, False
+        if problem is not None:  # a server answered, but not whole: it tells no version
+            log.debug("health check: the answer %s", problem)
+            return None, True
         if response.status_code != 200:
             return None, True
         try:
