@@ -219,5 +219,6 @@ def test_a_stream_behind_a_trickling_proxy_is_not_healthy_and_accounts_for_every
         assert "did not complete within read_timeout" in (stats.last_error or "")
     finally:
         assert outcome(lambda: events.shutdown(timeout=2)) is not None
+    events._worker.join(GIVE_UP)  # a request in flight at the deadline ends on the daemon thread, and counts
     stats = events.stats()
     assert stats.items_pending == 0 and sum(stats.dropped.values()) == 1, stats
