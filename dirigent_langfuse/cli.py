@@ -337,9 +337,9 @@ def _check_one(name: str, params: Mapping[str, Any]) -> Tuple[bool, str]:
         config = LangfuseConfig.from_params(params, stream=name)
         if config.mask:
             resolve_mask(config.mask, stream=name)  # as the stream would, when it is made
+        client = LangfuseClient(config)  # (what requests reads from the environment: a CA bundle)
     except ConfigError as exc:
         return False, f"configuration: {exc}"
-    client = LangfuseClient(config)
     try:
         version = None
         transport = config.transport

@@ -21,6 +21,7 @@ import email.utils
 import gzip
 import logging
 import math
+import os
 import re
 import time
 from datetime import datetime, timezone
@@ -36,7 +37,7 @@ from urllib3.util.retry import Retry
 
 from . import __version__
 from .config import LangfuseConfig
-from .errors import LangfuseStatusError, LangfuseTransportError
+from .errors import ConfigError, LangfuseStatusError, LangfuseTransportError
 
 __all__ = ["LangfuseClient", "LangfuseRetry", "IngestionResult", "ItemError", "USER_AGENT", "ANSWER_BYTES"]
 
@@ -314,6 +315,12 @@ class LangfuseClient:
     def __init__(self, config: LangfuseConfig, session: Optional[requests.Session] = None) -> None:
         self.config = config
         self.session = self._setup(session or requests.Session())
+        if config.tracing_enabled and config.host.startswith("https://") and isinstance(self._verify, str) \
+                and not os.path.exists(self._verify):  # requests would raise on every request, naming no setting
+            source = next((v for v in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE") if os.environ.get(v) == self._verify),
+                          "the session's verify")
+            raise ConfigError(f"is unset, and the CA bundle from {source} does not exist: {self._verify} "
+                              f"(set ca_bundle, or correct {source})", key="ca_bundle")
 
     def _setup(self, session: requests.Session) -> requests.Session:
         self._retry = make_retry(self.config)
@@ -382,6 +389,8 @@ class LangfuseClient:
             if type(reason).__name__ == "MaxRetryError":  # urllib3 tried max_retries more times
                 error.retries = self.config.max_retries
             raise error from None
+        except OSError as exc:  # not requests' own (a CA bundle it cannot find raises a bare OSError)
+            raise LangfuseTransportError(f"POST {path}: {type(exc).__name__} ({_short(str(exc), 200)})") from None
         return response, _read(response, self.config.read_timeout)
 
     def _check(self, response: requests.Response, path: str, problem: Optional[str] = None) -> None:

@@ -19,6 +19,7 @@ import attrs
 from .bus import BusEvent, UnknownEvent
 from .client import LangfuseClient
 from .config import LangfuseConfig
+from .errors import ConfigError
 from .mapping import MappingState, bus_event_to_items, invalid, maps, streams_text
 from .masking import Masker
 from .masking import resolve as resolve_mask
@@ -124,7 +125,10 @@ class LangfuseStream(SessionStream):
         status message before it leaves the process (see masking.py); it wins over `config.mask`."""
         self.name = name
         self.config = config
-        self.client = client or LangfuseClient(config)
+        try:
+            self.client = client or LangfuseClient(config)
+        except ConfigError as exc:  # (what requests reads from the environment)
+            raise ConfigError(exc.problem, stream=name, key=exc.key) from None
         self._health = HealthTracker(config.degraded_after, config.unavailable_after)
         self._state = MappingState(max_scrolls=config.max_sessions, ttl=config.session_ttl, clock=clock)
         self._pending = PendingBuffer(

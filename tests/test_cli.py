@@ -242,6 +242,14 @@ def test_check_good_keys_bad_keys_unreachable(tmp_path, receiver):
     assert result.returncode == 2 and "name" in result.stderr
 
 
+def test_check_names_a_ca_bundle_from_the_environment_that_does_not_exist(tmp_path, monkeypatch):
+    """It ended in a traceback; a stream made with it dropped every batch as internal_error."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "gone.pem"))
+    result = run("check", "--config", str(write_config(tmp_path / "tls.toml", "https://127.0.0.1:9")))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "key 'ca_bundle'" in result.stdout and "REQUESTS_CA_BUNDLE does not exist" in result.stdout
+
+
 ATEXIT = r"""
 import sys
 sys.path.insert(0, sys.argv[1])

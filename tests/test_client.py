@@ -157,6 +157,39 @@ def test_connection_errors_become_transport_errors_without_secrets():
 
 
 @responses.activate
+def test_an_os_error_that_is_not_requests_own_is_a_transport_error_too():
+    """requests raises a bare OSError for a CA bundle it cannot find; the worker counted each such
+    batch as a bug of ours (internal_error, a traceback each), with health HEALTHY."""
+    responses.add("POST", URL, body=OSError("Could not find a suitable TLS CA certificate bundle, invalid path: /x"))
+    with pytest.raises(LangfuseTransportError) as info:
+        make().send([])
+    assert "invalid path: /x" in str(info.value)
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_a_ca_bundle_from_the_environment_that_does_not_exist_is_a_config_error_naming_it(variable, monkeypatch, tmp_path):
+    from dirigent_langfuse import ConfigError, LangfuseStream
+
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    missing = str(tmp_path / "gone.pem")
+    monkeypatch.setenv(variable, missing)
+    https = dict(host="https://lf.test", public_key="pk-lf-1", secret_key="sk-secret-value", atexit_flush=False)
+    with pytest.raises(ConfigError) as info:
+        LangfuseClient(LangfuseConfig(**https))
+    assert info.value.key == "ca_bundle" and variable in str(info.value) and missing in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        LangfuseStream(LangfuseConfig(**https), name="lf")
+    assert info.value.stream == "lf" and info.value.key == "ca_bundle"
+    # Not used, or not the one used: no error.
+    LangfuseClient(LangfuseConfig(**dict(https, host="http://lf.test")))
+    LangfuseClient(LangfuseConfig(**dict(https, tracing_enabled=False)))
+    present = tmp_path / "ca.pem"
+    present.write_text("")
+    LangfuseClient(LangfuseConfig(**dict(https, ca_bundle=str(present))))
+
+
+@responses.activate
 def test_429_is_retried_and_then_reported_with_retry_after():
     for _ in range(4):
         responses.add("POST", URL, status=429, headers={"Retry-After": "0"}, json={"message": "slow down"})
