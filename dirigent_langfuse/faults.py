@@ -9,9 +9,12 @@ starts. Kinds:
 - `partial`: answer 207 with every `every`-th item failed with `code` (ingestion only);
 - `page`: answer 200 with an HTML page, as a sign-in proxy or a captive portal answers for a host
   it stands in front of: not Langfuse's answer, so nothing in it was delivered.
+- `trickle`: take the request as Langfuse would, then send the answer's body one byte every
+  `delay` seconds, as a broken proxy or load balancer can: a client must give up on it (and
+  re-send, since it cannot know what was taken), not wait for ever.
 
 The command-line form (`receive --fault ...`, repeatable) is `KIND[:ARG][*N | ~S]`:
-`503*5`, `429:2*3` (Retry-After 2), `slow:1.5*2`, `reset*1`, `partial:500/3*1`, `page*2`, `503~30`
+`503*5`, `429:2*3` (Retry-After 2), `slow:1.5*2`, `reset*1`, `partial:500/3*1`, `page*2`, `trickle:0.2*2`, `503~30`
 (every POST for 30 s). Faults run in the order given.
 """
 
@@ -52,7 +55,7 @@ class Fault:
     """One scheduled answer. Checked when made: a value the receiver could not act on (a partial
     failure of every 0th item, a wait of NaN seconds) is a ValueError here, not a dead handler."""
 
-    kind: str = attrs.field(validator=attrs.validators.in_(("status", "slow", "reset", "partial", "page")))
+    kind: str = attrs.field(validator=attrs.validators.in_(("status", "slow", "reset", "partial", "page", "trickle")))
     code: int = attrs.field(default=503, validator=_http_status)
     retry_after: Optional[float] = attrs.field(default=None, validator=_seconds)
     delay: float = attrs.field(default=0.0, validator=_seconds)
@@ -77,18 +80,22 @@ class Fault:
         return cls(kind="page", code=200, times=times, seconds=seconds)
 
     @classmethod
+    def trickle(cls, delay: float = 0.5, times: int = 1, seconds: Optional[float] = None) -> "Fault":
+        return cls(kind="trickle", delay=delay, times=times, seconds=seconds)
+
+    @classmethod
     def partial(cls, code: int = 500, every: int = 2, times: int = 1) -> "Fault":
         return cls(kind="partial", code=code, every=every, times=times)
 
 
-_SPEC = re.compile(r"^(?P<kind>\d{3}|slow|reset|partial|page)(?::(?P<arg>[^*~]+))?(?:\*(?P<times>\d+)|~(?P<secs>[\d.]+))?$")
+_SPEC = re.compile(r"^(?P<kind>\d{3}|slow|reset|partial|page|trickle)(?::(?P<arg>[^*~]+))?(?:\*(?P<times>\d+)|~(?P<secs>[\d.]+))?$")
 
 
 def parse_fault(text: str) -> Fault:
     """A `Fault` from its command-line form; ValueError saying what is wrong."""
     match = _SPEC.match(text.strip())
     if not match:
-        raise ValueError(f"bad fault {text!r}: expected KIND[:ARG][*N|~S], e.g. 503*5, 429:2*3, slow:1.5*2, reset*1, partial:500/3*1, page*2")
+        raise ValueError(f"bad fault {text!r}: expected KIND[:ARG][*N|~S], e.g. 503*5, 429:2*3, slow:1.5*2, reset*1, partial:500/3*1, page*2, trickle:0.2*2")
     kind, arg = match["kind"], match["arg"]
     times = int(match["times"]) if match["times"] else 1
     seconds = float(match["secs"]) if match["secs"] else None
@@ -101,6 +108,8 @@ def parse_fault(text: str) -> Fault:
             return Fault.reset(times, seconds)
         if kind == "page":
             return Fault.page(times, seconds)
+        if kind == "trickle":
+            return Fault.trickle(float(arg or 0.5), times, seconds)
         code, _, every = (arg or "500/2").partition("/")
         return Fault.partial(int(code), int(every or 2), times)
     except ValueError as exc:

@@ -117,6 +117,7 @@ class _Handler(BaseHTTPRequestHandler):
         reset; a fault closed it; the receiver was paused or stopped, its store closed, while the
         request ran) ends as before, logged at DEBUG (`handle_error`)."""
         self._answered = False
+        self._trickle: Optional[float] = None  # a `trickle` fault's seconds per byte of the answer
         try:
             handle()
         except OSError:
@@ -143,7 +144,17 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self._trickle is None:
+            self.wfile.write(body)
+            return
+        self.wfile.flush()
+        for index in range(len(body)):  # until the client gives up on it (the write then fails)
+            if self.server.receiver._server is not self.server:  # paused or stopped: a crash ends it too
+                self.close_connection = True
+                return
+            time.sleep(self._trickle)
+            self.wfile.write(body[index:index + 1])
+            self.wfile.flush()
 
     def _authorized(self) -> bool:
         expected = self.server.receiver.auth_header
@@ -250,6 +261,9 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(fault.code, {"message": f"injected fault {fault.code}"}, headers)
             return fault
+        if fault.kind == "trickle":  # taken as Langfuse would take it; only its answer trickles
+            self._trickle = fault.delay
+            return None
         if fault.kind == "page":
             self._send(200, None, raw=b"<html><head><title>Sign in</title></head><body>Please sign in</body></html>")
             return fault

@@ -187,6 +187,22 @@ def test_answers_slower_than_the_read_timeout(fast_receiver, transport, no_secre
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+def test_answers_trickled_a_byte_at_a_time(fast_receiver, transport, no_secrets_logged):
+    """A broken proxy passes the request on and trickles Langfuse's answer back: each attempt is
+    given up after the read timeout (it used to hold the worker for as long as the trickle went on)."""
+    receiver = fast_receiver
+    receiver.faults.add(Fault.trickle(0.5, times=3))
+    stream = LangfuseStream(config(receiver.url, transport=transport, **dict(FAST, read_timeout=0.3)), name="trickle")
+    caller = Caller(stream)
+    caller.feed(session("trickle-1"))
+    stream.flush(15)  # FAILED(TRANSPORT) once the first attempt was given up: its items wait for the retry
+    caller.feed(session("trickle-2"))
+    assert stream.shutdown(15).status is OutcomeStatus.DELIVERED
+    row = check("answer trickled by a proxy", transport, receiver, stream, caller.max_block)
+    assert row["resent"] > 0  # Langfuse took the trickled attempts; the re-sends carried the same ids
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_207_with_some_items_failed(fast_receiver, transport, no_secrets_logged, caplog):
     receiver = fast_receiver
     receiver.faults.add(Fault.partial(500, every=3, times=2), Fault.partial(400, every=4, times=2))

@@ -146,6 +146,8 @@ def test_parse_fault_forms():
     assert parse_fault("reset*1") == Fault.reset(1)
     assert parse_fault("partial:500/3*1") == Fault.partial(500, 3, 1)
     assert parse_fault("page*2") == Fault.page(2)
+    assert parse_fault("trickle:0.2*2") == Fault.trickle(0.2, 2)
+    assert parse_fault("trickle") == Fault.trickle(0.5, 1)
     assert parse_fault("503~30") == Fault.status(503, seconds=30.0)
     for bad in ("boom", "503*x", "slow:fast"):
         with pytest.raises(ValueError, match="bad fault"):
