@@ -315,7 +315,7 @@ class LangfuseClient:
     def __init__(self, config: LangfuseConfig, session: Optional[requests.Session] = None) -> None:
         self.config = config
         self.session = self._setup(session or requests.Session())
-        if config.tracing_enabled and config.host.startswith("https://") and isinstance(self._verify, str) \
+        if config.tracing_enabled and config.host.lower().startswith("https://") and isinstance(self._verify, str) \
                 and not os.path.exists(self._verify):  # requests would raise on every request, naming no setting
             source = next((v for v in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE") if os.environ.get(v) == self._verify),
                           "the session's verify")

@@ -181,6 +181,8 @@ def test_a_ca_bundle_from_the_environment_that_does_not_exist_is_a_config_error_
     with pytest.raises(ConfigError) as info:
         LangfuseStream(LangfuseConfig(**https), name="lf")
     assert info.value.stream == "lf" and info.value.key == "ca_bundle"
+    with pytest.raises(ConfigError):  # a scheme in capitals is https too
+        LangfuseClient(LangfuseConfig(**dict(https, host="HTTPS://lf.test")))
     # Not used, or not the one used: no error.
     LangfuseClient(LangfuseConfig(**dict(https, host="http://lf.test")))
     LangfuseClient(LangfuseConfig(**dict(https, tracing_enabled=False)))
