@@ -5,9 +5,9 @@ times inside one `send`, sleeping 100 ms → 200 → 400 → 800 ms, capped at `
 a 429's or 503's `Retry-After` is honoured up to `max_retry_after`. Any other 4xx is final.
 Every request is bounded by the connect and read timeouts, and an answer's body must come whole
 within `read_timeout` of its headers and be at most `ANSWER_BYTES` (a proxy that trickles its
-answer, or sends one without end, cannot hold the sending thread for longer). POSTs are retried although POST is
-not idempotent in general: Langfuse de-duplicates ingestion on the envelope id, and OTel spans
-carry deterministic ids.
+answer, or sends one without end, cannot hold the sending thread for longer). POSTs are retried
+although POST is not idempotent in general: Langfuse de-duplicates ingestion on the envelope id,
+and OTel spans carry deterministic ids.
 
 Whatever the server answers — an HTML page from a proxy, an empty body, a truncated JSON — the
 client turns it into a result or one of `LangfuseStatusError` / `LangfuseTransportError`; it never

@@ -14,8 +14,8 @@ starts. Kinds:
   re-send, since it cannot know what was taken), not wait for ever.
 
 The command-line form (`receive --fault ...`, repeatable) is `KIND[:ARG][*N | ~S]`:
-`503*5`, `429:2*3` (Retry-After 2), `slow:1.5*2`, `reset*1`, `partial:500/3*1`, `page*2`, `trickle:0.2*2`, `503~30`
-(every POST for 30 s). Faults run in the order given.
+`503*5`, `429:2*3` (Retry-After 2), `slow:1.5*2`, `reset*1`, `partial:500/3*1`, `page*2`,
+`trickle:0.2*2`, `503~30` (every POST for 30 s). Faults run in the order given.
 """
 
 from __future__ import annotations
