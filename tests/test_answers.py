@@ -222,3 +222,31 @@ def test_a_stream_behind_a_trickling_proxy_is_not_healthy_and_accounts_for_every
     events._worker.join(GIVE_UP)  # a request in flight at the deadline ends on the daemon thread, and counts
     stats = events.stats()
     assert stats.items_pending == 0 and sum(stats.dropped.values()) == 1, stats
+
+
+class _WithoutRead1:
+    """A urllib3 response as urllib3 before 2.3 has it: no `read1` (so that CI, on a newer urllib3,
+    covers the path older ones take)."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self.headers = raw.headers
+        self._fp = raw._fp
+
+    def read(self, *args, **kwargs):
+        return self._raw.read(*args, **kwargs)
+
+
+def test_without_urllib3_s_read1_a_trickle_is_still_given_up_after_read_timeout(answerer):
+    import requests
+
+    from dirigent_langfuse.client import read_answer
+
+    server = answerer(("trickle", 207))
+    response = requests.post(server.url + "/api/public/ingestion", data=b"{}", stream=True, timeout=5)
+    result = outcome(lambda: read_answer(_WithoutRead1(response.raw), 0.5))
+    server.stop()  # (before the close: a read still blocked holds the response's lock)
+    response.raw.close()
+    assert result is not None, "read_answer never came back"
+    body, problem = result
+    assert problem == "did not complete within read_timeout (0.5 s)" and set(body) <= {ord(" ")}
