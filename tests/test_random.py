@@ -144,6 +144,7 @@ def faults(rng: random.Random) -> List[Fault]:
         Fault.page(),
         Fault.partial(500, every=rng.randint(2, 5)),
         Fault.slow(0.05),
+        Fault.trickle(0.3),  # (the test's read timeout is 1 s with it: each costs that much)
     ]
     return rng.sample(pool, rng.randint(0, 4))
 
@@ -165,7 +166,10 @@ def test_random_sessions_and_faults_keep_every_promise(seed, caplog):
     sessions = [one_session(rng, n) for n in range(rng.randint(1, 6))]
     threads = rng.randint(1, 3)
     with Receiver(version=version) as receiver:
-        receiver.faults.add(*faults(rng))
+        chosen = faults(rng)
+        receiver.faults.add(*chosen)
+        if any(f.kind == "trickle" for f in chosen):
+            knobs["read_timeout"] = 1.0
         stream = LangfuseStream(config(receiver.url, **knobs), name=f"seed{seed}", mask=mask)
         lanes: List[List[Any]] = [[] for _ in range(threads)]
         for n, events in enumerate(sessions):
