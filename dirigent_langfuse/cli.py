@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import tempfile
 import time
 from importlib import resources
@@ -262,6 +261,16 @@ def _mirror(args: argparse.Namespace, source: IO[Any]) -> int:
 # -- receive / show ----------------------------------------------------------------------------------
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised on the main thread as Ctrl-C raises KeyboardInterrupt. A handler that set a
+    `threading.Event` could hang the process for good: the signal may land while that same thread
+    holds the Event's lock, inside its `wait()`, and the handler then waits for that lock."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
 def cmd_receive(args: argparse.Namespace) -> int:
     try:
         host, port = parse_listen(args.listen)
@@ -284,25 +293,28 @@ def cmd_receive(args: argparse.Namespace) -> int:
         print(f"receive: {option}{exc.problem}", file=sys.stderr)
         return 2
     receiver.faults.add(*faults)
-    stop = threading.Event()
-    try:
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    except ValueError:  # not the main thread (embedded use)
-        pass
     try:
         receiver.start()
     except OSError as exc:
         print(f"receive: cannot listen on {args.listen}: {exc}", file=sys.stderr)
         return 2
-    print(f"receive: Langfuse-compatible receiver on {receiver.url} (public key {args.public_key}, "
-          f"version {args.server_version}, db {args.db}, {len(faults)} fault(s) scheduled); Ctrl-C stops",
-          file=sys.stderr, flush=True)
     try:
-        while not stop.wait(0.5):
+        try:
+            signal.signal(signal.SIGTERM, _terminate)
+        except ValueError:  # not the main thread (embedded use)
             pass
-    except KeyboardInterrupt:
+        print(f"receive: Langfuse-compatible receiver on {receiver.url} (public key {args.public_key}, "
+              f"version {args.server_version}, db {args.db}, {len(faults)} fault(s) scheduled); Ctrl-C stops",
+              file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
+    except (KeyboardInterrupt, _Terminated):
         pass
     finally:
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM while stopping ends the process
+        except ValueError:
+            pass
         receiver.stop()
     return 0
 

@@ -197,6 +197,52 @@ def test_receive_then_show(tmp_path):
     assert run("show", "--db", str(tmp_path / "missing.db")).returncode == 2
 
 
+AWKWARD_SIGTERM = r"""
+import os, signal, sys, threading
+sys.path.insert(0, sys.argv[1])
+
+
+class Awkward(threading.Event):
+    # The main thread's first timed wait() (receive's, between two looks at whether to stop) runs
+    # the SIGTERM handler while this thread holds the Event's own lock, as a signal landing at that
+    # instant would.
+    fired = False
+
+    def wait(self, timeout=None):
+        if timeout is not None and threading.current_thread() is threading.main_thread() and not Awkward.fired:
+            Awkward.fired = True
+            with self._cond:
+                handler = signal.getsignal(signal.SIGTERM)
+                if callable(handler):
+                    handler(signal.SIGTERM, None)
+        return super().wait(timeout)
+
+
+threading.Event = Awkward
+from dirigent_langfuse import cli
+sys.exit(cli.main(["receive", "--listen", "127.0.0.1:0", "--db", sys.argv[2]]))
+"""
+
+
+def test_receive_stops_on_sigterm_whenever_it_lands(tmp_path):
+    """`receive` set an Event from its SIGTERM handler; a SIGTERM landing while the main thread held
+    that Event's lock (inside its wait(), which it called every half second) hung the process for
+    good: one run of the suite in many timed out waiting for it to exit."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", AWKWARD_SIGTERM, str(ROOT), str(tmp_path / "lf.db")],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        proc.stderr.readline()  # the banner: it listens (or it hung before printing it)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
 def test_receive_and_show_refuse_a_database_they_cannot_use_with_exit_2(tmp_path):
     """Before, each of these ended in a traceback (sqlite3's or bind()'s), and `show` pointed at a
     spool wrote the receiver's tables into it."""
