@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -204,6 +205,31 @@ class _Progress:
         self.out.flush()
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised on the main thread as Ctrl-C raises KeyboardInterrupt. A handler that set a
+    `threading.Event` could hang the process for good: the signal may land while that same thread
+    holds the Event's lock, inside its `wait()`, and the handler then waits for that lock."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _terminable() -> Iterator[None]:
+    """Inside, SIGTERM raises `_Terminated` on the main thread; on the way out the handler that was
+    there before is back (by default SIGTERM ends the process: a second one while stopping does)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (embedded use): signals are the host's
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_mirror(args: argparse.Namespace) -> int:
     stdin = args.file in (None, "-")
     try:  # bytes: each line is decoded on its own (see _read_events)
@@ -232,14 +258,24 @@ def _mirror(args: argparse.Namespace, source: IO[Any]) -> int:
     events = 0
     failed_outcomes = 0
     unknown: Counter[str] = collections.Counter()  # types this version does not know: skipped, said once
-    for _, event in _read_events(source, errors, show=sys.stderr):
-        events += 1
-        if isinstance(event, UnknownEvent):
-            unknown[event.type] += 1
-        outcomes = streams.on_event(event)
-        failed_outcomes += sum(1 for o in outcomes.values() if o.status is OutcomeStatus.FAILED)
-        progress(events, len(errors))
+    stopped_by: Optional[Tuple[str, int]] = None
+    try:
+        with _terminable():
+            for _, event in _read_events(source, errors, show=sys.stderr):
+                events += 1
+                if isinstance(event, UnknownEvent):
+                    unknown[event.type] += 1
+                outcomes = streams.on_event(event)
+                failed_outcomes += sum(1 for o in outcomes.values() if o.status is OutcomeStatus.FAILED)
+                progress(events, len(errors))
+    except KeyboardInterrupt:  # (a mirror of `tail -f` ends this way): what was read is still delivered
+        stopped_by = ("Ctrl-C", 130)
+    except _Terminated:
+        stopped_by = ("SIGTERM", 143)
     progress(events, len(errors), final=True)
+    if stopped_by is not None:
+        print(f"mirror: stopped by {stopped_by[0]}; delivering the events read so far (within --timeout "
+              f"{args.timeout:g} s)", file=sys.stderr, flush=True)
     if unknown:
         print(f"mirror: {sum(unknown.values())} events of types this version does not know were skipped: "
               + ", ".join(f"{name} {n}" for name, n in unknown.most_common())
@@ -255,20 +291,12 @@ def _mirror(args: argparse.Namespace, source: IO[Any]) -> int:
             bad = True
         bad = bad or _failed(stats)
     print(f"mirror: {'FAILED' if bad else 'ok'}: {events} events, {len(errors)} malformed lines", file=sys.stderr)
+    if stopped_by is not None:
+        return stopped_by[1]
     return 1 if bad else 0
 
 
 # -- receive / show ----------------------------------------------------------------------------------
-
-
-class _Terminated(BaseException):
-    """SIGTERM, raised on the main thread as Ctrl-C raises KeyboardInterrupt. A handler that set a
-    `threading.Event` could hang the process for good: the signal may land while that same thread
-    holds the Event's lock, inside its `wait()`, and the handler then waits for that lock."""
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise _Terminated()
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
@@ -299,22 +327,15 @@ def cmd_receive(args: argparse.Namespace) -> int:
         print(f"receive: cannot listen on {args.listen}: {exc}", file=sys.stderr)
         return 2
     try:
-        try:
-            signal.signal(signal.SIGTERM, _terminate)
-        except ValueError:  # not the main thread (embedded use)
-            pass
-        print(f"receive: Langfuse-compatible receiver on {receiver.url} (public key {args.public_key}, "
-              f"version {args.server_version}, db {args.db}, {len(faults)} fault(s) scheduled); Ctrl-C stops",
-              file=sys.stderr, flush=True)
-        while True:
-            time.sleep(3600)
+        with _terminable():
+            print(f"receive: Langfuse-compatible receiver on {receiver.url} (public key {args.public_key}, "
+                  f"version {args.server_version}, db {args.db}, {len(faults)} fault(s) scheduled); Ctrl-C stops",
+                  file=sys.stderr, flush=True)
+            while True:
+                time.sleep(3600)
     except (KeyboardInterrupt, _Terminated):
         pass
     finally:
-        try:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM while stopping ends the process
-        except ValueError:
-            pass
         receiver.stop()
     return 0
 

@@ -81,6 +81,39 @@ def test_mirror_from_stdin_clean_run_exits_0(tmp_path, receiver):
     assert "mirror: ok: 27 events, 0 malformed lines" in result.stderr
 
 
+@pytest.mark.parametrize("how, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_mirror_of_a_pipe_that_never_ends_stops_on_ctrl_c_or_sigterm_and_delivers_what_it_read(tmp_path, receiver, how, code):
+    """`tail -f events.jsonl | dirigent-langfuse mirror -` ends with Ctrl-C (or a service manager's
+    SIGTERM). Ctrl-C gave a traceback and no summary; SIGTERM ended the process at once, and the
+    events it had read but not sent were lost."""
+    config = write_config(tmp_path / "streams.toml", receiver.url, transport="ingestion")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "dirigent_langfuse", "mirror", "--config", str(config), "-"],
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
+    lines = len(EXAMPLE.read_text().splitlines())
+    try:
+        proc.stdin.write(EXAMPLE.read_text() + "{a line it reports at once, once it has read all before it\n")
+        proc.stdin.flush()  # and the pipe stays open, as tail -f keeps it
+        for line in iter(proc.stderr.readline, ""):  # (until it reports that line, or ends)
+            if f"line {lines + 1}:" in line:
+                break
+        proc.send_signal(how)
+        assert proc.wait(60) == code
+        said = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close()
+        proc.stderr.close()
+    assert "Traceback" not in said, said
+    assert f"mirror: stopped by {'Ctrl-C' if how == signal.SIGINT else 'SIGTERM'}" in said, said
+    summary = re.search(r"mirror: local: events=(\d+) items=(\d+) delivered=(\d+) .* dropped=none", said)
+    assert summary and summary.group(1) == str(lines), said
+    assert summary.group(2) == summary.group(3) != "0", said  # all it read, delivered
+    assert len(receiver.store.traces()) == 2
+
+
 def test_mirror_dry_run_prints_items(tmp_path):
     config = write_config(tmp_path / "streams.toml", "http://127.0.0.1:9")
     result = run("mirror", "--config", str(config), "--dry-run", str(EXAMPLE))
