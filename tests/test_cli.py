@@ -88,8 +88,11 @@ def test_mirror_of_a_pipe_that_never_ends_stops_on_ctrl_c_or_sigterm_and_deliver
     events it had read but not sent were lost."""
     config = write_config(tmp_path / "streams.toml", receiver.url, transport="ingestion")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # (a shell running the suite in the background ignores SIGINT, and its children with it: Ctrl-C
+    # would never reach a terminal's foreground job so, and Python then raises no KeyboardInterrupt)
     proc = subprocess.Popen([sys.executable, "-m", "dirigent_langfuse", "mirror", "--config", str(config), "-"],
-                            stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = len(EXAMPLE.read_text().splitlines())
     try:
         proc.stdin.write(EXAMPLE.read_text() + "{a line it reports at once, once it has read all before it\n")
