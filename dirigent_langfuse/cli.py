@@ -226,8 +226,8 @@ def _terminable() -> Iterator[None]:
         return
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # (None: a handler installed from C, which Python cannot put back)
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def cmd_mirror(args: argparse.Namespace) -> int:

@@ -588,3 +588,27 @@ def test_a_stream_dropped_without_shutdown_still_delivers_at_exit_or_says_what_i
         assert receiver.store.envelope_count() == 4
     else:
         assert "stream 'dropped': exiting with 4 item(s) not delivered" in result.stderr, result.stderr
+
+
+def test_the_sigterm_handler_of_mirror_and_receive_leaves_a_handler_python_can_install(monkeypatch):
+    """`signal.signal` answers None for a handler installed from C (an embedding host's): putting
+    that back raised TypeError on the way out; the default goes back instead."""
+    from dirigent_langfuse import cli
+
+    real = signal.signal
+    original = signal.getsignal(signal.SIGTERM)
+    installed = []
+
+    def as_if_c_had_installed_the_one_before(signum, handler):
+        installed.append(handler)
+        real(signum, handler)
+        return None
+
+    monkeypatch.setattr(signal, "signal", as_if_c_had_installed_the_one_before)
+    try:
+        with cli._terminable():
+            assert installed == [cli._terminate]
+        assert installed == [cli._terminate, signal.SIG_DFL]
+    finally:
+        monkeypatch.undo()
+        signal.signal(signal.SIGTERM, original)
