@@ -3,10 +3,12 @@ Langfuse's. Each used to hold the sending thread for as long as the server kept 
 ever, for a trickle), with the stream's health still HEALTHY. Real loopback sockets: what is
 tested is how the client reads a socket."""
 
+import gzip
 import json
+import os
+import random
 import socket
 import threading
-import time
 from typing import List
 
 import pytest
@@ -43,6 +45,7 @@ class Answerer:
         self._sock.listen(8)
         self.url = "http://127.0.0.1:%d" % self._sock.getsockname()[1]
         self._threads: List[threading.Thread] = []
+        self._conns: List[socket.socket] = []
         self._accept = threading.Thread(target=self._serve, daemon=True)
         self._accept.start()
 
@@ -52,6 +55,7 @@ class Answerer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return
+            self._conns.append(conn)
             thread = threading.Thread(target=self._connection, args=(conn,), daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -116,6 +120,11 @@ class Answerer:
     def stop(self):
         self._stop.set()
         self._sock.close()
+        for conn in self._conns:  # (a connection kept alive waits for the next request)
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         for thread in self._threads:
             thread.join(5)
 
@@ -250,3 +259,87 @@ def test_without_urllib3_s_read1_a_trickle_is_still_given_up_after_read_timeout(
     assert result is not None, "read_answer never came back"
     body, problem = result
     assert problem == "did not complete within read_timeout (0.5 s)" and set(body) <= {ord(" ")}
+
+
+# -- random odd answers --------------------------------------------------------------------------------
+
+RANDOM_SEEDS = range(int(os.environ.get("RANDOM_SEEDS", "40")) // 2)
+
+
+def _odd_answer(rng):
+    """One random answer as a broken server or proxy might send it, and whether to hang up after."""
+    status = rng.choice([200, 204, 207, 207, 301, 400, 401, 413, 429, 500, 502, 503, 100, 600, 999])
+    body = rng.choice([
+        b"", b"null", b"[1, 2]", b"<html><body>502 Bad Gateway</body></html>", b"{" * 50000,
+        bytes(rng.randrange(256) for _ in range(rng.randrange(1, 100))),
+        json.dumps({"successes": [{"id": "e0", "status": 201}], "errors": []}).encode(),
+        json.dumps({"successes": rng.choice([None, 1, [None, {"id": 3}]]),
+                    "errors": [{"id": "e1", "status": rng.choice(["x", None, 1e300, -1])}]}).encode(),
+        json.dumps({"partialSuccess": {"rejectedSpans": rng.choice(["x", -5, 10 ** 30, 2.5])}}).encode(),
+    ])
+    headers = []
+    encoding = rng.randrange(6)
+    if encoding == 0:
+        body, headers = gzip.compress(body), ["Content-Encoding: gzip"]
+    elif encoding == 1:
+        headers = ["Content-Encoding: " + rng.choice(["gzip", "br", "deflate"])]  # and a body that is not
+    if rng.random() < 0.3:
+        headers.append("Retry-After: " + rng.choice(["1", "-5", "abc", "Wed, 21 Oct 2015 07:28:00 GMT", "nan"]))
+    framing = rng.randrange(5)
+    if framing == 0:
+        headers.append("Transfer-Encoding: chunked")
+        body = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 40]), body[i:i + 40]) for i in range(0, len(body), 40)) \
+            + rng.choice([b"0\r\n\r\n", b""])
+    elif framing == 1:  # promises more than it sends
+        headers.append("Content-Length: %d" % (len(body) + rng.randrange(1, 50)))
+    elif framing == 2:  # until the connection closes
+        headers.append("Connection: close")
+    else:
+        headers.append("Content-Length: %d" % len(body))
+    line = "HTTP/1.1 %d X" % status if rng.random() < 0.9 else rng.choice(["garbage", "HTTP/1.1 abc X", "HTTP/9.9 200 X"])
+    head = (line + "\r\n" + "".join(h + "\r\n" for h in headers) + "\r\n").encode("latin-1")
+    return head + body, framing in (1, 2)
+
+
+class OddServer(Answerer):
+    def __init__(self, rng):
+        self.rng = rng
+        super().__init__(("odd", 0))
+
+    def _answer(self, conn, step):
+        if self.rng.random() < 0.05:
+            return False  # hangs up without an answer
+        data, hang_up = _odd_answer(self.rng)
+        if self.rng.random() < 0.05:
+            data, hang_up = data[: self.rng.randrange(len(data) + 1)], True
+        try:
+            conn.sendall(data)
+        except OSError:
+            return False
+        return not hang_up
+
+
+@pytest.mark.parametrize("seed", RANDOM_SEEDS)
+def test_random_odd_answers_only_ever_give_a_result_for_a_2xx_or_one_of_our_errors(seed):
+    rng = random.Random(seed)
+    server = OddServer(rng)
+    try:
+        lf = LangfuseClient(LangfuseConfig(
+            host=server.url, public_key="pk-lf-1", secret_key="sk-secret-value", max_retries=rng.randrange(3),
+            backoff_base=0.001, backoff_max=0.002, max_retry_after=0.01, connect_timeout=1.0, read_timeout=0.2))
+        for _ in range(4):
+            what = rng.choice(["ingestion", "otel", "health"])
+            try:
+                if what == "ingestion":
+                    result = lf.send([{"id": "e%d" % i, "type": "trace-create", "timestamp": "t", "body": {"id": "x"}}
+                                      for i in range(3)])
+                    assert 200 <= result.status < 300, (seed, result)
+                elif what == "otel":
+                    assert 200 <= lf.send_otlp(b'{"resourceSpans":[]}').status < 300, seed
+                else:
+                    version, reached = lf.health()
+                    assert version is None or isinstance(version, str), seed
+            except (LangfuseStatusError, LangfuseTransportError) as exc:
+                assert "sk-secret-value" not in str(exc), seed
+    finally:
+        server.stop()
