@@ -450,7 +450,8 @@ def _parser() -> argparse.ArgumentParser:
     receive.add_argument("--max-request-bytes", type=int, default=MAX_REQUEST_BYTES, metavar="N",
                          help=f"larger request bodies get 413 (default {MAX_REQUEST_BYTES}, Langfuse Cloud's 5 MB)")
     receive.add_argument("--fault", action="append", metavar="SPEC",
-                         help="schedule a fault: 503*5, 429:2*3, slow:1.5*2, reset*1, partial:500/3*1, page*2, trickle:0.2*2, 503~30")
+                         help="schedule a fault: 503*5, 429:2*3, slow:1.5*2, reset*1, partial:500/3*1, page*2, "
+                              "trickle:0.2*2, 503~30")
     receive.set_defaults(func=cmd_receive)
 
     show = sub.add_parser("show", help="print stored traces as trees")
