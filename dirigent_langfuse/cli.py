@@ -16,6 +16,7 @@ import collections
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -421,6 +422,18 @@ def cmd_check(args: argparse.Namespace) -> int:
 # -- main ------------------------------------------------------------------------------------------
 
 
+def _seconds(text: str) -> float:
+    """A finite number of seconds, at least 0: `nan` ended `mirror` in a traceback after reading the
+    whole input, and `inf` waited for ever on a Langfuse that is down."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, at least 0 (got {text!r})")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dirigent-langfuse", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"dirigent-langfuse {__version__}")
@@ -436,7 +449,7 @@ def _parser() -> argparse.ArgumentParser:
     mirror.add_argument("--config", required=True, help="TOML file with [[streams]]")
     mirror.add_argument("file", nargs="?", default="-", help="JSON Lines file, or - for stdin (default)")
     mirror.add_argument("--dry-run", action="store_true", help="print the items instead of sending them")
-    mirror.add_argument("--timeout", type=float, default=30.0, help="seconds to deliver at the end (default 30)")
+    mirror.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to deliver at the end (default 30)")
     mirror.set_defaults(func=cmd_mirror)
 
     receive = sub.add_parser("receive", help="run the Langfuse-compatible receiver in the foreground")

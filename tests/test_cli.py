@@ -117,6 +117,16 @@ def test_mirror_of_a_pipe_that_never_ends_stops_on_ctrl_c_or_sigterm_and_deliver
     assert len(receiver.store.traces()) == 2
 
 
+@pytest.mark.parametrize("timeout", ["nan", "inf", "-1", "1e400", "soon"])
+def test_mirror_refuses_a_timeout_that_is_not_a_finite_number_of_seconds(tmp_path, timeout):
+    """`--timeout nan` read the whole input and then ended in a traceback; `inf` waited for ever on
+    a Langfuse that is down."""
+    config = write_config(tmp_path / "streams.toml", "http://127.0.0.1:9")
+    result = run("mirror", "--config", str(config), "--timeout", timeout, str(EXAMPLE))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"argument --timeout: must be a finite number of seconds, at least 0 (got '{timeout}')" in result.stderr
+
+
 def test_mirror_dry_run_prints_items(tmp_path):
     config = write_config(tmp_path / "streams.toml", "http://127.0.0.1:9")
     result = run("mirror", "--config", str(config), "--dry-run", str(EXAMPLE))
