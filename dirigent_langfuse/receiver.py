@@ -125,8 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:
             self.close_connection = True
             where = (self.command, urlsplit(self.path).path, type(exc).__name__, exc)
-            stopped = self.server.receiver._server is not self.server  # paused or stopped under it
-            if self._answered or stopped:
+            if self._answered or self._stopped():
                 log.debug("receiver: %s %s ended with its connection (%s: %s)", *where, exc_info=exc)
                 return
             log.error("receiver: %s %s failed (%s: %s)", *where, exc_info=exc)  # before the answer: a
@@ -134,6 +133,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(500, {"message": f"internal error in the receiver ({type(exc).__name__}); see its log"})
             except (OSError, ValueError):  # no connection left to answer on
                 pass
+
+    def _stopped(self) -> bool:
+        """The receiver was paused or stopped while this request ran (its server is not ours)."""
+        return self.server.receiver._server is not self.server
 
     def _send(self, code: int, payload: Any, headers: Optional[Dict[str, str]] = None, raw: Optional[bytes] = None) -> None:
         self._answered = True
@@ -149,7 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.flush()
         for index in range(len(body)):  # until the client gives up on it (the write then fails)
-            if self.server.receiver._server is not self.server:  # paused or stopped: a crash ends it too
+            if self._stopped():  # a crash ends it too
                 self.close_connection = True
                 return
             time.sleep(self._trickle)
