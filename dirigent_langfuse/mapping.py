@@ -444,7 +444,7 @@ def _tool_call(event: SessionUpdate, scroll_id: str, state: Optional[MappingStat
             entry.tools[call_id] = parent
     status = update.get("status")
     at = iso_time(event.at)
-    body: Dict[str, Any] = {"id": obs, "traceId": scroll_id, "type": "TOOL"}
+    body: Dict[str, Any] = {"id": obs, "traceId": scroll_id}
     title = _title(update.get("title"))
     if not is_update:
         body["name"] = title or "tool call"
@@ -468,7 +468,10 @@ def _tool_call(event: SessionUpdate, scroll_id: str, state: Optional[MappingStat
     body["metadata"] = _tool_metadata(event, update)
     # An update is an update even when its tool_call is unknown here (sent by an earlier process,
     # or before a restart): a create would overwrite the call's start, name and parent in Langfuse.
-    kind = "observation-update" if is_update else "observation-create"
+    # Spans, not `observation-create` of type TOOL: Langfuse's ingestion API takes only GENERATION,
+    # SPAN and EVENT there and refuses the rest (its OpenAPI spec says otherwise). Over OTel they
+    # are `tool` spans (otel.py).
+    kind = "span-update" if is_update else "span-create"
     return [_item(event, 0, kind, body)]
 
 

@@ -96,7 +96,8 @@ _ENDED_KEPT = 1024  # for that many: a bound, not a table growing with the sessi
 # Observations ended by updates alone (no create in this process: a race, or a restart) keep all
 # their updates said, input and output too, for a create that comes late; only the last 64.
 _LATE_KEPT = 64
-_TYPES = {"generation-create": "generation", "generation-update": "generation", "span-create": "span", "span-update": "span"}
+# The observation type of an item without one: the mapping's only spans are tool calls.
+_TYPES = {"generation-create": "generation", "generation-update": "generation", "span-create": "tool", "span-update": "tool"}
 
 
 def _uuid5_hex(name: str) -> str:

@@ -118,7 +118,8 @@ class _View:
             self.trace(body.get("id") or item["id"], trace)
         elif kind in _OBSERVATION_TYPES or kind in ("observation-create", "observation-update"):
             obs = dict(body)
-            obs.setdefault("type", _OBSERVATION_TYPES.get(kind))
+            if kind in _OBSERVATION_TYPES:  # its body has no type: Langfuse drops one sent along
+                obs["type"] = _OBSERVATION_TYPES[kind]
             if not obs.get("id"):
                 obs["id"] = item["id"]
             self.observation(obs)

@@ -19,6 +19,8 @@ from dirigent_langfuse import (
 )
 
 T0 = datetime(2026, 11, 25, 9, 0, 0, tzinfo=timezone.utc)
+# What a tool call is in Langfuse: a SPAN over the ingestion API (which refuses TOOL), a TOOL over OTel.
+TOOL_TYPE = {"ingestion": "SPAN", "otel": "TOOL"}
 _tick = itertools.count()
 
 

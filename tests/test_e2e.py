@@ -96,10 +96,10 @@ def test_a_session_whose_first_ten_events_arrive_unbound(receiver, transport, va
             validate_item(item)
         order = [(i["type"], i["body"]["id"]) for i in items]
         assert order == [
-            ("trace-create", "scroll-late"), ("generation-create", m1), ("observation-create", t1),
-            ("observation-update", t1), ("observation-create", t2), ("observation-update", t2),
+            ("trace-create", "scroll-late"), ("generation-create", m1), ("span-create", t1),
+            ("span-update", t1), ("span-create", t2), ("span-update", t2),
             ("event-create", order[6][1]), ("generation-update", m1), ("generation-create", m2),
-            ("observation-create", t3), ("observation-update", t3), ("generation-update", m2),
+            ("span-create", t3), ("span-update", t3), ("generation-update", m2),
             ("trace-create", "scroll-late"),
         ]
         parents = {o["id"]: o.get("parentObservationId") for o in receiver.store.observations()}
@@ -188,7 +188,7 @@ def test_a_tool_call_that_runs_for_an_hour_keeps_its_start_parent_and_the_sessio
     Before, the mapping forgot a session untouched for ten minutes (`pending_ttl`), so the
     tool call's end came as a new call (start = end, no parent) and the trace's input was a
     later message's."""
-    from .helpers import created, ended, tool_call, tool_update
+    from .helpers import TOOL_TYPE, created, ended, tool_call, tool_update
 
     now = [0.0]
     s = stream(receiver.url, transport=transport, flush_interval=0.05)
@@ -204,7 +204,7 @@ def test_a_tool_call_that_runs_for_an_hour_keeps_its_start_parent_and_the_sessio
     assert s.shutdown(10).status is OutcomeStatus.DELIVERED
     trace = [t for t in receiver.store.traces() if t.get("name") == "a session"][0]
     assert trace["input"] == "build it"
-    (tool,) = [o for o in receiver.store.observations(trace["id"]) if o["type"] == "TOOL"]
+    (tool,) = [o for o in receiver.store.observations(trace["id"]) if o["type"] == TOOL_TYPE[transport]]
     assert tool["name"] == "make all" and tool["startTime"] == "2026-11-25T09:00:02.000Z"
     assert tool["endTime"] == "2026-11-25T10:00:02.000Z" and tool.get("parentObservationId")
 
@@ -369,7 +369,7 @@ def test_a_tool_call_whose_end_was_mapped_before_its_start_shows_as_it_happened(
     """Two host threads race and the tool call's end reaches the stream first. Langfuse merges
     ingestion events by id whatever their order; over OTel the stream itself must: before, the
     span ended at the shutdown's time, marked incomplete, with a WARNING."""
-    from .helpers import created, ended, tool_call, tool_update
+    from .helpers import TOOL_TYPE, created, ended, tool_call, tool_update
 
     s = stream(receiver.url, transport=transport, flush_interval=30)
     for event in (created("scroll-race", t=0), started("m1", "scroll-race", t=1),
@@ -378,7 +378,7 @@ def test_a_tool_call_whose_end_was_mapped_before_its_start_shows_as_it_happened(
                   ended("scroll-race", t=5)):
         s.on_event(event)
     assert s.shutdown(10).status is OutcomeStatus.DELIVERED
-    (tool,) = [o for o in receiver.store.observations() if o["type"] == "TOOL"]
+    (tool,) = [o for o in receiver.store.observations() if o["type"] == TOOL_TYPE[transport]]
     assert (tool["name"], tool["startTime"], tool["endTime"]) == \
            ("Run tests", "2026-11-25T09:00:02.000Z", "2026-11-25T09:00:03.000Z")
     assert tool.get("level") in (None, "DEFAULT") and tool["output"] == "ok" and tool.get("parentObservationId")

@@ -7,6 +7,7 @@ import pytest
 
 from dirigent_langfuse import ConnectorStatus, MappingState, UnknownEvent, Usage, bus_event_to_items, event_from_json
 from dirigent_langfuse.mapping import envelope_id, iso_time, observation_id
+from dirigent_langfuse.wire import check_item
 
 from .helpers import at, bound, completed, created, ended, started, tool_call, tool_update, update
 
@@ -121,14 +122,30 @@ def test_tool_call_nested_under_the_message_in_progress(validate_item):
     gen, tool = items_of(started("m1"), tool_call("t1", title="Run tests", locations=[{"path": "/a.py"}], t=1), state=state)
     for item in (gen, tool):
         validate_item(item)
-    assert tool["type"] == "observation-create"
+    assert tool["type"] == "span-create"  # the seed's SpanCreate: Langfuse's ingestion API refuses type TOOL
     body = tool["body"]
-    assert body["type"] == "TOOL" and body["name"] == "Run tests" and body["input"] == {"command": "pytest"}
+    assert "type" not in body and body["name"] == "Run tests" and body["input"] == {"command": "pytest"}
     assert body["id"] == observation_id("scroll-1", "tool", "t1")
     assert body["parentObservationId"] == gen["body"]["id"]
     assert body["startTime"] == "2026-11-25T09:00:01.000Z"
     assert body["metadata"]["kind"] == "execute" and body["metadata"]["locations"] == [{"path": "/a.py"}]
     assert body["metadata"]["connector_id"] == "conn-1"
+
+
+def test_every_item_of_the_example_sessions_passes_langfuse_s_own_checks():
+    """Langfuse's ingestion API is stricter than its OpenAPI spec: it refuses an `observation-create`
+    of type TOOL (the spec lists it), so tool calls sent that way were all lost on a real Langfuse
+    v3 while every spec check passed. The receiver's `check_item` holds those rules."""
+    from pathlib import Path
+
+    import dirigent_langfuse
+
+    path = Path(dirigent_langfuse.__file__).parent / "examples" / "coding_session.jsonl"
+    state = MappingState()
+    items = [item for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+             for item in bus_event_to_items(event_from_json(json.loads(line)), state)]
+    assert {i["type"] for i in items} >= {"trace-create", "generation-create", "span-create", "span-update"}
+    assert [(i["type"], check_item(i)) for i in items if check_item(i)] == []
 
 
 def test_tool_call_outside_a_message_hangs_off_the_trace(validate_item):
@@ -145,7 +162,7 @@ def test_tool_update_completed_carries_end_and_output(validate_item):
     for item in items:
         validate_item(item)
     progress, done = items[2], items[3]
-    assert progress["type"] == done["type"] == "observation-update"
+    assert progress["type"] == done["type"] == "span-update"
     assert progress["body"]["name"] == "Run all tests" and "endTime" not in progress["body"]
     assert done["body"]["endTime"] == "2026-11-25T09:00:02.000Z" and done["body"]["output"] == {"exit": 0}
     assert done["body"]["id"] == items[1]["body"]["id"]
@@ -160,7 +177,7 @@ def test_in_progress_update_carries_new_title_input_and_content(validate_item):
                                                   rawInput={"command": "pytest -q"}, content=content))
     update_ = items[1]
     validate_item(update_)
-    assert update_["type"] == "observation-update"
+    assert update_["type"] == "span-update"
     assert update_["body"]["name"] == "Run all tests"
     assert update_["body"]["input"] == {"command": "pytest -q"}
     assert update_["body"]["output"] == content
@@ -182,7 +199,7 @@ def test_an_update_whose_tool_call_is_unknown_here_is_still_an_update(validate_i
     (item,) = items_of(tool_update("never-seen", "completed", rawOutput="x", t=3))
     validate_item(item)
     body = item["body"]
-    assert item["type"] == "observation-update" and body["type"] == "TOOL"
+    assert item["type"] == "span-update" and "type" not in body
     assert body["endTime"] == "2026-11-25T09:00:03.000Z" and body["output"] == "x"
     assert not {"startTime", "name", "parentObservationId"} & set(body)
 

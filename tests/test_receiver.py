@@ -57,6 +57,25 @@ def test_207_per_item_with_invalid_items_refused(receiver):
     assert receiver.store.envelope_count() == len(good)
 
 
+def test_observation_events_of_a_type_the_ingestion_api_refuses_get_400(receiver):
+    """Langfuse's spec lists ten types for `observation-create`, but its ingestion API takes only
+    GENERATION, SPAN and EVENT and answers the others with a 400 in its 207. The receiver took
+    them, so a client sending tool calls that way (ours did) rehearsed cleanly and lost every tool
+    call on a real Langfuse v3. A `span-create` shows as a SPAN whatever type its body carries."""
+    ts = "2026-11-25T09:00:00.000Z"
+    items = [
+        {"id": "r1", "timestamp": ts, "type": "observation-create", "body": {"id": "o1", "traceId": "t", "type": "TOOL"}},
+        {"id": "r2", "timestamp": ts, "type": "observation-update", "body": {"id": "o2", "traceId": "t", "type": "AGENT"}},
+        {"id": "r3", "timestamp": ts, "type": "observation-create", "body": {"id": "o3", "traceId": "t", "type": "SPAN"}},
+        {"id": "r4", "timestamp": ts, "type": "span-create", "body": {"id": "o4", "traceId": "t", "type": "TOOL"}},
+    ]
+    answer = post(receiver, items).json()
+    assert [(e["id"], e["status"]) for e in answer["errors"]] == [("r1", 400), ("r2", 400)]
+    assert all(e["error"] == 'body.type: Invalid option: expected one of "GENERATION"|"SPAN"|"EVENT"'
+               for e in answer["errors"])
+    assert {o["id"]: o["type"] for o in receiver.store.observations()} == {"o3": "SPAN", "o4": "SPAN"}
+
+
 def test_items_are_deduplicated_and_merged_into_traces(receiver):
     items = session_items()
     post(receiver, items)

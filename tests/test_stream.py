@@ -274,7 +274,7 @@ def test_late_bind_holds_then_releases_in_order(server):
     stream.on_event(completed("m1", scroll="scroll-9"))
     assert stream.flush(5).ok
     (batch,) = server.batches
-    assert [i["type"] for i in batch] == ["trace-create", "generation-create", "observation-create", "generation-update"]
+    assert [i["type"] for i in batch] == ["trace-create", "generation-create", "span-create", "generation-update"]
     assert all((i["body"].get("traceId") or i["body"]["id"]) == "scroll-9" for i in batch)
     assert batch[2]["body"]["parentObservationId"] == batch[1]["body"]["id"]
     stream.shutdown(1)
