@@ -106,9 +106,11 @@ def _opt_float(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> 
         finite = math.isfinite(value)
     except OverflowError:  # an int past a float's range
         finite = False
-    if not finite:  # JSON has no NaN: Langfuse would refuse the item that carries it
-        shown = f"{value!r}" if isinstance(value, float) else f"an int of {value.bit_length()} bits"
-        raise ValueError(f"'{attribute.name}' must be a finite number (got {shown})")
+    # JSON has no NaN, and Langfuse refuses a negative cost: either way the item that carries it
+    # (a message's end, with its output and usage) would be lost.
+    if not finite or value < 0:
+        shown = f"{value!r}" if finite or isinstance(value, float) else f"an int of {value.bit_length()} bits"
+        raise ValueError(f"'{attribute.name}' must be a finite number, at least 0 (got {shown})")
 
 
 def _tags(value: Any) -> Tuple[str, ...]:

@@ -83,10 +83,35 @@ def observation_id(scroll_id: str, kind: str, key: str) -> str:
 
 def envelope_id(event_id: str, index: int) -> str:
     """An event's first item carries the event's own id (unique and stable: a replay re-sends
-    the same id); any further item, and an id too long for an envelope, uuid5(event_id, index)."""
-    if index == 0 and 0 < len(event_id) <= 64:
+    the same id); any further item, and an id too long for an envelope or with a carriage return
+    (Langfuse refuses one), uuid5(event_id, index)."""
+    if index == 0 and 0 < len(event_id) <= 64 and "\r" not in event_id:
         return event_id
     return _uuid5(f"{event_id}\x1f{index}")
+
+
+def _utf16_len(text: str) -> int:
+    """The length JavaScript gives a string, which is what Langfuse's limits count."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+_ID_MAX = 800  # Langfuse refuses an id longer than this, or with a carriage return in it
+_NAME_MAX = 1000  # ... and a trace whose name is longer than this
+
+
+def _takes_as_id(text: str) -> bool:
+    return (len(text) <= _ID_MAX // 2 or _utf16_len(text) <= _ID_MAX) and "\r" not in text
+
+
+def trace_name(name: str) -> str:
+    """`name` as Langfuse takes a trace's name: at most 1,000 characters (as JavaScript counts
+    them), else cut there and ended with "…". A longer one made Langfuse refuse the trace."""
+    if len(name) <= _NAME_MAX // 2 or _utf16_len(name) <= _NAME_MAX:
+        return name
+    cut = name[: _NAME_MAX - 1]
+    while _utf16_len(cut) > _NAME_MAX - 1:
+        cut = cut[:-1]
+    return cut + "…"
 
 
 _last_time: Tuple[Optional[datetime], str] = (None, "")
@@ -316,11 +341,15 @@ def _trace(event: SessionCreated, scroll_id: str) -> List[Item]:
             }
         )
     )
+    name = event.title or (f"{event.agent} session" if event.agent else "agent session")
+    if len(name) > _NAME_MAX // 2 and trace_name(name) != name:
+        metadata["title"] = name  # whole, where Langfuse takes it
+        name = trace_name(name)
     body = _prune(
         {
             "id": scroll_id,
             "timestamp": iso_time(event.at),
-            "name": event.title or (f"{event.agent} session" if event.agent else "agent session"),
+            "name": name,
             "userId": event.user_id,
             "sessionId": event.native_session_id or None,
             "tags": list(event.tags) or None,
@@ -578,8 +607,26 @@ def bus_event_to_items(event: BusEvent, state: Optional[MappingState] = None) ->
         return []
     if state is not None:
         with state.lock:
-            return _map(event, scroll_id, state)
-    return _map(event, scroll_id, None)
+            items = _map(event, scroll_id, state)
+    else:
+        items = _map(event, scroll_id, None)
+    if not _takes_as_id(scroll_id):
+        _retrace(items, scroll_id)
+    return items
+
+
+def _retrace(items: List[Item], scroll_id: str) -> None:
+    """A scroll_id Langfuse would refuse as an id (it would refuse the trace and every observation
+    in it) gives way to uuid5 of it; the trace's metadata keeps it as `scroll_id`."""
+    trace = _uuid5(f"{scroll_id}\x1ftrace")
+    for item in items:
+        body = item["body"]
+        if item["type"] == "trace-create":
+            body["id"] = trace
+            if isinstance(body.get("metadata"), dict):
+                body["metadata"]["scroll_id"] = scroll_id
+        elif body.get("traceId") == scroll_id:
+            body["traceId"] = trace
 
 
 def _map(event: BusEvent, scroll_id: str, state: Optional[MappingState]) -> List[Item]:

@@ -43,27 +43,97 @@ _OBS_STRINGS = (
 
 
 _OBS_STRINGS_ID = _OBS_STRINGS + ("id",)
+_SCORE_STRINGS = ("id", "traceId", "sessionId", "observationId", "datasetRunId", "comment", "configId", "queueId")
+_SCORE_TYPES = ("NUMERIC", "BOOLEAN", "CATEGORICAL", "CORRECTION", "TEXT")
+_UNITS = frozenset({"CHARACTERS", "TOKENS", "MILLISECONDS", "SECONDS", "IMAGES", "REQUESTS"})
+_USAGE_COUNTS = ("input", "output", "total", "promptTokens", "completionTokens", "totalTokens")
+_USAGE_COSTS = ("inputCost", "outputCost", "totalCost")
+_ENVIRONMENT = re.compile(r"^(?!langfuse)[a-z0-9_-]{1,40}$")
+_ID_RULE = "a string of 1 to 800 characters without a carriage return"
 
 
 def _is_str(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
+def _is_id(value: Any) -> bool:
+    """An id as Langfuse takes one: 1 to 800 characters, as JavaScript counts them, and no
+    carriage return (it refuses the item otherwise)."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value)
+        and (len(value) <= 400 or len(value.encode("utf-16-le", "surrogatepass")) // 2 <= 800)
+        and "\r" not in value
+    )
+
+
+def _is_whole(value: Any) -> bool:
+    """A JSON integer as JavaScript reads one: 5.0 is 5."""
+    return type(value) is int or (type(value) is float and value.is_integer())
+
+
+def _is_count(value: Any) -> bool:
+    return value is None or (_is_whole(value) and value >= 0)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# Langfuse's server (zod's datetime with offsets): a T, seconds optional, and Z or an offset;
+# a time without one is refused, although the spec's `format: date-time` would not say so.
 _TIME = re.compile(
-    r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])[Tt ](?:[01]\d|2[0-3]):[0-5]\d:(?:[0-5]\d|60)"
-    r"(?:\.\d+)?(?:[Zz]|[+-]\d{2}:?\d{2})?$"
+    r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?"
+    r"(?:Z|[+-](?:[01]\d|2[0-3])(?::?[0-5]\d)?)$"
 )
 
 
 def _is_time(value: Any) -> bool:
-    """An ISO-8601 date-time, as Langfuse's schema (`format: date-time`) wants it."""
+    """An ISO-8601 date-time with its offset, as Langfuse's server takes it."""
     return isinstance(value, str) and _TIME.match(value) is not None
 
 
 def _map_value_ok(value: Any) -> bool:
     if value is None or isinstance(value, (str, bool, int, float)):
         return True
+    if isinstance(value, dict):
+        return all(isinstance(v, str) for v in value.values())
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _check_common(body: Dict[str, Any]) -> Optional[str]:
+    """What every body's checks share: its ids and its environment."""
+    for key in ("id", "traceId"):
+        if body.get(key) is not None and not _is_id(body[key]):
+            return f"body.{key} must be {_ID_RULE}"
+    if "environment" in body and not (isinstance(body["environment"], str) and _ENVIRONMENT.match(body["environment"])):
+        return "body.environment must be 1 to 40 of a-z, 0-9, - and _, not starting with 'langfuse'"
+    return None
+
+
+def _check_usage(body: Dict[str, Any]) -> Optional[str]:
+    usage = body.get("usage")
+    if usage is not None:
+        if not isinstance(usage, dict):
+            return "body.usage must be an object"
+        if not all(_is_count(usage.get(k)) for k in _USAGE_COUNTS):
+            return "body.usage counts must be whole numbers, at least 0"
+        if not all(usage.get(k) is None or _is_number(usage[k]) for k in _USAGE_COSTS):
+            return "body.usage costs must be numbers"
+        if usage.get("unit") is not None and usage["unit"] not in _UNITS:
+            return f"body.usage.unit must be one of {sorted(_UNITS)}"
+    details = body.get("usageDetails")
+    if details is not None and (not isinstance(details, dict) or not all(
+        _is_count(v) or (k.endswith("_details") and isinstance(v, dict) and all(_is_count(n) for n in v.values()))
+        for k, v in details.items()
+    )):
+        return "body.usageDetails must map names to whole numbers, at least 0"
+    cost = body.get("costDetails")
+    if cost is not None and (
+        not isinstance(cost, dict) or not all(v is None or (_is_number(v) and v >= 0) for v in cost.values())
+    ):
+        return "body.costDetails must map names to numbers, at least 0"
+    return None
 
 
 def _check_observation(kind: str, body: Dict[str, Any]) -> Optional[str]:
@@ -75,29 +145,71 @@ def _check_observation(kind: str, body: Dict[str, Any]) -> Optional[str]:
     for key in ("startTime", "endTime", "completionStartTime"):
         value = get(key)
         if value is not None and _TIME.match(value) is None:
-            return f"body.{key} must be an ISO-8601 date-time"
-    if kind.endswith("-update") and not isinstance(body.get("id"), str):
-        return "body.id is required for an update"
-    if body.get("level") is not None and (not isinstance(body["level"], str) or body["level"] not in LEVELS):
+            return f"body.{key} must be an ISO-8601 date-time with its offset"
+    legacy = kind.startswith("observation-")
+    if not legacy and get("id") is None:  # only the legacy observation events may leave it out
+        return "body.id is required"
+    problem = _check_common(body)
+    if problem:
+        return problem
+    if get("level") is not None and (not isinstance(body["level"], str) or body["level"] not in LEVELS):
         return f"body.level must be one of {sorted(LEVELS)}"
-    if kind.startswith("observation-") and (not isinstance(body.get("type"), str) or body["type"] not in OBSERVATION_TYPES):
+    if legacy and (not isinstance(get("type"), str) or body["type"] not in OBSERVATION_TYPES):
         return "body.type: Invalid option: expected one of " + "|".join(f'"{t}"' for t in OBSERVATION_TYPES)
-    params = body.get("modelParameters")
+    params = get("modelParameters")
     if params is not None and (not isinstance(params, dict) or not all(_map_value_ok(v) for v in params.values())):
-        return "body.modelParameters must map names to strings, numbers, booleans or lists of strings"
-    usage = body.get("usageDetails")
-    if usage is not None and (
-        not isinstance(usage, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in usage.values())
-    ):
-        return "body.usageDetails must map names to integers"
-    cost = body.get("costDetails")
-    if cost is not None and (
-        not isinstance(cost, dict)
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in cost.values())
-    ):
-        return "body.costDetails must map names to numbers"
-    if body.get("promptVersion") is not None and not isinstance(body["promptVersion"], int):
+        return "body.modelParameters must map names to strings, numbers, booleans, lists of strings or maps of strings"
+    problem = _check_usage(body)
+    if problem:
+        return problem
+    version = get("promptVersion")
+    if version is not None and not _is_whole(version):
         return "body.promptVersion must be an integer"
+    if kind.startswith("generation-") and bool(get("promptName")) != bool(version):
+        return "body.promptName and body.promptVersion go together: both or neither"
+    return None
+
+
+def _check_trace(body: Dict[str, Any]) -> Optional[str]:
+    for key in _TRACE_STRINGS:
+        if not _is_str(body.get(key)):
+            return f"body.{key} must be a string"
+    problem = _check_common(body)
+    if problem:
+        return problem
+    name = body.get("name")
+    if name is not None and len(name) > 500 and len(name.encode("utf-16-le", "surrogatepass")) // 2 > 1000:
+        return "body.name must be at most 1000 characters"
+    if body.get("timestamp") is not None and not _is_time(body["timestamp"]):
+        return "body.timestamp must be an ISO-8601 date-time with its offset"
+    tags = body.get("tags")
+    if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
+        return "body.tags must be a list of strings"
+    if body.get("public") is not None and not isinstance(body["public"], bool):
+        return "body.public must be a boolean"
+    return None
+
+
+def _check_score(body: Dict[str, Any]) -> Optional[str]:
+    if not isinstance(body.get("name"), str) or not body["name"]:
+        return "body.name is required (a string, not empty)"
+    for key in _SCORE_STRINGS:
+        if not _is_str(body.get(key)):
+            return f"body.{key} must be a string"
+    problem = _check_common(body)
+    if problem:
+        return problem
+    value, data_type = body.get("value"), body.get("dataType")
+    if not (_is_number(value) or isinstance(value, str)):
+        return "body.value is required (a number or a string)"
+    if data_type is not None and data_type not in _SCORE_TYPES:
+        return f"body.dataType must be one of {list(_SCORE_TYPES)}"
+    if data_type in ("NUMERIC", "BOOLEAN") and not _is_number(value):
+        return f"body.value must be a number for dataType {data_type}"
+    if data_type == "BOOLEAN" and value not in (0, 1):
+        return "body.value must be 0 or 1 for dataType BOOLEAN"
+    if data_type in ("CATEGORICAL", "TEXT", "CORRECTION") and not isinstance(value, str):
+        return f"body.value must be a string for dataType {data_type}"
     return None
 
 
@@ -105,10 +217,10 @@ def check_item(item: Any) -> Optional[str]:
     """None when `item` is a valid ingestion event, else why not (one short sentence)."""
     if not isinstance(item, dict):
         return "an item must be an object"
-    if not isinstance(item.get("id"), str) or not item["id"]:
-        return "id is required (a string)"
+    if not _is_id(item.get("id")):
+        return f"id is required: {_ID_RULE}"
     if not _is_time(item.get("timestamp")):
-        return "timestamp is required (an ISO-8601 date-time)"
+        return "timestamp is required (an ISO-8601 date-time with its offset)"
     kind = item.get("type")
     if not isinstance(kind, str) or kind not in INGESTION_TYPES:
         return f"type {kind!r} is not an ingestion event type"
@@ -116,21 +228,9 @@ def check_item(item: Any) -> Optional[str]:
     if not isinstance(body, dict):
         return "body is required (an object)"
     if kind == "trace-create":
-        for key in _TRACE_STRINGS:
-            if not _is_str(body.get(key)):
-                return f"body.{key} must be a string"
-        if body.get("timestamp") is not None and not _is_time(body["timestamp"]):
-            return "body.timestamp must be an ISO-8601 date-time"
-        tags = body.get("tags")
-        if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
-            return "body.tags must be a list of strings"
-        if body.get("public") is not None and not isinstance(body["public"], bool):
-            return "body.public must be a boolean"
-        return None
+        return _check_trace(body)
     if kind == "score-create":
-        if not isinstance(body.get("name"), str) or "value" not in body:
-            return "body.name and body.value are required"
-        return None
+        return _check_score(body)
     if kind == "sdk-log":
         return None if "log" in body else "body.log is required"
     return _check_observation(kind, body)

@@ -105,6 +105,9 @@ def test_unknown_fields_of_known_types_are_ignored():
           "cost_usd": float("inf")}, "cost_usd"),
         ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": "m",
           "cost_usd": True}, "cost_usd"),
+        # Langfuse refuses a negative cost (costDetails are at least 0), and with it the whole update
+        ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": "m",
+          "cost_usd": -0.01}, "cost_usd"),
         # a count past 64 bits, which Langfuse cannot store (before: sent as it was; past 4,300 digits, as hex text)
         ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": "m",
           "usage": {"input_tokens": 2 ** 63}}, "usage"),

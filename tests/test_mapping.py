@@ -148,6 +148,37 @@ def test_every_item_of_the_example_sessions_passes_langfuse_s_own_checks():
     assert [(i["type"], check_item(i)) for i in items if check_item(i)] == []
 
 
+def test_a_title_longer_than_langfuse_takes_is_cut_and_kept_whole_in_metadata(validate_item):
+    """Langfuse refuses a trace whose name is over 1,000 characters (as JavaScript counts them), and
+    agents often title a session with its first prompt: the trace lost its name, user, session and
+    tags. The name is cut to fit, ending in "…"; the whole title is in metadata.title."""
+    for title, units in (("t" * 3000, 1000), ("\U0001F600" * 600, 999)):  # an emoji is two units
+        (item,) = bus_event_to_items(created(title=title))
+        name = item["body"]["name"]
+        assert name.endswith("…") and len(name.encode("utf-16-le")) // 2 == units
+        assert item["body"]["metadata"]["title"] == title
+        assert check_item(item) is None
+        validate_item(item)
+    (item,) = bus_event_to_items(created(title="t" * 1000))  # fits: as it is
+    assert item["body"]["name"] == "t" * 1000 and "title" not in item["body"]["metadata"]
+
+
+@pytest.mark.parametrize("scroll", ["scroll\r1", "s" * 801, "\U0001F600" * 401])
+def test_a_scroll_id_langfuse_cannot_take_as_an_id_gives_way_to_a_derived_one(scroll):
+    """Langfuse refuses an id over 800 characters or with a carriage return in it; the trace id is
+    the scroll_id, so it refused the trace and every observation of the session."""
+    state = MappingState()
+    events = [created(scroll=scroll), started("m1", scroll=scroll, t=1), tool_call("t1", scroll, t=2),
+              tool_update("t1", "completed", scroll, t=3), completed("m1", scroll=scroll, t=4), ended(scroll, t=5)]
+    items = [i for e in events for i in bus_event_to_items(e, state)]
+    assert [(i["type"], check_item(i)) for i in items if check_item(i)] == []
+    trace = items[0]["body"]["id"]
+    assert trace != scroll and items[0]["body"]["metadata"]["scroll_id"] == scroll
+    assert {i["body"].get("traceId", i["body"]["id"]) for i in items} == {trace}
+    assert items[-1]["type"] == "trace-create" and items[-1]["body"]["metadata"]["scroll_id"] == scroll
+    assert envelope_id("ev\r1", 0) != "ev\r1" and check_item(dict(items[0], id=envelope_id("ev\r1", 0))) is None
+
+
 def test_tool_call_outside_a_message_hangs_off_the_trace(validate_item):
     state = MappingState()
     items = items_of(started("m1"), completed("m1"), tool_call("t1"), state=state)

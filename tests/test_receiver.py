@@ -76,6 +76,69 @@ def test_observation_events_of_a_type_the_ingestion_api_refuses_get_400(receiver
     assert {o["id"]: o["type"] for o in receiver.store.observations()} == {"o3": "SPAN", "o4": "SPAN"}
 
 
+_TS = "2026-11-25T09:00:00.000Z"
+
+
+def _item(kind: str, body: Dict[str, Any], **envelope: Any) -> Dict[str, Any]:
+    return dict({"id": "r1", "timestamp": _TS, "type": kind, "body": body}, **envelope)
+
+
+@pytest.mark.parametrize("item, field", [
+    (_item("trace-create", {"id": "t"}, id="e" * 801), "id"),
+    (_item("trace-create", {"id": "t"}, id="e\r1"), "id"),
+    (_item("trace-create", {"id": "t"}, timestamp="2026-11-25T09:00:00"), "timestamp"),  # no offset
+    (_item("trace-create", {"id": "t\r"}), "body.id"),
+    (_item("trace-create", {"id": "t", "name": "n" * 1001}), "body.name"),
+    (_item("trace-create", {"id": "t", "name": "\U0001F600" * 501}), "body.name"),  # 1,002 as JavaScript counts
+    (_item("trace-create", {"id": "t", "environment": "Production"}), "body.environment"),
+    (_item("trace-create", {"id": "t", "environment": "langfuse-prompt-experiment"}), "body.environment"),
+    (_item("trace-create", {"id": "t", "environment": None}), "body.environment"),
+    (_item("span-create", {"traceId": "t", "name": "no id"}), "body.id"),
+    (_item("span-update", {"id": "o", "traceId": "t" * 801}), "body.traceId"),
+    (_item("generation-update", {"id": "o", "costDetails": {"total": -0.01}}), "body.costDetails"),
+    (_item("generation-update", {"id": "o", "usageDetails": {"input": -1}}), "body.usageDetails"),
+    (_item("generation-update", {"id": "o", "usageDetails": {"input": 1.5}}), "body.usageDetails"),
+    (_item("generation-update", {"id": "o", "usage": "TOKENS"}), "body.usage"),
+    (_item("generation-update", {"id": "o", "usage": {"input": 1, "unit": "WORDS"}}), "body.usage.unit"),
+    (_item("generation-create", {"id": "o", "promptName": "p"}), "body.promptName"),
+    (_item("generation-create", {"id": "o", "promptName": "p", "promptVersion": True}), "body.promptVersion"),
+    (_item("generation-create", {"id": "o", "modelParameters": {"tools": [{"name": "x"}]}}), "body.modelParameters"),
+    (_item("score-create", {"name": "q", "value": True}), "body.value"),
+    (_item("score-create", {"name": "q", "value": {"a": 1}}), "body.value"),
+    (_item("score-create", {"name": "q", "value": 2, "dataType": "BOOLEAN"}), "body.value"),
+    (_item("score-create", {"name": "", "value": 1}), "body.name"),
+    (_item("score-create", {"name": "q", "value": 1, "traceId": 7}), "body.traceId"),
+])
+def test_items_langfuse_s_server_refuses_get_400_naming_the_field(receiver, item, field):
+    """Langfuse's server checks more than its OpenAPI spec says: ids of 1 to 800 characters without
+    a carriage return, a trace name of at most 1,000, times with an offset, costs and token counts
+    of at least 0, its environment rule, prompts named with their version, a score's value by its
+    type. The receiver took all these, so a client rehearsed cleanly what Langfuse would refuse."""
+    (error,) = post(receiver, [item]).json()["errors"]
+    assert error["status"] == 400 and error["error"].startswith(field + " "), error
+
+
+def test_what_langfuse_s_server_takes_beyond_the_spec_s_letter_is_taken(receiver):
+    """And the other way: what its server takes although the spec reads stricter."""
+    items = [
+        _item("trace-create", {"id": "t", "name": "n" * 1000, "environment": "prod-eu_1"}, id="a" * 800),
+        _item("span-create", {"id": "o1", "traceId": "t"}, id="r2", timestamp="2026-11-25T11:00:00.5+0200"),
+        _item("generation-create", {"id": "o2", "traceId": "t", "modelParameters": {"n": 3, "stop": ["x"],
+                                                                                     "thinking": {"type": "enabled"}},
+                                    "promptName": "p", "promptVersion": 2.0}, id="r3"),
+        _item("generation-update", {"id": "o2", "usageDetails": {"prompt_tokens": 5, "completion_tokens": 2,
+                                                                 "total_tokens": 7, "prompt_tokens_details":
+                                                                 {"cached_tokens": 1, "audio_tokens": None}},
+                                    "costDetails": {"total": 0.0, "input": None}}, id="r4"),
+        _item("generation-update", {"id": "o2", "usage": {"input": 1, "output": 2, "total": 3, "unit": "TOKENS"}},
+              id="r5"),  # Langfuse SDK v2's usage
+        _item("score-create", {"name": "q", "value": "good", "dataType": "CATEGORICAL", "traceId": "t"}, id="r6"),
+        _item("score-create", {"name": "q", "value": 1, "dataType": "BOOLEAN"}, id="r7"),
+    ]
+    answer = post(receiver, items).json()
+    assert answer["errors"] == [] and len(answer["successes"]) == len(items)
+
+
 def test_items_are_deduplicated_and_merged_into_traces(receiver):
     items = session_items()
     post(receiver, items)
@@ -447,8 +510,9 @@ def test_items_of_odd_types_get_400_and_whatever_was_accepted_reads_back(receive
     assert all(e["status"] == 400 for e in answer.json()["errors"])
     taken = [
         {"id": "a1", "timestamp": ts, "type": "trace-create", "body": {"name": "no id", "metadata": "a string"}},
-        {"id": "a2", "timestamp": ts, "type": "span-create", "body": {"traceId": "a1", "name": "kid", "startTime": ts,
-                                                                   "metadata": [1, 2], "usageDetails": {"input": 3}}},
+        {"id": "a2", "timestamp": ts, "type": "observation-create",  # the one kind that may leave out its id
+         "body": {"traceId": "a1", "type": "SPAN", "name": "kid", "startTime": ts, "metadata": [1, 2],
+                  "usageDetails": {"input": 3}}},
         {"id": "a3", "timestamp": ts, "type": "trace-create", "body": {"id": "t2", "tags": ["x"], "metadata": ["list"]}},
     ]
     answer = post(receiver, taken)
