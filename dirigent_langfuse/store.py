@@ -53,6 +53,9 @@ _TABLES = frozenset({"log", "bodies", "counters"})
 _SPAN = "otel-span"  # a span's own JSON (written by earlier versions; still read)
 _SPAN_REF = "otel-ref"  # a span, "@<bodies.seq>:<index>": the index-th span of a stored export
 _SPAN_KINDS = (_SPAN, _SPAN_REF)
+# What Langfuse keeps from the first event of a trace or observation, whatever later ones say.
+_TRACE_FIRST = ("environment",)  # and the earliest timestamp
+_OBSERVATION_FIRST = ("startTime", "traceId", "environment")
 _OBSERVATION_TYPES = {
     "span-create": "SPAN",
     "span-update": "SPAN",
@@ -92,7 +95,7 @@ class _View:
             fresh["id"] = trace_id
             self.traces[trace_id] = fresh
             return
-        merged = merge_body(old, trace)
+        merged = merge_body(old, trace, _TRACE_FIRST)
         if old.get("timestamp") and trace.get("timestamp"):
             merged["timestamp"] = min(old["timestamp"], trace["timestamp"])
         self.traces[trace_id] = merged
@@ -100,8 +103,8 @@ class _View:
     def observation(self, obs: Dict[str, Any]) -> None:
         obs_id = obs["id"]
         old = self.observations.get(obs_id)
-        self.observations[obs_id] = obs if old is None else merge_body(old, obs)
-        trace_id = obs.get("traceId")
+        merged = self.observations[obs_id] = obs if old is None else merge_body(old, obs, _OBSERVATION_FIRST)
+        trace_id = merged.get("traceId")
         if trace_id and trace_id not in self.traces:
             # Langfuse creates the trace of an observation that arrives first.
             self.trace(trace_id, {"timestamp": obs.get("startTime")})

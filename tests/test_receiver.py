@@ -139,6 +139,25 @@ def test_what_langfuse_s_server_takes_beyond_the_spec_s_letter_is_taken(receiver
     assert answer["errors"] == [] and len(answer["successes"]) == len(items)
 
 
+def test_a_start_time_trace_and_environment_keep_their_first_value_as_in_langfuse(receiver):
+    """Langfuse keeps an observation's first start time, trace and environment, and a trace's first
+    environment, whatever later events say; the receiver let the last one win."""
+    later = "2026-11-25T09:00:05.000Z"
+    items = [
+        _item("trace-create", {"id": "t", "environment": "first"}),
+        _item("span-create", {"id": "o", "traceId": "t", "startTime": _TS, "environment": "first"}, id="r2"),
+        _item("span-update", {"id": "o", "traceId": "t2", "startTime": later, "endTime": later, "environment": "second"},
+              id="r3", timestamp=later),
+        _item("trace-create", {"id": "t", "environment": "second", "name": "renamed"}, id="r4", timestamp=later),
+    ]
+    assert post(receiver, items).json()["errors"] == []
+    (obs,) = receiver.store.observations()
+    assert (obs["startTime"], obs["traceId"], obs["environment"], obs["endTime"]) == (_TS, "t", "first", later)
+    trace = receiver.store.trace("t")
+    assert (trace["environment"], trace["name"]) == ("first", "renamed")
+    assert [t["id"] for t in receiver.store.traces()] == ["t"]  # no trace "t2" made by the update
+
+
 def test_items_are_deduplicated_and_merged_into_traces(receiver):
     items = session_items()
     post(receiver, items)
