@@ -103,7 +103,7 @@ def _takes_as_id(text: str) -> bool:
     return (len(text) <= _ID_MAX // 2 or _utf16_len(text) <= _ID_MAX) and "\r" not in text
 
 
-def trace_name(name: str) -> str:
+def _trace_name(name: str) -> str:
     """`name` as Langfuse takes a trace's name: at most 1,000 characters (as JavaScript counts
     them), else cut there and ended with "…". A longer one made Langfuse refuse the trace."""
     if len(name) <= _NAME_MAX // 2 or _utf16_len(name) <= _NAME_MAX:
@@ -342,9 +342,10 @@ def _trace(event: SessionCreated, scroll_id: str) -> List[Item]:
         )
     )
     name = event.title or (f"{event.agent} session" if event.agent else "agent session")
-    if len(name) > _NAME_MAX // 2 and trace_name(name) != name:
+    fitted = _trace_name(name)
+    if fitted is not name:
         metadata["title"] = name  # whole, where Langfuse takes it
-        name = trace_name(name)
+        name = fitted
     body = _prune(
         {
             "id": scroll_id,

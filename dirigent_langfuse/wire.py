@@ -56,15 +56,15 @@ def _is_str(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
+def _fits(text: str, limit: int) -> bool:
+    """At most `limit` characters as JavaScript counts them (UTF-16 units), as Langfuse checks."""
+    return len(text) <= limit // 2 or len(text.encode("utf-16-le", "surrogatepass")) // 2 <= limit
+
+
 def _is_id(value: Any) -> bool:
-    """An id as Langfuse takes one: 1 to 800 characters, as JavaScript counts them, and no
-    carriage return (it refuses the item otherwise)."""
-    return (
-        isinstance(value, str)
-        and 0 < len(value)
-        and (len(value) <= 400 or len(value.encode("utf-16-le", "surrogatepass")) // 2 <= 800)
-        and "\r" not in value
-    )
+    """An id as Langfuse takes one: 1 to 800 characters and no carriage return (it refuses the
+    item otherwise)."""
+    return isinstance(value, str) and 0 < len(value) and _fits(value, 800) and "\r" not in value
 
 
 def _is_whole(value: Any) -> bool:
@@ -101,8 +101,11 @@ def _map_value_ok(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
-def _check_common(body: Dict[str, Any]) -> Optional[str]:
-    """What every body's checks share: its ids and its environment."""
+def _check_common(body: Dict[str, Any], strings: Tuple[str, ...]) -> Optional[str]:
+    """What every body's checks share: its fields that must be text, its ids, its environment."""
+    for key in strings:
+        if not _is_str(body.get(key)):
+            return f"body.{key} must be a string"
     for key in ("id", "traceId"):
         if body.get(key) is not None and not _is_id(body[key]):
             return f"body.{key} must be {_ID_RULE}"
@@ -138,10 +141,9 @@ def _check_usage(body: Dict[str, Any]) -> Optional[str]:
 
 def _check_observation(kind: str, body: Dict[str, Any]) -> Optional[str]:
     get = body.get
-    for key in _OBS_STRINGS_ID:
-        value = get(key)
-        if value is not None and not isinstance(value, str):
-            return f"body.{key} must be a string"
+    problem = _check_common(body, _OBS_STRINGS_ID)
+    if problem:
+        return problem
     for key in ("startTime", "endTime", "completionStartTime"):
         value = get(key)
         if value is not None and _TIME.match(value) is None:
@@ -149,9 +151,6 @@ def _check_observation(kind: str, body: Dict[str, Any]) -> Optional[str]:
     legacy = kind.startswith("observation-")
     if not legacy and get("id") is None:  # only the legacy observation events may leave it out
         return "body.id is required"
-    problem = _check_common(body)
-    if problem:
-        return problem
     if get("level") is not None and (not isinstance(body["level"], str) or body["level"] not in LEVELS):
         return f"body.level must be one of {sorted(LEVELS)}"
     if legacy and (not isinstance(get("type"), str) or body["type"] not in OBSERVATION_TYPES):
@@ -171,14 +170,11 @@ def _check_observation(kind: str, body: Dict[str, Any]) -> Optional[str]:
 
 
 def _check_trace(body: Dict[str, Any]) -> Optional[str]:
-    for key in _TRACE_STRINGS:
-        if not _is_str(body.get(key)):
-            return f"body.{key} must be a string"
-    problem = _check_common(body)
+    problem = _check_common(body, _TRACE_STRINGS)
     if problem:
         return problem
     name = body.get("name")
-    if name is not None and len(name) > 500 and len(name.encode("utf-16-le", "surrogatepass")) // 2 > 1000:
+    if name is not None and not _fits(name, 1000):
         return "body.name must be at most 1000 characters"
     if body.get("timestamp") is not None and not _is_time(body["timestamp"]):
         return "body.timestamp must be an ISO-8601 date-time with its offset"
@@ -193,10 +189,7 @@ def _check_trace(body: Dict[str, Any]) -> Optional[str]:
 def _check_score(body: Dict[str, Any]) -> Optional[str]:
     if not isinstance(body.get("name"), str) or not body["name"]:
         return "body.name is required (a string, not empty)"
-    for key in _SCORE_STRINGS:
-        if not _is_str(body.get(key)):
-            return f"body.{key} must be a string"
-    problem = _check_common(body)
+    problem = _check_common(body, _SCORE_STRINGS)
     if problem:
         return problem
     value, data_type = body.get("value"), body.get("dataType")
