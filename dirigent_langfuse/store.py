@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from .errors import ConfigError
 from .mapping import merge_body
 from .spool import foreign_tables
-from .wire import decode_span, otlp_spans
+from .wire import decode_span, dropped_fields, otlp_spans
 
 __all__ = ["Store"]
 
@@ -120,7 +120,8 @@ class _View:
             trace.setdefault("timestamp", item.get("timestamp"))
             self.trace(body.get("id") or item["id"], trace)
         elif kind in _OBSERVATION_TYPES or kind in ("observation-create", "observation-update"):
-            obs = dict(body)
+            dropped = dropped_fields(kind)  # what Langfuse drops from this kind of event
+            obs = {k: v for k, v in body.items() if k not in dropped} if dropped else dict(body)
             if kind in _OBSERVATION_TYPES:  # its body has no type: Langfuse drops one sent along
                 obs["type"] = _OBSERVATION_TYPES[kind]
             if not obs.get("id"):

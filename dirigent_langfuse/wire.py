@@ -18,7 +18,8 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["check_item", "decode_otlp", "decode_span", "otlp_spans", "OtlpError", "INGESTION_TYPES", "V4_REFUSAL"]
+__all__ = ["check_item", "decode_otlp", "decode_span", "dropped_fields", "otlp_spans", "OtlpError", "INGESTION_TYPES",
+           "V4_REFUSAL"]
 
 # The `message` of each event Langfuse v4 refuses on /api/public/ingestion (its default
 # events_only write mode takes only `score-create` there; traces go over OTLP). Per event, in a 207.
@@ -50,6 +51,20 @@ _USAGE_COUNTS = ("input", "output", "total", "promptTokens", "completionTokens",
 _USAGE_COSTS = ("inputCost", "outputCost", "totalCost")
 _ENVIRONMENT = re.compile(r"^(?!langfuse)[a-z0-9_-]{1,40}$")
 _ID_RULE = "a string of 1 to 800 characters without a carriage return"
+_SAFE = 2**53 - 1  # Langfuse reads integers as JavaScript numbers and refuses larger ones
+# OpenAI's usage objects, which Langfuse takes as `usageDetails` as they are: their counts, then
+# their maps of counts.
+_OPENAI_USAGE = (
+    (("prompt_tokens", "completion_tokens", "total_tokens"), ("prompt_tokens_details", "completion_tokens_details")),
+    (("input_tokens", "output_tokens", "total_tokens"), ("input_tokens_details", "output_tokens_details")),
+)
+# What only a generation has. Langfuse's schemas for the other events have no such field, and it
+# drops one sent along (a legacy observation event keeps all but the prompt's, and has no
+# environment either).
+_GENERATION_FIELDS = (
+    "completionStartTime", "model", "modelParameters", "usage", "usageDetails", "costDetails", "promptName",
+    "promptVersion",
+)
 
 
 def _is_str(value: Any) -> bool:
@@ -67,24 +82,47 @@ def _is_id(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) and _fits(value, 800) and "\r" not in value
 
 
-def _is_whole(value: Any) -> bool:
-    """A JSON integer as JavaScript reads one: 5.0 is 5."""
-    return type(value) is int or (type(value) is float and value.is_integer())
+def _is_int(value: Any) -> bool:
+    """A JSON integer as Langfuse reads one: 5.0 is 5, and nothing past JavaScript's safe range."""
+    return (type(value) is int or (type(value) is float and value.is_integer())) and -_SAFE <= value <= _SAFE
 
 
 def _is_count(value: Any) -> bool:
-    return value is None or (_is_whole(value) and value >= 0)
+    return value is None or (_is_int(value) and value >= 0)
+
+
+def _usage_details_ok(details: Any) -> bool:
+    if not isinstance(details, dict):
+        return False
+    if all(_is_count(v) for v in details.values()):
+        return True
+    for counts, maps in _OPENAI_USAGE:  # taken only whole, with nothing else in it
+        if (set(details) <= set(counts + maps) and all(details.get(k) is not None and _is_count(details[k]) for k in counts)
+                and all(details.get(k) is None or (isinstance(details[k], dict) and all(_is_count(v) for v in details[k].values()))
+                        for k in maps)):
+            return True
+    return False
+
+
+def dropped_fields(kind: str) -> Tuple[str, ...]:
+    """The body fields Langfuse drops from an ingestion event of `kind`: its schema has none of them."""
+    if kind.startswith("generation-"):
+        return ()
+    if kind.startswith("observation-"):
+        return _GENERATION_FIELDS[-2:] + ("environment",)
+    return _GENERATION_FIELDS
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# Langfuse's server (zod's datetime with offsets): a T, seconds optional, and Z or an offset;
-# a time without one is refused, although the spec's `format: date-time` would not say so.
+# Langfuse's server (zod's datetime with offsets): a T, seconds optional, and Z or an offset as
+# +HH:MM (some zod versions take +HHMM or +HH too; not relied on). A time without an offset is
+# refused, although the spec's `format: date-time` would not say so.
 _TIME = re.compile(
     r"^\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?"
-    r"(?:Z|[+-](?:[01]\d|2[0-3])(?::?[0-5]\d)?)$"
+    r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)$"
 )
 
 
@@ -101,12 +139,12 @@ def _map_value_ok(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
-def _check_common(body: Dict[str, Any], strings: Tuple[str, ...]) -> Optional[str]:
+def _check_common(body: Dict[str, Any], strings: Tuple[str, ...], ids: Tuple[str, ...] = ("id", "traceId")) -> Optional[str]:
     """What every body's checks share: its fields that must be text, its ids, its environment."""
     for key in strings:
         if not _is_str(body.get(key)):
             return f"body.{key} must be a string"
-    for key in ("id", "traceId"):
+    for key in ids:
         if body.get(key) is not None and not _is_id(body[key]):
             return f"body.{key} must be {_ID_RULE}"
     if "environment" in body and not (isinstance(body["environment"], str) and _ENVIRONMENT.match(body["environment"])):
@@ -119,18 +157,15 @@ def _check_usage(body: Dict[str, Any]) -> Optional[str]:
     if usage is not None:
         if not isinstance(usage, dict):
             return "body.usage must be an object"
-        if not all(_is_count(usage.get(k)) for k in _USAGE_COUNTS):
-            return "body.usage counts must be whole numbers, at least 0"
+        if not all(usage.get(k) is None or _is_int(usage[k]) for k in _USAGE_COUNTS):
+            return "body.usage counts must be whole numbers"
         if not all(usage.get(k) is None or _is_number(usage[k]) for k in _USAGE_COSTS):
             return "body.usage costs must be numbers"
         if usage.get("unit") is not None and usage["unit"] not in _UNITS:
             return f"body.usage.unit must be one of {sorted(_UNITS)}"
     details = body.get("usageDetails")
-    if details is not None and (not isinstance(details, dict) or not all(
-        _is_count(v) or (k.endswith("_details") and isinstance(v, dict) and all(_is_count(n) for n in v.values()))
-        for k, v in details.items()
-    )):
-        return "body.usageDetails must map names to whole numbers, at least 0"
+    if details is not None and not _usage_details_ok(details):
+        return "body.usageDetails must map names to whole numbers, at least 0 (or be OpenAI's usage object)"
     cost = body.get("costDetails")
     if cost is not None and (
         not isinstance(cost, dict) or not all(v is None or (_is_number(v) and v >= 0) for v in cost.values())
@@ -140,6 +175,9 @@ def _check_usage(body: Dict[str, Any]) -> Optional[str]:
 
 
 def _check_observation(kind: str, body: Dict[str, Any]) -> Optional[str]:
+    dropped = dropped_fields(kind)
+    if dropped:
+        body = {k: v for k, v in body.items() if k not in dropped}
     get = body.get
     problem = _check_common(body, _OBS_STRINGS_ID)
     if problem:
@@ -156,13 +194,15 @@ def _check_observation(kind: str, body: Dict[str, Any]) -> Optional[str]:
     if legacy and (not isinstance(get("type"), str) or body["type"] not in OBSERVATION_TYPES):
         return "body.type: Invalid option: expected one of " + "|".join(f'"{t}"' for t in OBSERVATION_TYPES)
     params = get("modelParameters")
-    if params is not None and (not isinstance(params, dict) or not all(_map_value_ok(v) for v in params.values())):
+    if params is not None and (not isinstance(params, dict) or not all(
+        (v is None or isinstance(v, (str, bool, int, float))) if legacy else _map_value_ok(v) for v in params.values()
+    )):
         return "body.modelParameters must map names to strings, numbers, booleans, lists of strings or maps of strings"
     problem = _check_usage(body)
     if problem:
         return problem
     version = get("promptVersion")
-    if version is not None and not _is_whole(version):
+    if version is not None and not _is_int(version):
         return "body.promptVersion must be an integer"
     if kind.startswith("generation-") and bool(get("promptName")) != bool(version):
         return "body.promptName and body.promptVersion go together: both or neither"
@@ -170,7 +210,7 @@ def _check_observation(kind: str, body: Dict[str, Any]) -> Optional[str]:
 
 
 def _check_trace(body: Dict[str, Any]) -> Optional[str]:
-    problem = _check_common(body, _TRACE_STRINGS)
+    problem = _check_common(body, _TRACE_STRINGS, ids=("id",))
     if problem:
         return problem
     name = body.get("name")
@@ -189,7 +229,7 @@ def _check_trace(body: Dict[str, Any]) -> Optional[str]:
 def _check_score(body: Dict[str, Any]) -> Optional[str]:
     if not isinstance(body.get("name"), str) or not body["name"]:
         return "body.name is required (a string, not empty)"
-    problem = _check_common(body, _SCORE_STRINGS)
+    problem = _check_common(body, _SCORE_STRINGS, ids=("id",))
     if problem:
         return problem
     value, data_type = body.get("value"), body.get("dataType")

@@ -111,6 +111,11 @@ def test_unknown_fields_of_known_types_are_ignored():
         # a count past 64 bits, which Langfuse cannot store (before: sent as it was; past 4,300 digits, as hex text)
         ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": "m",
           "usage": {"input_tokens": 2 ** 63}}, "usage"),
+        # past JavaScript's safe integers, which Langfuse refuses (and with it the message's end); the total too
+        ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": "m",
+          "usage": {"input_tokens": 2 ** 53}}, "usage"),
+        ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": "m",
+          "usage": {"input_tokens": 2 ** 52, "output_tokens": 2 ** 52}}, "usage"),
         # past a float's range (before: OverflowError, naming nothing), and past 4,300 digits
         ({"type": "message_completed", "connector_id": "c", "native_session_id": "n", "message_id": "m",
           "cost_usd": 10 ** 400}, "cost_usd"),
