@@ -97,7 +97,7 @@ def _dict(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
         raise _wrong_type(attribute, dict, value)
 
 
-def _opt_float(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
+def _cost(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -219,7 +219,7 @@ class MessageCompleted(BusEvent):
     message_id: str = attrs.field(validator=_id)
     output: Any = None
     usage: Optional[Usage] = attrs.field(default=None, converter=_usage)
-    cost_usd: Optional[float] = attrs.field(default=None, validator=_opt_float)
+    cost_usd: Optional[float] = attrs.field(default=None, validator=_cost)
     stop_reason: Optional[str] = attrs.field(default=None, validator=_opt_str)
     error: Optional[str] = attrs.field(default=None, validator=_opt_str)
 

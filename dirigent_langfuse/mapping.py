@@ -37,6 +37,7 @@ from .bus import (
 )
 from .encoding import as_text, key_text, to_jsonable
 from .snapshot import own
+from .wire import TRACE_NAME_MAX, fits, takes_as_id
 
 __all__ = ["bus_event_to_items", "maps", "streams_text", "merge_body", "MappingState", "observation_id", "envelope_id", "iso_time", "Item"]
 
@@ -90,26 +91,14 @@ def envelope_id(event_id: str, index: int) -> str:
     return _uuid5(f"{event_id}\x1f{index}")
 
 
-def _utf16_len(text: str) -> int:
-    """The length JavaScript gives a string, which is what Langfuse's limits count."""
-    return len(text.encode("utf-16-le", "surrogatepass")) // 2
-
-
-_ID_MAX = 800  # Langfuse refuses an id longer than this, or with a carriage return in it
-_NAME_MAX = 1000  # ... and a trace whose name is longer than this
-
-
-def _takes_as_id(text: str) -> bool:
-    return (len(text) <= _ID_MAX // 2 or _utf16_len(text) <= _ID_MAX) and "\r" not in text
-
-
 def _trace_name(name: str) -> str:
-    """`name` as Langfuse takes a trace's name: at most 1,000 characters (as JavaScript counts
-    them), else cut there and ended with "…". A longer one made Langfuse refuse the trace."""
-    if len(name) <= _NAME_MAX // 2 or _utf16_len(name) <= _NAME_MAX:
+    """`name` as Langfuse takes a trace's name (itself when it fits): at most 1,000 characters, as
+    JavaScript counts them, else cut there and ended with "…". A longer one made Langfuse refuse
+    the trace."""
+    if fits(name, TRACE_NAME_MAX):
         return name
-    cut = name[: _NAME_MAX - 1]
-    while _utf16_len(cut) > _NAME_MAX - 1:
+    cut = name[: TRACE_NAME_MAX - 1]
+    while not fits(cut, TRACE_NAME_MAX - 1):
         cut = cut[:-1]
     return cut + "…"
 
@@ -611,7 +600,7 @@ def bus_event_to_items(event: BusEvent, state: Optional[MappingState] = None) ->
             items = _map(event, scroll_id, state)
     else:
         items = _map(event, scroll_id, None)
-    if not _takes_as_id(scroll_id):
+    if not takes_as_id(scroll_id):
         _retrace(items, scroll_id)
     return items
 

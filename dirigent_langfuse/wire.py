@@ -6,6 +6,8 @@ where Langfuse's ingestion API is stricter than its spec (the observation types 
 follows the API.
 The test suite checks our own items against the real spec with jsonschema; this module is the
 receiver's runtime stand-in, so that a malformed item gets a 400 in its 207 as Langfuse would.
+Its limits on ids and names (`takes_as_id`, `fits`) are the mapping's too, which fits what it
+sends to them.
 
 `decode_otlp` turns an OTLP/JSON `ExportTraceServiceRequest` into (trace, observation) pairs,
 reading the attributes Langfuse reads.
@@ -18,8 +20,8 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["check_item", "decode_otlp", "decode_span", "dropped_fields", "otlp_spans", "OtlpError", "INGESTION_TYPES",
-           "V4_REFUSAL"]
+__all__ = ["check_item", "decode_otlp", "decode_span", "dropped_fields", "fits", "otlp_spans", "takes_as_id",
+           "OtlpError", "INGESTION_TYPES", "V4_REFUSAL", "ID_MAX", "TRACE_NAME_MAX"]
 
 # The `message` of each event Langfuse v4 refuses on /api/public/ingestion (its default
 # events_only write mode takes only `score-create` there; traces go over OTLP). Per event, in a 207.
@@ -50,7 +52,9 @@ _UNITS = frozenset({"CHARACTERS", "TOKENS", "MILLISECONDS", "SECONDS", "IMAGES",
 _USAGE_COUNTS = ("input", "output", "total", "promptTokens", "completionTokens", "totalTokens")
 _USAGE_COSTS = ("inputCost", "outputCost", "totalCost")
 _ENVIRONMENT = re.compile(r"^(?!langfuse)[a-z0-9_-]{1,40}$")
-_ID_RULE = "a string of 1 to 800 characters without a carriage return"
+ID_MAX = 800  # Langfuse refuses an id longer than this, or with a carriage return in it
+TRACE_NAME_MAX = 1000  # ... and a trace whose name is longer than this
+_ID_RULE = f"a string of 1 to {ID_MAX} characters without a carriage return"
 _SAFE = 2**53 - 1  # Langfuse reads integers as JavaScript numbers and refuses larger ones
 # OpenAI's usage objects, which Langfuse takes as `usageDetails` as they are: their counts, then
 # their maps of counts.
@@ -71,15 +75,19 @@ def _is_str(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
-def _fits(text: str, limit: int) -> bool:
+def fits(text: str, limit: int) -> bool:
     """At most `limit` characters as JavaScript counts them (UTF-16 units), as Langfuse checks."""
     return len(text) <= limit // 2 or len(text.encode("utf-16-le", "surrogatepass")) // 2 <= limit
 
 
+def takes_as_id(text: str) -> bool:
+    """Whether Langfuse takes `text` as an id: 1 to 800 characters and no carriage return (it
+    refuses the item otherwise). The mapping asks it of a scroll_id, the receiver of every id."""
+    return 0 < len(text) and fits(text, ID_MAX) and "\r" not in text
+
+
 def _is_id(value: Any) -> bool:
-    """An id as Langfuse takes one: 1 to 800 characters and no carriage return (it refuses the
-    item otherwise)."""
-    return isinstance(value, str) and 0 < len(value) and _fits(value, 800) and "\r" not in value
+    return isinstance(value, str) and takes_as_id(value)
 
 
 def _is_int(value: Any) -> bool:
@@ -214,8 +222,8 @@ def _check_trace(body: Dict[str, Any]) -> Optional[str]:
     if problem:
         return problem
     name = body.get("name")
-    if name is not None and not _fits(name, 1000):
-        return "body.name must be at most 1000 characters"
+    if name is not None and not fits(name, TRACE_NAME_MAX):
+        return f"body.name must be at most {TRACE_NAME_MAX} characters"
     if body.get("timestamp") is not None and not _is_time(body["timestamp"]):
         return "body.timestamp must be an ISO-8601 date-time with its offset"
     tags = body.get("tags")
