@@ -12,8 +12,9 @@ Promises:
   counted (`stats().mask_failures`) and logged (throttled) with the exception's type only, since
   its message could quote the very data being masked.
 - A mask may answer any type: what is not JSON is encoded by the usual fallbacks, metadata that
-  is no longer a mapping is sent whole, as one value, and a status message that is no longer a
-  string is sent as text (Langfuse's schema refuses anything else, and the whole item with it).
+  is no longer a mapping shows in Langfuse as {"metadata": <its text>} over either transport, and
+  a status message that is no longer a string is sent as text (Langfuse's schema refuses anything
+  else, and the whole item with it).
 - `resolve("package.module:function")` turns a config's `mask` into the function, with a
   `ConfigError` naming `mask` when it cannot: the module cannot be imported (or raised while it
   was), the name is missing or not callable, or it cannot be called as `mask(data=value)`.

@@ -72,6 +72,11 @@ OBS_COST = "langfuse.observation.cost_details"
 OBS_COMPLETION_START = "langfuse.observation.completion_start_time"
 ENVIRONMENT = "langfuse.environment"
 RELEASE = "langfuse.release"
+# Metadata that a mask made into something other than a mapping. Langfuse's OTel endpoint reads
+# `langfuse.*.metadata` itself as a JSON object and drops anything else; its ingestion API keeps
+# such metadata as {"metadata": <its text>}. Under these keys it shows the same over both.
+TRACE_WHOLE_METADATA = TRACE_METADATA + ".metadata"
+OBS_WHOLE_METADATA = OBS_METADATA + ".metadata"
 
 _OBS_FIELDS = (
     ("input", "langfuse.observation.input"),
@@ -494,8 +499,8 @@ class OtelTransport:
         if items is not None:
             for mkey, mvalue in items:
                 parts.append(_str_kv(f"{TRACE_METADATA}.{mkey if type(mkey) is str else key_text(mkey)}", mvalue))
-        elif meta is not None:  # a mask answered something else than a readable mapping: sent whole
-            parts.append(_str_kv(TRACE_METADATA, meta))
+        elif meta is not None:  # a mask answered something else than a readable mapping
+            parts.append(_str_kv(TRACE_WHOLE_METADATA, meta))
         if self._static:
             parts.append(self._static)
         text = ",".join(parts)
@@ -526,8 +531,8 @@ class OtelTransport:
         meta = get("metadata")
         if meta is not None:
             items = _items(meta)
-            if items is None:  # a mask answered something else than a readable mapping: sent whole
-                attrs.append(_str_kv(OBS_METADATA, meta))
+            if items is None:  # a mask answered something else than a readable mapping
+                attrs.append(_str_kv(OBS_WHOLE_METADATA, meta))
             else:
                 for mkey, mvalue in items:
                     head = _meta_heads.get(mkey) or _meta_head(mkey)

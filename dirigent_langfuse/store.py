@@ -7,7 +7,8 @@ key seen before is ignored and counted as `resent`, since Langfuse de-duplicates
 
 Reads merge the log the way Langfuse merges creates and updates for the same body id: in the
 items' timestamp order (creates first on a tie), a later non-null field wins and `metadata` is
-merged key by key; an observation whose trace was never created creates it. OTLP spans merge
+merged key by key (an event's metadata that is not an object counts as {"metadata": its text});
+an observation whose trace was never created creates it. OTLP spans merge
 into the same traces and observations (observation id = span id, trace id = OTel trace id).
 
 Counters a delivery test needs: requests, items and spans received, `resent` (harmless), and
@@ -70,6 +71,21 @@ def _digest(value: Any) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _as_record(metadata: Any) -> Any:
+    """An event's metadata as Langfuse keeps it, before merging it into what it holds: a JSON
+    object as it is; a string, number or boolean as {"metadata": its text}; a list as
+    {"metadata": its JSON text}."""
+    if metadata is None or isinstance(metadata, dict):
+        return metadata
+    if isinstance(metadata, list):
+        return {"metadata": json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)}
+    if isinstance(metadata, bool):
+        return {"metadata": "true" if metadata else "false"}
+    if isinstance(metadata, float) and metadata.is_integer():
+        metadata = int(metadata)  # as JavaScript writes a number
+    return {"metadata": str(metadata)}
+
+
 class _View:
     """Traces and observations merged from the log, as Langfuse would show them."""
 
@@ -118,10 +134,12 @@ class _View:
         if kind == "trace-create":
             trace = dict(body)
             trace.setdefault("timestamp", item.get("timestamp"))
+            trace["metadata"] = _as_record(body.get("metadata"))
             self.trace(body.get("id") or item["id"], trace)
         elif kind in _OBSERVATION_TYPES or kind in ("observation-create", "observation-update"):
             dropped = dropped_fields(kind)  # what Langfuse drops from this kind of event
             obs = {k: v for k, v in body.items() if k not in dropped} if dropped else dict(body)
+            obs["metadata"] = _as_record(obs.get("metadata"))
             if kind in _OBSERVATION_TYPES:  # its body has no type: Langfuse drops one sent along
                 obs["type"] = _OBSERVATION_TYPES[kind]
             if not obs.get("id"):

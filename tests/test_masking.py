@@ -89,8 +89,29 @@ def test_a_mask_that_raises_sends_the_fallback_counts_and_logs_without_the_data(
     stats = stream.stats()
     assert stats.mask_failures > 0 and stats.items_delivered == stats.items_accepted
     assert "ValueError" in caplog.text and SECRET not in caplog.text
+    # the metadata shows the fallback too (over OTel it was dropped by Langfuse, and the receiver)
+    (trace,) = receiver.store.traces()
+    assert trace["metadata"] == {"metadata": FAILED}
     # the sessions still end as sessions: the transport reads its own fields, not the masked ones
     assert all(o.get("endTime") and "incomplete" not in json.dumps(o) for o in receiver.store.observations())
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_metadata_a_mask_answers_as_a_string_shows_in_langfuse_the_same_over_either_transport(receiver, transport):
+    """Langfuse's OTel endpoint drops `langfuse.*.metadata` that is not a JSON object, where its
+    ingestion API keeps it as {"metadata": <text>}: over OTel a mask's "REDACTED" vanished."""
+
+    def redact(data: Any) -> Any:
+        return "REDACTED" if isinstance(data, dict) else data
+
+    stream = LangfuseStream(config(receiver.url, transport=transport, flush_interval=0.02), mask=redact)
+    for event in session("s5"):
+        stream.on_event(event)
+    assert stream.shutdown(10).status is OutcomeStatus.DELIVERED
+    (trace,) = receiver.store.traces()
+    assert trace["metadata"] == {"metadata": "REDACTED"}
+    shown = [o["metadata"] for o in receiver.store.observations() if o.get("metadata") is not None]
+    assert shown and all(m == {"metadata": "REDACTED"} for m in shown)
 
 
 def test_over_otel_a_mask_that_answers_a_string_for_metadata_still_ends_the_session(receiver):

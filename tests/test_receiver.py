@@ -173,6 +173,22 @@ def test_a_start_time_trace_and_environment_keep_their_first_value_as_in_langfus
     assert [t["id"] for t in receiver.store.traces()] == ["t"]  # no trace "t2" made by the update
 
 
+def test_metadata_that_is_not_an_object_is_kept_as_langfuse_keeps_it(receiver):
+    """Langfuse keeps an event's metadata that is not a JSON object as {"metadata": its text}, and
+    merges that into what the trace or observation holds; the receiver let it replace the rest."""
+    items = [
+        _item("trace-create", {"id": "t", "metadata": {"a": "1"}}),
+        _item("trace-create", {"id": "t", "metadata": "REDACTED"}, id="r2"),
+        _item("span-create", {"id": "o1", "traceId": "t", "startTime": _TS, "metadata": ["x", 1]}, id="r3"),
+        _item("span-create", {"id": "o2", "traceId": "t", "startTime": _TS, "metadata": 42.0}, id="r4"),
+        _item("span-create", {"id": "o3", "traceId": "t", "startTime": _TS, "metadata": True}, id="r5"),
+    ]
+    assert post(receiver, items).json()["errors"] == []
+    assert receiver.store.trace("t")["metadata"] == {"a": "1", "metadata": "REDACTED"}
+    shown = {o["id"]: o["metadata"] for o in receiver.store.observations()}
+    assert shown == {"o1": {"metadata": '["x",1]'}, "o2": {"metadata": "42"}, "o3": {"metadata": "true"}}
+
+
 def test_items_are_deduplicated_and_merged_into_traces(receiver):
     items = session_items()
     post(receiver, items)
