@@ -96,7 +96,10 @@ _KEEP_FIRST = ("startTime", "parentObservationId")  # the create's start and par
 # Remembered once an observation ended (small fields only: not a status message, which may be a
 # whole traceback, and which Langfuse keeps when a re-sent span has none): a replayed end, or a
 # replayed start after its end (a replay of events that had raced), re-sends the span as it was.
+# Of its metadata, the short texts (a tool call's status): a replayed start's "pending" must not
+# come after the "failed" its end said.
 _KEPT = ("id", "startTime", "parentObservationId", "name", "type", "endTime", "level")
+_KEPT_TEXT = 200  # metadata values kept: texts of at most this many characters
 _ENDED_KEPT = 1024  # for that many: a bound, not a table growing with the sessions served
 # Observations ended by updates alone (no create in this process: a race, or a restart) keep all
 # their updates said, input and output too, for a create that comes late; only the last 64.
@@ -382,7 +385,13 @@ class OtelTransport:
         out.append(self._emit(key, obs))
 
     def _remember(self, key: str, obs: _Open) -> None:
-        self._ended[key] = _Open(obs.kind, obs.trace, {f: obs.body[f] for f in _KEPT if obs.body.get(f) is not None}, 0)
+        kept = {f: obs.body[f] for f in _KEPT if obs.body.get(f) is not None}
+        meta = obs.body.get("metadata")
+        if type(meta) is dict:
+            short = {k: v for k, v in meta.items() if type(v) is str and len(v) <= _KEPT_TEXT}
+            if short:
+                kept["metadata"] = short
+        self._ended[key] = _Open(obs.kind, obs.trace, kept, 0)
         self._ended.move_to_end(key)
         while len(self._ended) > _ENDED_KEPT:
             self._ended.popitem(last=False)
@@ -549,8 +558,13 @@ class OtelTransport:
             + '","endTimeUnixNano":"' + end + '","attributes":[' + ",".join(attrs) + "]"
         )
         if get("level") == "ERROR":
-            message = get("statusMessage") or "error"
-            text += ',"status":{"code":2,"message":' + _quote(message if type(message) is str else as_text(message)) + "}"
+            # No message of our own making: Langfuse reads the status's message as the status
+            # message, and a span re-sent without one (a replay) keeps the one it had.
+            message = get("statusMessage")
+            if message:
+                text += ',"status":{"code":2,"message":' + _quote(message if type(message) is str else as_text(message)) + "}"
+            else:
+                text += ',"status":{"code":2}'
         return text + "}"
 
     # -- the wire ---------------------------------------------------------------------------------

@@ -385,6 +385,28 @@ def test_a_tool_call_whose_end_was_mapped_before_its_start_shows_as_it_happened(
     assert "incomplete" not in (tool.get("metadata") or {}) and "partial" not in (tool.get("metadata") or {})
 
 
+@pytest.mark.parametrize("transport", ["ingestion", "otel"])
+def test_a_replayed_session_whose_tool_call_end_raced_its_start_still_shows_how_it_failed(receiver, transport):
+    """The host replays a session in which a failed tool call's end reached the stream before its
+    start. Over OTel the replayed start re-sent the span with the start's metadata (status
+    "pending", after the end's "failed") and an OTel status message of our own making ("error"),
+    which Langfuse takes as the status message: both over what the end had said."""
+    from .helpers import created, ended, tool_call, tool_update
+
+    scroll = "scroll-replay-race"
+    session = [created(scroll, t=0), started("m1", scroll, t=1),
+               tool_update("t1", "failed", scroll, t=3, rawOutput="boom: exit status 1"),
+               tool_call("t1", scroll, t=2, title="Run tests"), completed("m1", scroll, t=4), ended(scroll, t=5)]
+    s = stream(receiver.url, transport=transport, flush_interval=30)
+    for event in session + session:
+        s.on_event(event)
+        s.flush(5)  # each event in a batch of its own: the start comes after its end went out
+    assert s.shutdown(10).status is OutcomeStatus.DELIVERED
+    (tool,) = [o for o in receiver.store.observations() if o.get("name") == "Run tests"]
+    assert (tool["level"], tool["statusMessage"]) == ("ERROR", "boom: exit status 1")
+    assert tool["metadata"]["status"] == "failed" and tool["output"] == "boom: exit status 1"
+
+
 def test_events_replayed_during_an_outage_are_counted_once_each_across_a_restart(receiver, tmp_path):
     """The host replays events while Langfuse is down, and the process stops before it is back.
     Before, the spool kept one record per id: the next start re-sent one where the first process
