@@ -245,7 +245,8 @@ def floor(args: argparse.Namespace) -> Dict[str, Any]:
             raise SystemExit(f"floor: HTTP {response.status}")
     conn.close()
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    return {"system": "floor", "ok": True, "elapsed": elapsed, "cpu": cpu, "items": len(items), "events": len(items),
+    events = args.sessions * (2 + 2 * args.messages + 2 * args.messages * args.tools)
+    return {"system": "floor", "ok": True, "elapsed": elapsed, "cpu": cpu, "items": len(items), "events": events,
             "calls_us": [], "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
 

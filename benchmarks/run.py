@@ -149,7 +149,9 @@ def instructions(system: str, python: str, args: argparse.Namespace, tmp: Path) 
 def expected(system: str, s: int, m: int, k: int) -> int:
     if system in ("sdk", "dirigent-otel"):
         return s * (1 + m + m * k)  # spans: a session, its messages, their tool calls
-    return s * (2 + 2 * m + 2 * m * k)  # ingestion items: one per event
+    if system in ("dirigent-ingestion", "floor"):  # our mapping's items: one per event, and the trace's
+        return s * (3 + 2 * m + 2 * m * k)  # input with the session's first message
+    return s * (2 + 2 * m + 2 * m * k)  # SDK v2's items: one per event
 
 
 def pct(values: List[float], q: float) -> float:

@@ -183,9 +183,13 @@ def _prune(body: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class _Scroll:
-    __slots__ = ("message", "tools", "seen", "text", "chars", "first", "input", "output", "early")
+    __slots__ = ("message", "tools", "seen", "text", "chars", "first", "began", "has_input", "output", "early")
 
     def __init__(self, seen: float) -> None:
+        # The session's start was mapped with this state: only then is its first message known to
+        # be the session's first (not the first after a restart, or of a replay of its tail).
+        self.began = False
+        self.has_input = False  # the trace's input (the first message's) went out
         self.message: Optional[str] = None
         self.early: Tuple[str, ...] = ()  # messages whose completion came before their start (raced)
         self.tools: Dict[str, Optional[str]] = {}
@@ -193,8 +197,7 @@ class _Scroll:
         self.text: Optional[Dict[str, List[str]]] = None  # the message in progress's chunks, by field
         self.chars = 0
         self.first: Optional[str] = None  # when its first chunk came: the completion's start
-        self.input: Any = None  # the session's first message's input, and its latest output: the
-        self.output: Any = None  # trace's input and output at SessionEnded
+        self.output: Any = None  # the latest message's output: the trace's, at SessionEnded
 
 
 _NO_TEXT: Dict[str, str] = {}  # never changed
@@ -352,6 +355,7 @@ def _trace(event: SessionCreated, scroll_id: str) -> List[Item]:
 def _message_started(event: MessageStarted, scroll_id: str, state: Optional[MappingState]) -> List[Item]:
     obs = observation_id(scroll_id, "msg", event.message_id)
     value = own(event.input)
+    first = False
     if state is not None:
         entry = state.scroll(scroll_id)
         if obs in entry.early:  # it completed already (two host threads raced): not in progress
@@ -360,8 +364,8 @@ def _message_started(event: MessageStarted, scroll_id: str, state: Optional[Mapp
             if entry.message != obs:
                 state.take_text(entry)  # chunks of a message that never completed
             entry.message = obs
-        if entry.input is None:
-            entry.input = value
+        if entry.began and not entry.has_input and value is not None:
+            entry.has_input = first = True
     params = event.model_parameters
     body = _prune(
         {
@@ -377,6 +381,8 @@ def _message_started(event: MessageStarted, scroll_id: str, state: Optional[Mapp
             "metadata": {"message_id": event.message_id, "role": event.role},
         }
     )
+    if first:  # the session's first input is the trace's: said now, so that a restart keeps it
+        return [_item(event, 0, "generation-create", body), _item(event, 1, "trace-create", {"id": scroll_id, "input": value})]
     return [_item(event, 0, "generation-create", body)]
 
 
@@ -581,11 +587,10 @@ def _session_ended(event: SessionEnded, scroll_id: str, state: Optional[MappingS
     }
     if state is not None:
         entry = state.get(scroll_id)
-        if entry is not None:  # the session's first input and last answer: the trace's, as Langfuse lists it
-            if entry.input is not None:
-                body["input"] = entry.input
-            if entry.output is not None:
-                body["output"] = entry.output
+        # The session's last answer: the trace's output, as Langfuse lists it (its input went with
+        # the first message).
+        if entry is not None and entry.output is not None:
+            body["output"] = entry.output
         state.forget(scroll_id)
     return [_item(event, 0, "trace-create", body)]
 
@@ -637,6 +642,8 @@ def _map(event: BusEvent, scroll_id: str, state: Optional[MappingState]) -> List
             return _chunk(event, scroll_id, state, field)
         return []
     if isinstance(event, SessionCreated):
+        if state is not None:
+            state.scroll(scroll_id).began = True
         return _trace(event, scroll_id)
     if isinstance(event, SessionEnded):
         return _session_ended(event, scroll_id, state)

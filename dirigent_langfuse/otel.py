@@ -428,12 +428,13 @@ class OtelTransport:
             root.weight += 1
             if body.get("name"):
                 root.body["name"] = body["name"]
+        if body.get("input") is not None and root.body.get("input") is None:
+            root.body["input"] = body["input"]  # the session's first input (it came with its first message)
         if ended:
             root.body["endTime"] = meta.get("ended_at")
             root.body["statusMessage"] = meta.get("end_reason")
-            for field in ("input", "output"):  # the session's first input and last answer
-                if body.get(field) is not None:
-                    root.body[field] = body[field]
+            if body.get("output") is not None:  # the session's last answer
+                root.body["output"] = body["output"]
             self._close(root_key, root, out)
             # The session is over: its spans so far carried the trace's attributes; forget them.
             self._traces.pop(scroll, None)

@@ -183,6 +183,27 @@ def test_the_trace_shows_the_session_s_first_input_and_last_answer(receiver, tra
 
 
 @pytest.mark.parametrize("transport", ["ingestion", "otel"])
+def test_a_restart_in_the_middle_of_a_session_keeps_the_trace_s_first_input(receiver, transport):
+    """A deploy restarts the host while a session runs. Before, the trace's input went out only at
+    the session's end, from the state of the process that saw the end: the first prompt that
+    process saw, not the session's."""
+    from .helpers import created, ended
+
+    before = stream(receiver.url, transport=transport, flush_interval=0.05)
+    for event in (created("scroll-deploy", t=0), started("m1", "scroll-deploy", t=1, input="the first prompt"),
+                  completed("m1", "scroll-deploy", t=2, output="a")):
+        before.on_event(event)
+    assert before.shutdown(10).status is OutcomeStatus.DELIVERED
+    after = stream(receiver.url, transport=transport, flush_interval=0.05)
+    for event in (started("m2", "scroll-deploy", t=3, input="a later prompt"),
+                  completed("m2", "scroll-deploy", t=4, output="b"), ended("scroll-deploy", t=5)):
+        after.on_event(event)
+    assert after.shutdown(10).status is OutcomeStatus.DELIVERED
+    (trace,) = receiver.store.traces()
+    assert (trace["input"], trace["output"]) == ("the first prompt", "b")
+
+
+@pytest.mark.parametrize("transport", ["ingestion", "otel"])
 def test_a_tool_call_that_runs_for_an_hour_keeps_its_start_parent_and_the_session_its_input(receiver, transport):
     """Agents wait: a build runs for an hour, a user reads for a while before the next prompt.
     Before, the mapping forgot a session untouched for ten minutes (`pending_ttl`), so the

@@ -633,8 +633,9 @@ def test_an_item_too_large_on_its_own_for_langfuse_is_dropped_saying_what_to_set
         stream.on_event(ended("p1", t=2))
         outcome = stream.shutdown(10)
         stats = stream.stats()
-    # the message and the trace (ingestion: its closing trace-create; OTel: the session span) carry the input
-    assert stats.dropped == {"status_413": 2 if transport == "ingestion" else 4}, stats.dropped
+    # the message and the trace (ingestion: the trace-create its first message makes; OTel: the session
+    # span, with the three items folded into it) carry the input
+    assert stats.dropped == {"status_413": 2 if transport == "ingestion" else 5}, stats.dropped
     for said in (outcome.detail, stats.last_error, caplog.text):
         assert "too large on its own for Langfuse or a proxy in front of it: set max_item_bytes below that limit, " \
                "now 200,000" in said, said

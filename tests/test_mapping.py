@@ -396,19 +396,39 @@ def test_content_blocks_other_than_text(block, text):
     assert done["body"].get("output") == text
 
 
-def test_the_session_s_first_input_and_last_answer_become_the_trace_s_at_its_end(validate_item):
+def test_the_session_s_first_input_goes_to_the_trace_with_its_first_message_and_its_last_answer_at_its_end(
+    validate_item,
+):
     state = MappingState()
     items = items_of(created(t=0), started("m1", t=1, input=[{"role": "user", "content": "fix the test"}]),
                      completed("m1", t=2, output="looking"), started("m2", t=3, input=[{"role": "user", "content": "go on"}]),
                      chunk("fixed", t=3.5), completed("m2", t=4), ended(t=5), state=state)
-    end = items[-1]
-    assert end["type"] == "trace-create"
-    assert end["body"]["input"] == [{"role": "user", "content": "fix the test"}]
-    assert end["body"]["output"] == "fixed"  # the last answer, streamed as chunks
-    validate_item(end)
+    opened, first, end = [i for i in items if i["type"] == "trace-create"]
+    assert first["body"] == {"id": "scroll-1", "input": [{"role": "user", "content": "fix the test"}]}
+    assert first["id"] != items[1]["id"] and first["timestamp"] == items[1]["timestamp"]  # the message's, own id
+    assert "input" not in end["body"] and end["body"]["output"] == "fixed"  # the last answer, streamed as chunks
+    for item in (first, end):
+        validate_item(item)
     assert len(state) == 0
     (bare,) = bus_event_to_items(ended(t=5))  # without a state there is nothing to tell
     assert "input" not in bare["body"] and "output" not in bare["body"]
+
+
+@pytest.mark.parametrize("why", ["restart", "replay"])
+def test_a_state_that_did_not_map_the_session_s_start_claims_no_first_input(why):
+    """A process restarted in the middle of a session, or a host replaying a session's tail: the
+    first message this state maps is not the session's first. Before, its input went out as the
+    trace's at the end, over the real one (which went nowhere before the end)."""
+    earlier = MappingState()
+    head = items_of(created(t=0), started("m1", t=1, input="the first prompt"), completed("m1", t=2, output="a"),
+                    state=earlier)
+    assert [i["body"].get("input") for i in head if i["type"] == "trace-create"] == [None, "the first prompt"]
+    tail = (started("m2", t=3, input="a later prompt"), completed("m2", t=4, output="b"), ended(t=5))
+    if why == "replay":
+        items_of(*tail, state=earlier)  # the session ended, and the state forgot it
+    items = items_of(*tail, state=MappingState() if why == "restart" else earlier)
+    assert [i["type"] for i in items] == ["generation-create", "generation-update", "trace-create"]
+    assert "input" not in items[-1]["body"] and items[-1]["body"]["output"] == "b"
 
 
 def test_a_message_completed_before_its_start_was_mapped_is_not_left_in_progress():
