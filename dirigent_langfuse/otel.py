@@ -269,6 +269,7 @@ class OtelTransport:
         self._clock = clock
         self._open: "collections.OrderedDict[str, _Open]" = collections.OrderedDict()
         self._partial: List[str] = []  # this batch's observations ended by updates alone
+        self._held: List[str] = []  # those of the last batch, which waits for their start (`more`)
         # The small fields (_KEPT) of the observations that ended lately, so that a replayed end
         # re-sends their span as it was, not one that starts at its end; and (_LATE_KEPT) all that
         # the updates said of those ended by updates alone, for a create that comes late.
@@ -302,12 +303,23 @@ class OtelTransport:
         """Traces whose attributes are remembered (sessions not yet ended, at most `max_open`)."""
         return len(self._traces)
 
-    def prepare(self, items: Sequence[Dict[str, Any]]) -> List[Record]:
+    def prepare(self, items: Sequence[Dict[str, Any]], more: bool = False) -> List[Record]:
+        """The spans of what ended in `items`. `more`: other items wait behind these (the worker's
+        queue); an observation ended by updates alone then waits for the next batch too, where its
+        start (two host threads raced) likely is, before it goes out without one: Langfuse keeps
+        an observation's first start, so a span that went out starting at its end would keep
+        that start when the real one came."""
         out: List[Record] = []
+        held, self._held = self._held, []
         self._partial = []
         for item in items:
             self._fold(item, out)
-        for key in self._partial:  # ended by updates alone, and no create came in this batch either
+        if more:
+            self._held = [key for key in self._partial if key not in held]
+            partial = held
+        else:
+            partial = held + self._partial
+        for key in partial:  # ended by updates alone, and no create came in this batch either
             obs = self._open.get(key)
             if obs is not None and obs.late is not None and obs.body.get("endTime"):
                 self._close(key, obs, out)
@@ -442,6 +454,7 @@ class OtelTransport:
     def close_open(self, now: Optional[float] = None) -> List[Record]:
         """Emit every observation still open, ended now and marked incomplete (at shutdown)."""
         out = []
+        self._held = []
         while self._open:
             key, obs = self._open.popitem(last=False)
             ended = obs.body.get("endTime")  # (one that waited for its create, after an error of ours)
@@ -589,6 +602,7 @@ class OtelTransport:
         self._traces.clear()
         self._ended.clear()
         self._late.clear()
+        self._held = []
 
 
 def major_version(version: Optional[str]) -> Optional[int]:
@@ -651,8 +665,8 @@ class AutoTransport:
                 self._chosen = OtelTransport(self.client, self.config, self.masker)
         return self._chosen
 
-    def prepare(self, items: Sequence[Dict[str, Any]]) -> List[Record]:
-        return self.resolve().prepare(items)
+    def prepare(self, items: Sequence[Dict[str, Any]], more: bool = False) -> List[Record]:
+        return self.resolve().prepare(items, more)
 
     def rewire(self, records: Sequence[Record]) -> Optional[List[Record]]:
         """`records`, encoded for ingestion, as OTel spans, once Langfuse is known to take OTel

@@ -93,7 +93,8 @@ class IngestionTransport:
         self.environment = config.environment
         self.release = config.release
 
-    def prepare(self, items: Sequence[Dict[str, Any]]) -> List[Record]:
+    def prepare(self, items: Sequence[Dict[str, Any]], more: bool = False) -> List[Record]:
+        """The records of `items` (`more`, whether others wait behind them, matters only over OTel)."""
         out = []
         stamp = self.environment or self.release
         masker = self.masker

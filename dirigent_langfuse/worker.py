@@ -597,7 +597,7 @@ class Worker:
         if items is None:
             records = self.transport.close_open(self._clock())
         else:
-            records = self.transport.prepare(items)
+            records = self.transport.prepare(items, more=bool(self._queue))  # (a hint: read without the lock)
         if self.spool is not None and records:
             self.spool.add(records, self.transport.name)
         with self._lock:

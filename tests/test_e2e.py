@@ -407,6 +407,27 @@ def test_a_tool_call_whose_end_was_mapped_before_its_start_shows_as_it_happened(
 
 
 @pytest.mark.parametrize("transport", ["ingestion", "otel"])
+def test_a_tool_call_whose_end_ends_a_batch_and_whose_start_waits_behind_it_keeps_its_start(receiver, transport):
+    """Two host threads raced, and the worker's batch ended between the tool call's end and its
+    start. Over OTel the end went out alone, as a span starting at its end; Langfuse keeps an
+    observation's first start, so the real one, sent with the next batch, never showed."""
+    from .helpers import TOOL_TYPE, created, ended, tool_call, tool_update
+
+    s = stream(receiver.url, transport=transport, batch_size=3, flush_interval=30)
+    with s._worker._lock:  # the worker takes its batches once all is queued: created, started, the end | the start...
+        for event in (created("scroll-cut", t=0), started("m1", "scroll-cut", t=1),
+                      tool_update("t1", "completed", "scroll-cut", t=3, rawOutput="ok"),
+                      tool_call("t1", "scroll-cut", t=2, title="Run tests"), completed("m1", "scroll-cut", t=4),
+                      ended("scroll-cut", t=5)):
+            assert s.on_event(event).status is OutcomeStatus.ACCEPTED
+    assert s.shutdown(10).status is OutcomeStatus.DELIVERED
+    (tool,) = [o for o in receiver.store.observations() if o["type"] == TOOL_TYPE[transport]]
+    assert (tool["name"], tool["startTime"], tool["endTime"]) == \
+           ("Run tests", "2026-11-25T09:00:02.000Z", "2026-11-25T09:00:03.000Z")
+    assert "partial" not in (tool.get("metadata") or {})
+
+
+@pytest.mark.parametrize("transport", ["ingestion", "otel"])
 def test_a_replayed_session_whose_tool_call_end_raced_its_start_still_shows_how_it_failed(receiver, transport):
     """The host replays a session in which a failed tool call's end reached the stream before its
     start. Over OTel the replayed start re-sent the span with the start's metadata (status

@@ -521,7 +521,7 @@ class OneKeyAtATime:
         self.sent = []
         self.second = threading.Event()
 
-    def prepare(self, items):
+    def prepare(self, items, more=False):
         from dirigent_langfuse.transport import Record
 
         return [Record(item["body"]["id"], json.dumps(item).encode()) for item in items]
