@@ -96,10 +96,7 @@ _KEEP_FIRST = ("startTime", "parentObservationId")  # the create's start and par
 # Remembered once an observation ended (small fields only: not a status message, which may be a
 # whole traceback, and which Langfuse keeps when a re-sent span has none): a replayed end, or a
 # replayed start after its end (a replay of events that had raced), re-sends the span as it was.
-# Of its metadata, the short texts (a tool call's status): a replayed start's "pending" must not
-# come after the "failed" its end said.
 _KEPT = ("id", "startTime", "parentObservationId", "name", "type", "endTime", "level")
-_KEPT_TEXT = 200  # metadata values kept: texts of at most this many characters
 _ENDED_KEPT = 1024  # for that many: a bound, not a table growing with the sessions served
 # Observations ended by updates alone (no create in this process: a race, or a restart) keep all
 # their updates said, input and output too, for a create that comes late; only the last 64.
@@ -360,9 +357,12 @@ class OtelTransport:
                     merge_into(late, body, _KEEP_FIRST)
             elif late is not None:  # its updates came first and ended it: this create completes it
                 obs = _Open(began.kind, trace, merge_into(dict(body), late, _KEEP_FIRST), 1)
-            else:  # a replayed start: its own start, with the end that is known
+            else:  # a replayed start: its own start, with the end that is known. Not its metadata,
+                # which went out with it before, and would now come after what its end said (a tool
+                # call's "pending" after its "failed": Langfuse merges metadata key by key).
                 ended = {f: v for f, v in began.body.items() if f != "startTime"}
-                obs = _Open(began.kind, trace, merge_into(dict(body), ended, _KEEP_FIRST), 1)
+                start = {f: v for f, v in body.items() if f != "metadata"}
+                obs = _Open(began.kind, trace, merge_into(start, ended, _KEEP_FIRST), 1)
             self._open[key] = obs
         elif obs is None:
             obs_type = str(body.get("type") or _TYPES.get(kind, "span")).lower()
@@ -397,13 +397,7 @@ class OtelTransport:
         out.append(self._emit(key, obs))
 
     def _remember(self, key: str, obs: _Open) -> None:
-        kept = {f: obs.body[f] for f in _KEPT if obs.body.get(f) is not None}
-        meta = obs.body.get("metadata")
-        if type(meta) is dict:
-            short = {k: v for k, v in meta.items() if type(v) is str and len(v) <= _KEPT_TEXT}
-            if short:
-                kept["metadata"] = short
-        self._ended[key] = _Open(obs.kind, obs.trace, kept, 0)
+        self._ended[key] = _Open(obs.kind, obs.trace, {f: obs.body[f] for f in _KEPT if obs.body.get(f) is not None}, 0)
         self._ended.move_to_end(key)
         while len(self._ended) > _ENDED_KEPT:
             self._ended.popitem(last=False)
