@@ -89,6 +89,7 @@ _OBS_FIELDS = (
     ("costDetails", "langfuse.observation.cost_details"),
 )
 _OBS_MAPS = frozenset({"modelParameters", "usageDetails", "costDetails"})
+_NO_STATUS = '{"key":"' + OBS_STATUS + '","value":{"stringValue":""}}'
 _quote: Any = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
 
 
@@ -372,7 +373,11 @@ class OtelTransport:
                 obs.body.setdefault("startTime", body.get("endTime") or item.get("timestamp"))
                 meta = dict(obs.body.get("metadata") or {})
                 meta["partial"] = "update without a create in this process"
+                # What a process before this one (or this one, evicting it) may have said of it, and
+                # which Langfuse would keep under a span that only leaves it out: it is not incomplete.
+                meta.setdefault("incomplete", "false")
                 obs.body["metadata"] = meta
+                obs.body.setdefault("statusMessage", "")
             self._open[key] = obs
         elif obs.late is not None and not update:  # the create, after updates that did not end it
             obs.weight += 1
@@ -429,6 +434,8 @@ class OtelTransport:
                 or _now_iso(self._clock())
             name = body.get("name") or (began and began.body.get("name")) or "session"
             root = _Open("agent", scroll, {"id": root_key, "name": name, "startTime": start}, 1)
+            if ended and began is None:  # its start was in a process before this one: see _fold
+                root.body["metadata"] = {"incomplete": "false"}
             self._open[root_key] = root
         else:
             root.weight += 1
@@ -542,6 +549,8 @@ class OtelTransport:
             for field, key in (("input", TRACE_INPUT), ("output", TRACE_OUTPUT)):
                 if get(field) is not None:
                     attrs.append(_str_kv(key, get(field)))
+        if get("statusMessage") == "":  # (left out above) one said before no longer stands
+            attrs.append(_NO_STATUS)
         first = get("completionStartTime")
         if first:  # JSON text of the time, as Langfuse's SDKs write it and its server reads it
             attrs.append(_str_kv(OBS_COMPLETION_START, _quote(str(first))))

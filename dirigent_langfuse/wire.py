@@ -439,6 +439,11 @@ def decode_otlp(payload: Any) -> List[Tuple[Dict[str, Any], Dict[str, Any]]]:
     return [decode_span(span) for span in otlp_spans(payload)]
 
 
+def _first(*values: Any) -> Any:
+    """The first that is not None (JavaScript's `??`)."""
+    return next((v for v in values if v is not None), None)
+
+
 def decode_span(span: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(trace fields, observation fields) of one checked span, as Langfuse reads its attributes."""
     trace_id = _id(span.get("traceId"), 32, "traceId")
@@ -463,8 +468,10 @@ def decode_span(span: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         "modelParameters": _json(attrs.get("langfuse.observation.model.parameters")),
         "usageDetails": _json(attrs.get("langfuse.observation.usage_details")),
         "costDetails": _json(attrs.get("langfuse.observation.cost_details")),
-        "level": attrs.get("langfuse.observation.level") or ("ERROR" if status.get("code") == 2 else None),
-        "statusMessage": attrs.get("langfuse.observation.status_message") or status.get("message") or None,
+        # As Langfuse reads them: a span without a level is DEFAULT (or ERROR by its status), so a
+        # span sent again without one sets it back; a status message, even empty, stands.
+        "level": attrs.get("langfuse.observation.level") or ("ERROR" if status.get("code") == 2 else "DEFAULT"),
+        "statusMessage": _first(attrs.get("langfuse.observation.status_message"), status.get("message")),
         "metadata": _prefixed(attrs, "langfuse.observation.metadata") or None,
         "environment": attrs.get("langfuse.environment"),
         "completionStartTime": _completion_start(attrs.get("langfuse.observation.completion_start_time")),

@@ -7,6 +7,8 @@ import threading
 import pytest
 
 from dirigent_langfuse import OutcomeStatus
+from dirigent_langfuse.mapping import observation_id
+from dirigent_langfuse.otel import span_id
 
 from .helpers import completed, started, stream
 
@@ -201,6 +203,39 @@ def test_a_restart_in_the_middle_of_a_session_keeps_the_trace_s_first_input(rece
     assert after.shutdown(10).status is OutcomeStatus.DELIVERED
     (trace,) = receiver.store.traces()
     assert (trace["input"], trace["output"]) == ("the first prompt", "b")
+
+
+@pytest.mark.parametrize("transport", ["ingestion", "otel"])
+def test_what_a_restart_left_open_shows_as_ended_by_the_next_process_not_as_incomplete(receiver, transport):
+    """The host shuts a stream down cleanly in the middle of a session (a deploy) and the next
+    process sees the ends. Over OTel the first process sends what is open as incomplete spans
+    (level WARNING, a status message saying so, metadata `incomplete`); the next one's span, which
+    knows the end, left all three standing, as Langfuse merges a span sent again: a level it does
+    not carry is DEFAULT there (the receiver kept WARNING), a status message it does not carry
+    stays, and metadata merges key by key."""
+    from .helpers import created, ended, tool_call, tool_update
+
+    before = stream(receiver.url, transport=transport, flush_interval=0.05)
+    for event in (created("scroll-open", t=0), started("m1", "scroll-open", t=1, input="go"),
+                  tool_call("t1", "scroll-open", t=2, title="Run tests")):
+        before.on_event(event)
+    assert before.shutdown(10).status is OutcomeStatus.DELIVERED
+    after = stream(receiver.url, transport=transport, flush_interval=0.05)
+    for event in (tool_update("t1", "completed", "scroll-open", t=3, rawOutput="ok"),
+                  completed("m1", "scroll-open", t=4, output="done"), ended("scroll-open", t=5)):
+        after.on_event(event)
+    assert after.shutdown(10).status is OutcomeStatus.DELIVERED
+    shown = {o["id"]: o for o in receiver.store.observations()}
+    tool = shown[observation_id("scroll-open", "tool", "t1") if transport == "ingestion"
+                 else span_id(observation_id("scroll-open", "tool", "t1"))]
+    message = shown[observation_id("scroll-open", "msg", "m1") if transport == "ingestion"
+                    else span_id(observation_id("scroll-open", "msg", "m1"))]
+    assert (tool["startTime"], tool["endTime"], tool["output"]) == \
+           ("2026-11-25T09:00:02.000Z", "2026-11-25T09:00:03.000Z", "ok")
+    assert (message["endTime"], message["output"]) == ("2026-11-25T09:00:04.000Z", "done")
+    for obs in (tool, message):
+        assert obs.get("level") in (None, "DEFAULT") and not obs.get("statusMessage"), obs
+        assert (obs.get("metadata") or {}).get("incomplete") in (None, "false"), obs
 
 
 @pytest.mark.parametrize("transport", ["ingestion", "otel"])

@@ -251,7 +251,7 @@ def test_random_sessions_and_faults_keep_every_promise(seed, caplog):
             ended_traces = {otel_trace_id(f"r{n}") for n, events in enumerate(sessions)
                             if any(type(e).__name__ == "SessionEnded" for e in events)}
             incomplete = [o for o in receiver.store.observations()
-                          if o.get("traceId") in ended_traces and "incomplete" in (o.get("metadata") or {})]
+                          if o.get("traceId") in ended_traces and (o.get("metadata") or {}).get("incomplete") == "true"]
             assert not incomplete, (what, incomplete)
 
 
