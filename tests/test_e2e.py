@@ -184,6 +184,15 @@ def test_the_trace_shows_the_session_s_first_input_and_last_answer(receiver, tra
     assert trace["input"] == [{"role": "user", "content": "why?"}] and trace["output"] == "done"
 
 
+def across_a_restart(receiver, transport, before, after):
+    """`before` through a stream shut down cleanly, then `after` through a new one: a deploy."""
+    for events in (before, after):
+        s = stream(receiver.url, transport=transport, flush_interval=0.05)
+        for event in events:
+            s.on_event(event)
+        assert s.shutdown(10).status is OutcomeStatus.DELIVERED
+
+
 @pytest.mark.parametrize("transport", ["ingestion", "otel"])
 def test_a_restart_in_the_middle_of_a_session_keeps_the_trace_s_first_input(receiver, transport):
     """A deploy restarts the host while a session runs. Before, the trace's input went out only at
@@ -191,16 +200,11 @@ def test_a_restart_in_the_middle_of_a_session_keeps_the_trace_s_first_input(rece
     process saw, not the session's."""
     from .helpers import created, ended
 
-    before = stream(receiver.url, transport=transport, flush_interval=0.05)
-    for event in (created("scroll-deploy", t=0), started("m1", "scroll-deploy", t=1, input="the first prompt"),
-                  completed("m1", "scroll-deploy", t=2, output="a")):
-        before.on_event(event)
-    assert before.shutdown(10).status is OutcomeStatus.DELIVERED
-    after = stream(receiver.url, transport=transport, flush_interval=0.05)
-    for event in (started("m2", "scroll-deploy", t=3, input="a later prompt"),
-                  completed("m2", "scroll-deploy", t=4, output="b"), ended("scroll-deploy", t=5)):
-        after.on_event(event)
-    assert after.shutdown(10).status is OutcomeStatus.DELIVERED
+    across_a_restart(receiver, transport,
+                     (created("scroll-deploy", t=0), started("m1", "scroll-deploy", t=1, input="the first prompt"),
+                      completed("m1", "scroll-deploy", t=2, output="a")),
+                     (started("m2", "scroll-deploy", t=3, input="a later prompt"),
+                      completed("m2", "scroll-deploy", t=4, output="b"), ended("scroll-deploy", t=5)))
     (trace,) = receiver.store.traces()
     assert (trace["input"], trace["output"]) == ("the first prompt", "b")
 
@@ -215,16 +219,11 @@ def test_what_a_restart_left_open_shows_as_ended_by_the_next_process_not_as_inco
     stays, and metadata merges key by key."""
     from .helpers import created, ended, tool_call, tool_update
 
-    before = stream(receiver.url, transport=transport, flush_interval=0.05)
-    for event in (created("scroll-open", t=0), started("m1", "scroll-open", t=1, input="go"),
-                  tool_call("t1", "scroll-open", t=2, title="Run tests")):
-        before.on_event(event)
-    assert before.shutdown(10).status is OutcomeStatus.DELIVERED
-    after = stream(receiver.url, transport=transport, flush_interval=0.05)
-    for event in (tool_update("t1", "completed", "scroll-open", t=3, rawOutput="ok"),
-                  completed("m1", "scroll-open", t=4, output="done"), ended("scroll-open", t=5)):
-        after.on_event(event)
-    assert after.shutdown(10).status is OutcomeStatus.DELIVERED
+    across_a_restart(receiver, transport,
+                     (created("scroll-open", t=0), started("m1", "scroll-open", t=1, input="go"),
+                      tool_call("t1", "scroll-open", t=2, title="Run tests")),
+                     (tool_update("t1", "completed", "scroll-open", t=3, rawOutput="ok"),
+                      completed("m1", "scroll-open", t=4, output="done"), ended("scroll-open", t=5)))
     shown = {o["id"]: o for o in receiver.store.observations()}
     tool = shown[observation_id("scroll-open", "tool", "t1") if transport == "ingestion"
                  else span_id(observation_id("scroll-open", "tool", "t1"))]
