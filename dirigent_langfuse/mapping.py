@@ -183,13 +183,17 @@ def _prune(body: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class _Scroll:
-    __slots__ = ("message", "tools", "seen", "text", "chars", "first", "began", "has_input", "output", "early")
+    __slots__ = ("message", "tools", "seen", "text", "chars", "first", "began", "has_input", "held_input", "output",
+                 "early")
 
     def __init__(self, seen: float) -> None:
         # The session's start was mapped with this state: only then is its first message known to
         # be the session's first (not the first after a restart, or of a replay of its tail).
         self.began = False
         self.has_input = False  # the trace's input (the first message's) went out
+        # The first message's input while the start is not mapped yet: the session's, if its start
+        # comes next (two host threads raced); a restart's or a replay's, if it never does.
+        self.held_input: Any = None
         self.message: Optional[str] = None
         self.early: Tuple[str, ...] = ()  # messages whose completion came before their start (raced)
         self.tools: Dict[str, Optional[str]] = {}
@@ -364,8 +368,11 @@ def _message_started(event: MessageStarted, scroll_id: str, state: Optional[Mapp
             if entry.message != obs:
                 state.take_text(entry)  # chunks of a message that never completed
             entry.message = obs
-        if entry.began and not entry.has_input and value is not None:
-            entry.has_input = first = True
+        if not entry.has_input and value is not None:
+            if entry.began:
+                entry.has_input = first = True
+            elif entry.held_input is None:
+                entry.held_input = value
     params = event.model_parameters
     body = _prune(
         {
@@ -642,9 +649,14 @@ def _map(event: BusEvent, scroll_id: str, state: Optional[MappingState]) -> List
             return _chunk(event, scroll_id, state, field)
         return []
     if isinstance(event, SessionCreated):
+        items = _trace(event, scroll_id)
         if state is not None:
-            state.scroll(scroll_id).began = True
-        return _trace(event, scroll_id)
+            entry = state.scroll(scroll_id)
+            entry.began = True
+            if entry.held_input is not None and not entry.has_input:  # its first message came first
+                items[0]["body"]["input"] = entry.held_input
+                entry.has_input, entry.held_input = True, None
+        return items
     if isinstance(event, SessionEnded):
         return _session_ended(event, scroll_id, state)
     return []

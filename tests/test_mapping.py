@@ -414,6 +414,17 @@ def test_the_session_s_first_input_goes_to_the_trace_with_its_first_message_and_
     assert "input" not in bare["body"] and "output" not in bare["body"]
 
 
+def test_a_first_message_mapped_before_its_session_s_start_still_gives_the_trace_its_input(validate_item):
+    """Two host threads raced and the session's first message was mapped before its start. Only
+    a state that saw the start claims a first input, so the start, when it comes, says it."""
+    state = MappingState()
+    items = items_of(started("m1", t=1, input="the first prompt"), created(t=0),
+                     started("m2", t=2, input="a later prompt"), state=state)
+    traces = [i for i in items if i["type"] == "trace-create"]
+    assert [t["body"].get("input") for t in traces] == ["the first prompt"]  # on the start's own item
+    validate_item(traces[0])
+
+
 @pytest.mark.parametrize("why", ["restart", "replay"])
 def test_a_state_that_did_not_map_the_session_s_start_claims_no_first_input(why):
     """A process restarted in the middle of a session, or a host replaying a session's tail: the
