@@ -321,7 +321,7 @@ def _item(event: BusEvent, index: int, type_: str, body: Dict[str, Any]) -> Item
     return {"id": envelope_id(event.event_id, index), "timestamp": iso_time(event.at), "type": type_, "body": body}
 
 
-def _trace(event: SessionCreated, scroll_id: str) -> List[Item]:
+def _trace(event: SessionCreated, scroll_id: str, state: Optional[MappingState]) -> List[Item]:
     metadata: Any = own(event.metadata) if event.metadata is not None else {}
     if metadata is event.metadata:  # the host's own object (its code raised while copied): never changed
         metadata = dict(metadata) if type(metadata) is dict else {"metadata": to_jsonable(metadata)}
@@ -353,6 +353,12 @@ def _trace(event: SessionCreated, scroll_id: str) -> List[Item]:
             "metadata": metadata,
         }
     )
+    if state is not None:
+        entry = state.scroll(scroll_id)
+        entry.began = True
+        if entry.held_input is not None and not entry.has_input:  # its first message came first
+            body["input"] = entry.held_input
+            entry.has_input, entry.held_input = True, None
     return [_item(event, 0, "trace-create", body)]
 
 
@@ -649,14 +655,7 @@ def _map(event: BusEvent, scroll_id: str, state: Optional[MappingState]) -> List
             return _chunk(event, scroll_id, state, field)
         return []
     if isinstance(event, SessionCreated):
-        items = _trace(event, scroll_id)
-        if state is not None:
-            entry = state.scroll(scroll_id)
-            entry.began = True
-            if entry.held_input is not None and not entry.has_input:  # its first message came first
-                items[0]["body"]["input"] = entry.held_input
-                entry.has_input, entry.held_input = True, None
-        return items
+        return _trace(event, scroll_id, state)
     if isinstance(event, SessionEnded):
         return _session_ended(event, scroll_id, state)
     return []

@@ -89,7 +89,6 @@ _OBS_FIELDS = (
     ("costDetails", "langfuse.observation.cost_details"),
 )
 _OBS_MAPS = frozenset({"modelParameters", "usageDetails", "costDetails"})
-_NO_STATUS = '{"key":"' + OBS_STATUS + '","value":{"stringValue":""}}'
 _quote: Any = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
 
 
@@ -205,6 +204,7 @@ def _str_kv(key: str, value: Any) -> str:
 # The heads a span writes each time: its type, and (body field, head, a map left out when empty).
 _TYPE_HEAD = _head(OBS_TYPE)
 _OBS_HEADS = tuple((field, _head(attr), field in _OBS_MAPS) for field, attr in _OBS_FIELDS)
+_NO_STATUS = _str_kv(OBS_STATUS, "")  # an empty status message, which the heads above leave out
 _meta_heads: Dict[Any, str] = {}
 
 

@@ -192,7 +192,7 @@ def _check_observation(kind: str, body: Dict[str, Any]) -> Optional[str]:
         return problem
     for key in ("startTime", "endTime", "completionStartTime"):
         value = get(key)
-        if value is not None and _TIME.match(value) is None:
+        if value is not None and not _is_time(value):
             return f"body.{key} must be an ISO-8601 date-time with its offset"
     legacy = kind.startswith("observation-")
     if not legacy and get("id") is None:  # only the legacy observation events may leave it out
