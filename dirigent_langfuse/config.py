@@ -1,12 +1,14 @@
 """`LangfuseConfig`: every knob of a Langfuse stream, validated once, with a safe repr.
 
-`from_params` reads a stream's TOML `params` table; `host`, `public_key` and `secret_key` fall
-back to `LANGFUSE_BASE_URL` (or the older `LANGFUSE_HOST`), `LANGFUSE_PUBLIC_KEY` and
-`LANGFUSE_SECRET_KEY`, as Langfuse's SDKs do.
+The constructor reads Langfuse's SDK environment variables (`ENV`: `LANGFUSE_BASE_URL` or the
+older `LANGFUSE_HOST`, `LANGFUSE_PUBLIC_KEY`, `LANGFUSE_SECRET_KEY`, `LANGFUSE_TRACING_ENABLED`, ...)
+for every field it is not given, as Langfuse's SDKs do: an explicit argument always wins.
+`from_params` reads a stream's TOML `params` table the same way, from the environment it is given.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -20,15 +22,6 @@ from .errors import ConfigError
 __all__ = ["LangfuseConfig", "TRANSPORTS"]
 
 TRANSPORTS = ("auto", "ingestion", "otel")
-# Environment fallbacks, first set wins. Langfuse's UI and current SDKs write LANGFUSE_BASE_URL;
-# LANGFUSE_HOST is the older name, still read.
-_ENV = {
-    "host": ("LANGFUSE_BASE_URL", "LANGFUSE_HOST"),
-    "public_key": ("LANGFUSE_PUBLIC_KEY",),
-    "secret_key": ("LANGFUSE_SECRET_KEY",),
-}
-# Optional ones, read as Langfuse's SDKs read them.
-_ENV_OPTIONAL = {"environment": "LANGFUSE_TRACING_ENVIRONMENT", "release": "LANGFUSE_RELEASE"}
 _BOOLS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
@@ -39,16 +32,67 @@ def _env_bool(text: str) -> bool:
         raise ValueError(text) from None
 
 
-# Optional ones that are not text: (variable, parse, what it must be).
-_ENV_PARSED: Dict[str, Tuple[str, Callable[[str], Any], str]] = {
-    "tracing_enabled": ("LANGFUSE_TRACING_ENABLED", _env_bool, "true or false"),
-    "sample_rate": ("LANGFUSE_SAMPLE_RATE", float, "a number from 0 to 1"),
+class _Env:
+    """A field that Langfuse's SDKs read from the environment: the variables (first set wins; an
+    empty one counts as unset), how the text is read, what it must be, and the default without it."""
+
+    __slots__ = ("variables", "parse", "expected", "default")
+
+    def __init__(self, variables: Tuple[str, ...], parse: Callable[[str], Any] = str, expected: str = "",
+                 default: Any = None) -> None:
+        self.variables = variables
+        self.parse = parse
+        self.expected = expected
+        self.default = default
+
+
+# The environment variables of Langfuse's SDKs, read by the constructor (and by `from_params`, from
+# the environment it is given) for each field not given: an explicit value always wins.
+# LANGFUSE_BASE_URL is what Langfuse's UI and current SDKs write; LANGFUSE_HOST the older name.
+ENV: Dict[str, _Env] = {
+    "host": _Env(("LANGFUSE_BASE_URL", "LANGFUSE_HOST")),
+    "public_key": _Env(("LANGFUSE_PUBLIC_KEY",)),
+    "secret_key": _Env(("LANGFUSE_SECRET_KEY",)),
+    "environment": _Env(("LANGFUSE_TRACING_ENVIRONMENT",)),
+    "release": _Env(("LANGFUSE_RELEASE",)),
+    "tracing_enabled": _Env(("LANGFUSE_TRACING_ENABLED",), _env_bool, "true or false", True),
+    "sample_rate": _Env(("LANGFUSE_SAMPLE_RATE",), float, "a number from 0 to 1", 1.0),
+    "batch_size": _Env(("LANGFUSE_FLUSH_AT",), int, "a whole number of at least 1", 32),
+    "flush_interval": _Env(("LANGFUSE_FLUSH_INTERVAL",), float, "a positive number of seconds", 1.0),
+    "connect_timeout": _Env(("LANGFUSE_TIMEOUT",), float, "a positive number of seconds", 5.0),
+    "read_timeout": _Env(("LANGFUSE_TIMEOUT",), float, "a positive number of seconds", 10.0),
+    "debug": _Env(("LANGFUSE_DEBUG",), _env_bool, "true or false", False),
 }
+
+
+def _required(key: str) -> str:
+    return f"is required (set it, or {' or '.join(ENV[key].variables)})"
+
+
+def from_env(key: str, env: Mapping[str, str]) -> Any:
+    """Field `key` as `env` sets it, else its default; a ConfigError naming the field and the
+    variable for text that does not read (never showing a key's text: keys are read as they are)."""
+    spec = ENV[key]
+    for var in spec.variables:
+        text = env.get(var)
+        if text:
+            try:
+                return spec.parse(text.strip() if spec.parse is not str else text)
+            except ValueError:
+                raise ConfigError(f"from {var} must be {spec.expected}, got {_got(text)}", key=key) from None
+    return spec.default
+
+
+def _env(key: str) -> Any:
+    """The default of a field read from the process's environment when the config is made."""
+    return attrs.Factory(functools.partial(from_env, key, os.environ))
 
 
 def _host(value: str) -> str:
     """The base URL, without a trailing slash. It must not carry credentials: they would show
     wherever the host does (reprs, log lines), and the keys go in the Authorization header."""
+    if value is None:
+        raise ConfigError(_required("host"), key="host")
     if not isinstance(value, str):
         raise ConfigError("must be a string URL", key="host")
     value = value.strip().rstrip("/")
@@ -127,9 +171,7 @@ def _whole(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None
 
 def _key(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     if not isinstance(value, str) or not value.strip():
-        names = _ENV.get(attribute.name)
-        hint = f" (or set {' or '.join(names)})" if names else ""
-        raise ConfigError(f"is required and must be a non-empty string{hint}", key=attribute.name)
+        raise ConfigError(_required(attribute.name) + " and must be a non-empty string", key=attribute.name)
     for position, char in enumerate(value):
         if not "!" <= char <= "~":  # printable ASCII, no space: never more of a secret than its position
             what = "a space or a control character" if char.isspace() or ord(char) < 0x20 else f"U+{ord(char):04X}"
@@ -205,20 +247,20 @@ class LangfuseConfig:
     event is SKIPPED, nothing is queued, no thread starts and nothing is sent.
     """
 
-    host: str = attrs.field(converter=_host)
-    public_key: str = attrs.field(converter=_key_text, validator=_key)
-    secret_key: str = attrs.field(converter=_key_text, validator=_key, repr=False)
+    host: str = attrs.field(default=_env("host"), converter=_host)
+    public_key: str = attrs.field(default=_env("public_key"), converter=_key_text, validator=_key)
+    secret_key: str = attrs.field(default=_env("secret_key"), converter=_key_text, validator=_key, repr=False)
     transport: str = attrs.field(default="auto", validator=_one_of(*TRANSPORTS))
-    batch_size: int = attrs.field(default=32, validator=_whole)
+    batch_size: int = attrs.field(default=_env("batch_size"), validator=_whole)
     max_inflight: int = attrs.field(default=2, validator=_whole)
-    flush_interval: float = attrs.field(default=1.0, validator=_positive)
+    flush_interval: float = attrs.field(default=_env("flush_interval"), validator=_positive)
     max_queue_items: int = attrs.field(default=100_000, validator=_whole)
     max_retries: int = attrs.field(default=3, validator=_non_negative)
     backoff_base: float = attrs.field(default=0.1, validator=_non_negative)
     backoff_max: float = attrs.field(default=1.0, validator=_non_negative)
     max_retry_after: float = attrs.field(default=60.0, validator=_non_negative)
-    connect_timeout: float = attrs.field(default=5.0, validator=_positive)
-    read_timeout: float = attrs.field(default=10.0, validator=_positive)
+    connect_timeout: float = attrs.field(default=_env("connect_timeout"), validator=_positive)
+    read_timeout: float = attrs.field(default=_env("read_timeout"), validator=_positive)
     flush_timeout: float = attrs.field(default=30.0, validator=_positive)
     shutdown_timeout: float = attrs.field(default=10.0, validator=_positive)
     degraded_after: int = attrs.field(default=1, validator=_whole)
@@ -236,14 +278,15 @@ class LangfuseConfig:
     max_item_bytes: int = attrs.field(default=1_000_000, validator=_whole)
     retry_backoff_max: float = attrs.field(default=30.0, validator=_positive)
     spool_path: Optional[str] = attrs.field(default=None, validator=_opt_text)
-    environment: Optional[str] = attrs.field(default=None, validator=_environment)
-    release: Optional[str] = attrs.field(default=None, validator=_opt_text)
+    environment: Optional[str] = attrs.field(default=_env("environment"), validator=_environment)
+    release: Optional[str] = attrs.field(default=_env("release"), validator=_opt_text)
     atexit_flush: bool = attrs.field(default=True, validator=_bool)
     fork_wait: float = attrs.field(default=1.0, validator=_non_negative)
-    sample_rate: float = attrs.field(default=1.0, validator=_fraction)
-    tracing_enabled: bool = attrs.field(default=True, validator=_bool)
+    sample_rate: float = attrs.field(default=_env("sample_rate"), validator=_fraction)
+    tracing_enabled: bool = attrs.field(default=_env("tracing_enabled"), validator=_bool)
     mask: Optional[str] = attrs.field(default=None, validator=_mask_spec)
     ca_bundle: Optional[str] = attrs.field(default=None, validator=_ca_bundle)
+    debug: bool = attrs.field(default=_env("debug"), validator=_bool)
 
     def __attrs_post_init__(self) -> None:
         if self.unavailable_after < self.degraded_after:
@@ -270,21 +313,14 @@ class LangfuseConfig:
         if unknown:
             raise ConfigError(f"unknown key (known: {', '.join(sorted(names))})", stream=stream, key=unknown[0])
         values = dict(params)
-        for key, variables in _ENV.items():
-            if values.get(key) in (None, ""):
-                values[key] = next((env[var] for var in variables if env.get(var)), None)
-            if values.get(key) in (None, ""):
-                raise ConfigError(f"is required (in params, or set {' or '.join(variables)})", stream=stream, key=key)
-        for key, var in _ENV_OPTIONAL.items():
-            if values.get(key) is None and env.get(var):
-                values[key] = env[var]
-        for key, (var, parse, expected) in _ENV_PARSED.items():
-            if values.get(key) is None and env.get(var):
-                text = env[var]
+        for key in ENV:
+            if values.get(key) in (None, ""):  # (an empty key in params counts as unset, as in the environment)
                 try:
-                    values[key] = parse(text)
-                except ValueError:
-                    raise ConfigError(f"from {var} must be {expected}, got {text!r}", stream=stream, key=key) from None
+                    values[key] = from_env(key, env)
+                except ConfigError as exc:
+                    raise ConfigError(exc.problem, stream=stream, key=key) from None
+            if values[key] is None and key in ("host", "public_key", "secret_key"):
+                raise ConfigError(_required(key).replace("set it", "in params"), stream=stream, key=key)
         try:
             return cls(**values)
         except ConfigError as exc:

@@ -125,6 +125,8 @@ class LangfuseStream(SessionStream):
         status message before it leaves the process (see masking.py); it wins over `config.mask`."""
         self.name = name
         self.config = config
+        if config.debug:  # (LANGFUSE_DEBUG, as Langfuse's SDKs read it) the package's own logger only
+            logging.getLogger(__package__).setLevel(logging.DEBUG)
         try:
             self.client = client or LangfuseClient(config)
         except ConfigError as exc:  # (what requests reads from the environment)
