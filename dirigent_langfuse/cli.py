@@ -366,19 +366,28 @@ def cmd_show(args: argparse.Namespace) -> int:
 # -- check -----------------------------------------------------------------------------------------
 
 
-def _check_one(name: str, params: Mapping[str, Any]) -> Tuple[bool, str]:
+def _check_one(name: str, params: Mapping[str, Any]) -> Tuple[int, str]:
+    """(exit code: 0 ok, 1 Langfuse said no or could not be reached, 2 bad configuration; what to print)."""
     try:
         config = LangfuseConfig.from_params(params, stream=name)
         if config.mask:
             resolve_mask(config.mask, stream=name)  # as the stream would, when it is made
         client = LangfuseClient(config)  # (what requests reads from the environment: a CA bundle)
     except ConfigError as exc:
-        return False, f"configuration: {exc}"
+        return 2, f"configuration: {exc}"
+    good, text = _check_client(config, client)
+    return (0 if good else 1), text
+
+
+def _check_client(config: LangfuseConfig, client: LangfuseClient) -> Tuple[bool, str]:
     try:
         version = None
         transport = config.transport
         if transport != "otel":  # the same unauthenticated health check that `auto` makes
-            version = client.server_version()
+            version, reached = client.health()
+            if not reached and transport == "auto":  # no transport to blame: it was never chosen
+                return False, (f"cannot reach {config.host}: GET /api/public/health had no answer (or a 5xx or "
+                               "429 after the retries), so no transport could be chosen")
         if transport == "auto":
             transport = choose_transport(version)
         elif transport == "ingestion" and choose_transport(version) == "otel" and version:
@@ -405,7 +414,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"check: {exc}", file=sys.stderr)
         return 2
-    ok = True
+    worst = 0  # 2 (bad configuration) over 1 (Langfuse said no, or was not reached) over 0
     for spec in specs:
         if spec.type != "langfuse":
             print(f"{spec.name}: type {spec.type!r} is not checked here")
@@ -413,10 +422,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not spec.enabled:
             print(f"{spec.name}: disabled, not checked")
             continue
-        good, text = _check_one(spec.name, spec.params)
-        ok = ok and good
+        code, text = _check_one(spec.name, spec.params)
+        worst = max(worst, code)
         print(f"{spec.name}: {text}")
-    return 0 if ok else 1
+    return worst
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -438,21 +447,27 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dirigent-langfuse", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"dirigent-langfuse {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    # -v also after the command (`check --config x -v`); not given there, the one before it stands
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="log more (-vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="mirror the bundled example sessions into an embedded receiver")
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[verbose], **kw)
+
+    demo = command("demo", help="mirror the bundled example sessions into an embedded receiver")
     demo.add_argument("--transport", choices=("auto", "ingestion", "otel"), default="auto",
                       help="auto asks the receiver (which answers version 3.x, or 4.0 with --transport otel)")
     demo.set_defaults(func=cmd_demo)
 
-    mirror = sub.add_parser("mirror", help="run BusEvents (JSON Lines) through the configured streams")
+    mirror = command("mirror", help="run BusEvents (JSON Lines) through the configured streams")
     mirror.add_argument("--config", required=True, help="TOML file with [[streams]]")
     mirror.add_argument("file", nargs="?", default="-", help="JSON Lines file, or - for stdin (default)")
     mirror.add_argument("--dry-run", action="store_true", help="print the items instead of sending them")
     mirror.add_argument("--timeout", type=_seconds, default=30.0, help="seconds to deliver at the end (default 30)")
     mirror.set_defaults(func=cmd_mirror)
 
-    receive = sub.add_parser("receive", help="run the Langfuse-compatible receiver in the foreground")
+    receive = command("receive", help="run the Langfuse-compatible receiver in the foreground")
     receive.add_argument("--listen", default="127.0.0.1:3000", help="HOST:PORT (default 127.0.0.1:3000)")
     receive.add_argument("--db", required=True, help="SQLite file to store into")
     receive.add_argument("--public-key", default=DEFAULT_PUBLIC_KEY)
@@ -467,12 +482,12 @@ def _parser() -> argparse.ArgumentParser:
                               "trickle:0.2*2, 503~30")
     receive.set_defaults(func=cmd_receive)
 
-    show = sub.add_parser("show", help="print stored traces as trees")
+    show = command("show", help="print stored traces as trees")
     show.add_argument("--db", required=True)
     show.add_argument("trace_id", nargs="?")
     show.set_defaults(func=cmd_show)
 
-    check = sub.add_parser("check", help="validate a config and test each Langfuse stream's host and keys")
+    check = command("check", help="validate a config and test each Langfuse stream's host and keys")
     check.add_argument("--config", required=True)
     check.set_defaults(func=cmd_check)
     return parser

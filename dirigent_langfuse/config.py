@@ -293,10 +293,12 @@ class LangfuseConfig:
             raise ConfigError("must be at least degraded_after", key="unavailable_after")
         if self.max_item_bytes > self.max_request_bytes:
             raise ConfigError("must not exceed max_request_bytes", key="max_item_bytes")
-        if self.public_key.startswith("sk-lf-") or self.secret_key.startswith("pk-lf-"):
-            # Swapped keys would also put the secret where the public key is shown (reprs, logs).
-            raise ConfigError("and secret_key look swapped (public keys start pk-lf-, secret keys sk-lf-)",
-                              key="public_key")
+        # Swapped keys would also put the secret where the public key is shown (reprs, logs).
+        for key, value, own, other in (("public_key", self.public_key, "pk-lf-", "sk-lf-"),
+                                       ("secret_key", self.secret_key, "sk-lf-", "pk-lf-")):
+            if value.startswith(other):
+                raise ConfigError(f"starts with {other}, as the other key does: public_key and secret_key look "
+                                  f"swapped ({key} starts with {own})", key=key)
 
     @property
     def timeout(self) -> "tuple[float, float]":

@@ -24,8 +24,8 @@ EXAMPLE = ROOT / "dirigent_langfuse" / "examples" / "coding_session.jsonl"
 
 def run(*args: str, stdin: Union[str, bytes, None] = None, timeout: float = 60) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for key in ("LANGFUSE_BASE_URL", "LANGFUSE_HOST", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY"):
-        env.pop(key, None)
+    for key in [k for k in env if k.startswith("LANGFUSE_")]:  # what LangfuseConfig would read
+        env.pop(key)
     result = subprocess.run([sys.executable, "-m", "dirigent_langfuse", *args], input=stdin, capture_output=True,
                             text=not isinstance(stdin, bytes), timeout=timeout, env=env, cwd=str(ROOT))
     if isinstance(stdin, bytes):  # bytes in, text out all the same
@@ -325,10 +325,17 @@ def test_check_good_keys_bad_keys_unreachable(tmp_path, receiver):
     assert bad.returncode == 1 and "refused the keys (HTTP 401)" in bad.stdout
     assert "sk-lf-wrong" not in bad.stdout + bad.stderr
     port = free_port()
-    gone = run("check", "--config", str(write_config(tmp_path / "gone.toml", f"http://127.0.0.1:{port}")))
-    assert gone.returncode == 1 and "cannot reach" in gone.stdout
+    gone = run("check", "--config", str(write_config(tmp_path / "gone.toml", f"http://127.0.0.1:{port}")), "-v")
+    assert gone.returncode == 1 and f"cannot reach http://127.0.0.1:{port}: GET /api/public/health" in gone.stdout
+    assert "otel" not in gone.stdout and "ingestion" not in gone.stdout  # (auto chose no transport to blame)
     unmaskable = run("check", "--config", str(write_config(tmp_path / "mask.toml", receiver.url, mask="no_such.module:scrub")))
-    assert unmaskable.returncode == 1 and "mask" in unmaskable.stdout and "cannot import" in unmaskable.stdout
+    assert unmaskable.returncode == 2 and "mask" in unmaskable.stdout and "cannot import" in unmaskable.stdout
+    # a bad stream among good ones: every stream is checked, and the exit code is configuration's
+    mixed = tmp_path / "mixed.toml"
+    mixed.write_text(write_config(tmp_path / "one.toml", receiver.url).read_text()
+                     + write_config(tmp_path / "two.toml", receiver.url, batch_size=0).read_text().replace('"local"', '"second"'))
+    result = run("check", "--config", str(mixed))
+    assert result.returncode == 2 and "keys accepted" in result.stdout and "key 'batch_size'" in result.stdout, result.stdout
     broken = tmp_path / "broken.toml"
     broken.write_text("[[streams]]\nname = 3\n")
     result = run("check", "--config", str(broken))
@@ -339,7 +346,7 @@ def test_check_names_a_ca_bundle_from_the_environment_that_does_not_exist(tmp_pa
     """It ended in a traceback; a stream made with it dropped every batch as internal_error."""
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "gone.pem"))
     result = run("check", "--config", str(write_config(tmp_path / "tls.toml", "https://127.0.0.1:9")))
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "key 'ca_bundle'" in result.stdout and "REQUESTS_CA_BUNDLE does not exist" in result.stdout
 
 

@@ -142,12 +142,14 @@ def test_environment_and_release_fall_back_to_the_sdks_variables():
     assert info.value.key == "environment" and info.value.stream == "s1"
 
 
-@pytest.mark.parametrize("public, secret", [("sk-lf-secret-value", "pk-lf-1"), ("sk-lf-secret-value", "x"),
-                                             ("pk-x", "pk-lf-1")])
-def test_swapped_keys_are_a_config_error_that_never_shows_the_secret(public, secret):
+@pytest.mark.parametrize("public, secret, wrong", [("sk-lf-secret-value", "pk-lf-1", "public_key"),
+                                                    ("sk-lf-secret-value", "x", "public_key"),
+                                                    ("pk-x", "pk-lf-1", "secret_key")])
+def test_swapped_keys_are_a_config_error_that_never_shows_the_secret(public, secret, wrong):
     with pytest.raises(ConfigError) as info:
         LangfuseConfig(host="http://h", public_key=public, secret_key=secret)
-    assert info.value.key == "public_key" and "swapped" in str(info.value)
+    assert info.value.key == wrong and "swapped" in str(info.value)
+    assert str(info.value).startswith(f"key {wrong!r}: starts with ")  # a sentence, naming the key that is wrong
     assert "secret-value" not in str(info.value) and "secret-value" not in repr(info.value)
     LangfuseConfig(host="http://h", public_key="pk-lf-1", secret_key="sk-lf-2")  # the usual pair is fine
 
