@@ -98,14 +98,24 @@ def _spec(entry: Any, index: int, seen: set) -> StreamSpec:
     return StreamSpec(name=name, type=type_, enabled=enabled, scope=scope, params=params)
 
 
-def load_stream_specs(source: Union[str, os.PathLike, Mapping[str, Any]]) -> List[StreamSpec]:
-    """Read `[[streams]]` from a TOML file path, a TOML string, or an already parsed mapping."""
+def load_stream_specs(
+    source: Union[str, "os.PathLike[str]", Mapping[str, Any], None] = None, *, text: Optional[str] = None
+) -> List[StreamSpec]:
+    """Read `[[streams]]` from a TOML file (`source`, a path), TOML text (`text=`), or an already
+    parsed mapping (`source`).
+
+    A string `source` is a path, whatever it holds (`"team=a.toml"` is a file name), with one
+    exception kept for the callers that passed TOML text before `text=` existed: a string with a
+    line break, which no file name of a config has, is read as TOML text."""
+    if (source is None) == (text is None):
+        raise TypeError("load_stream_specs takes a path or a mapping, or text=, and not both")
     if isinstance(source, Mapping):
         document: Mapping[str, Any] = source
     else:
-        text: Optional[str] = None
-        if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source and "=" not in source):
-            path = Path(source)
+        if text is None and isinstance(source, str) and "\n" in source:
+            text = source
+        elif text is None:
+            path = Path(source)  # type: ignore[arg-type]
             try:
                 text = path.read_text(encoding="utf-8-sig")  # TOML is UTF-8; a byte order mark (Notepad's) is skipped
             except OSError as exc:
@@ -113,8 +123,8 @@ def load_stream_specs(source: Union[str, os.PathLike, Mapping[str, Any]]) -> Lis
             except UnicodeDecodeError as exc:
                 raise ConfigError(f"cannot read {path}: not UTF-8 text, as TOML must be (byte 0x{exc.object[exc.start]:02x} "
                                   f"at offset {exc.start})") from None
-        else:
-            text = str(source)
+        elif not isinstance(text, str):
+            raise TypeError(f"text= must be TOML text (a str), got {type(text).__name__}")
         try:
             document = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:

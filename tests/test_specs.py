@@ -32,6 +32,26 @@ def test_seed_example_parses(tmp_path):
         assert "sk-secret-value" not in repr(spec) and "sk-secret-value" not in repr(config)
 
 
+def test_a_path_loads_as_a_path_whatever_it_holds_and_text_has_its_own_way_in(tmp_path, monkeypatch):
+    """"team=a.toml" was read as TOML text (any string with "=" was), and failed as such."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "team=a.toml").write_text(SEED_EXAMPLE)
+    (spec,) = load_stream_specs("team=a.toml")
+    assert spec.name == "langfuse-prod"
+    with pytest.raises(ConfigError) as info:
+        load_stream_specs("streams = 3")  # no such file: said as one, not read as TOML
+    assert "cannot read streams = 3" in str(info.value)
+    (spec,) = load_stream_specs(text='[[streams]]\nname = "a"\ntype = "langfuse"\n')
+    assert spec.name == "a"
+    with pytest.raises(ConfigError) as info:
+        load_stream_specs(text="streams = 3")
+    assert info.value.key == "streams"
+    with pytest.raises(TypeError):
+        load_stream_specs("x.toml", text="streams = []")
+    with pytest.raises(TypeError):
+        load_stream_specs()
+
+
 def test_defaults_scope_all_and_enabled():
     (spec,) = load_stream_specs('[[streams]]\nname = "a"\ntype = "langfuse"\n')
     assert spec.enabled and spec.scope.kind == "all" and spec.params == {}
@@ -46,6 +66,7 @@ BAD = [
     ('[[streams]]\nname = "a"\ntype = "langfuse"\nparms = {}\n', "a", "parms"),
     ('[[streams]]\nname = "a"\ntype = "x"\n[[streams]]\nname = "a"\ntype = "y"\n', "a", "name"),
     ('streams = 3\n', None, "streams"),
+    ('\nstreams = 3', None, "streams"),
 ]
 
 
