@@ -734,7 +734,7 @@ class Worker:
     def _account(self, batch: List[Record], report: Report, reason: Optional[str], retry_after: Optional[float]) -> None:
         now = self._clock()
         delivered = sum(r.weight for r in report.delivered)
-        to_log: List[Tuple[str, int, str]] = []
+        to_log: Dict[Tuple[str, str], int] = {}  # (reason, message): items, for messages not said before
         over: List[Record] = []
         with self._lock:
             self.requests += 1
@@ -748,9 +748,11 @@ class Worker:
                 self.dropped[why] += record.weight
                 self.last_error = f"Langfuse refused item(s) for good ({why}): {message or 'no message'}"
                 key = f"{why}:{message}"
-                if key not in self._seen_messages and len(self._seen_messages) < 1000:
+                if (why, message) in to_log:
+                    to_log[(why, message)] += record.weight
+                elif key not in self._seen_messages and len(self._seen_messages) < 1000:
                     self._seen_messages[key] = 1
-                    to_log.append((why, record.weight, message))
+                    to_log[(why, message)] = record.weight
             if report.error is not None:
                 self._failed(str(report.error), reason)
             else:
@@ -784,9 +786,10 @@ class Worker:
             finished = list(report.delivered) + [r for r, _, _ in report.dropped]
             if finished:
                 self.spool.remove(finished)
-        for why, weight, message in to_log:
-            log.warning("stream %r: Langfuse refused items (%s): %s", self.name, why, message or "no message")
-        if report.error is not None:
+        for (why, message), weight in to_log.items():
+            log.warning("stream %r: Langfuse refused %d item(s) for good (%s): %s", self.name, weight, why,
+                        message or "no message")
+        if report.error is not None and report.retry:  # (refused for good: said above, once per message)
             self._throttled(
                 "send_failed:" + (reason or ""), logging.WARNING,
                 "stream %r: request failed (%s), %d items kept for retry: %s",

@@ -215,7 +215,7 @@ def test_207_with_some_items_failed(fast_receiver, transport, no_secrets_logged,
     if transport == "ingestion":
         # 5xx items were re-sent with the same ids; 4xx items were dropped and counted by status
         assert set(stats.dropped) == {"status_400"}
-        refused = [r for r in caplog.records if "Langfuse refused items" in r.getMessage()]
+        refused = [r for r in caplog.records if "Langfuse refused" in r.getMessage()]
         assert len(refused) == 1  # once per distinct message, not once per item
     else:
         # OTLP's partial success names no spans: rejected spans are counted, not retried

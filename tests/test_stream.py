@@ -1,6 +1,7 @@
 """LangfuseStream with `responses`: batching, flushing, shutdown, health, overflow, late bind."""
 
 import json
+import logging
 import threading
 import time
 
@@ -156,16 +157,21 @@ def test_health_drift_through_the_stream(server):
     stream.shutdown(1)
 
 
-def test_4xx_is_final_and_reported_as_status(server):
+@pytest.mark.parametrize("status", [400, 413])
+def test_4xx_is_final_and_reported_as_status(server, caplog, status):
+    caplog.set_level(logging.WARNING, logger="dirigent_langfuse")
     stream = make(flush_interval=30)
-    server.answers = [400]
+    server.answers = [status]
     stream.on_event(started("m1"))
     outcome = stream.flush(5)
-    assert outcome.error is StreamError.STATUS and "400" in outcome.detail
+    assert outcome.error is StreamError.STATUS and str(status) in outcome.detail
     stats = stream.stats()
-    assert stats.dropped == {"status_400": 1} and stats.items_pending == 0
+    assert stats.dropped == {f"status_{status}": 1} and stats.items_pending == 0
     assert len(server.batches) == 0
     stream.shutdown(1)
+    # one refused request, one WARNING line (it also said "request failed ..., 0 items kept for retry")
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 1 and f"Langfuse refused 1 item(s) for good (status_{status})" in lines[0], lines
 
 
 def test_an_item_refused_in_every_207_is_dropped_after_max_retries(server, caplog):
