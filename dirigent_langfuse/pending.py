@@ -2,11 +2,16 @@
 
 Events are held per `(connector_id, native_session_id)` in arrival order until an event of the
 same key brings a scroll_id (a `ScrollBound`, or any bound event). Bounded three ways, each drop
-counted by reason and logged once per key:
+counted by reason, exactly (`drops()`):
 
 - `max_keys` keys at most: a new key beyond that evicts the oldest key (`pending_overflow_keys`);
-- `max_events_per_key`: a key's oldest event makes room for its newest (`pending_overflow`);
+- `max_events_per_key`: a key's oldest event makes room for its newest (`pending_overflow`), but
+  never its session's start (`SessionCreated`: the trace's name, user and tags): the oldest other
+  one goes, or the newest itself when only starts are held;
 - `ttl` seconds after a key's first held event, its events expire (`pending_expired`).
+
+Drops are logged per reason, at once the first time and then at most once a minute, each line
+with the exact count since the line before; what is left unsaid is said by `drain` (shutdown).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import threading
 import time
 from typing import Callable, Deque, Dict, List, Tuple
 
-from .bus import BusEvent
+from .bus import BusEvent, SessionCreated
 from .snapshot import own_event
 
 __all__ = ["PendingBuffer"]
@@ -27,13 +32,15 @@ log = logging.getLogger(__name__)
 Key = Tuple[str, str]
 
 
+_SAY_EVERY = 60.0  # seconds between two lines of one reason
+
+
 class _Held:
-    __slots__ = ("events", "since", "logged")
+    __slots__ = ("events", "since")
 
     def __init__(self, since: float) -> None:
         self.events: Deque[BusEvent] = collections.deque()
         self.since = since
-        self.logged = False
 
 
 class PendingBuffer:
@@ -54,7 +61,9 @@ class PendingBuffer:
         self._lock = threading.RLock()
         self.dropped: Dict[str, int] = collections.Counter()
         self.held_total = 0
-        self._notices: List[Tuple[int, Key, str]] = []  # drops to log once the lock is free
+        self._unsaid: Dict[str, int] = collections.Counter()  # drops by reason not logged yet
+        self._last_key: Dict[str, Key] = {}  # the key of each reason's latest drop, for its line
+        self._said_at: Dict[str, float] = {}
 
     @staticmethod
     def key(event: BusEvent) -> Key:
@@ -64,23 +73,36 @@ class PendingBuffer:
         with self._lock:
             return sum(len(h.events) for h in self._keys.values())
 
-    def _drop(self, key: Key, held: _Held, reason: str, count: int) -> None:
-        self.dropped[reason] += count
-        if not held.logged:
-            held.logged = True
-            self._notices.append((count, key, reason))
+    def _drop(self, key: Key, reason: str, count: int) -> None:
+        if count:
+            self.dropped[reason] += count
+            self._unsaid[reason] += count
+            self._last_key[reason] = key
 
-    def _log_drops(self) -> None:
-        """Log the drops noted under the lock, without it: a log handler may call back into the
-        stream (a host that mirrors its log lines as events) and would wait for the lock for ever."""
-        if not self._notices:
-            return
+    def drops(self) -> Dict[str, int]:
+        """The events dropped so far, by reason."""
         with self._lock:
-            notices, self._notices = self._notices, []
-        for count, key, reason in notices:
+            return dict(self.dropped)
+
+    def _log_drops(self, final: bool = False) -> None:
+        """Log the drops not said yet, each reason at most once a minute (`final`: all of them), and
+        without the lock: a log handler may call back into the stream (a host that mirrors its log
+        lines as events) and would wait for the lock for ever."""
+        if not self._unsaid:
+            return
+        lines = []
+        with self._lock:
+            now = self._clock()
+            for reason, count in list(self._unsaid.items()):
+                said = self._said_at.get(reason)
+                if final or said is None or now - said >= _SAY_EVERY:
+                    del self._unsaid[reason]
+                    self._said_at[reason] = now
+                    lines.append((count, reason, self._last_key[reason], self.dropped[reason]))
+        for count, reason, key, total in lines:
             log.warning(
-                "stream %r: dropped %d unbound event(s) of connector %r session %r (%s)",
-                self.name, count, key[0], key[1], reason,
+                "stream %r: dropped %d unbound event(s) (%s; the last of connector %r session %r); %d in all",
+                self.name, count, reason, key[0], key[1], total,
             )
 
     def expire(self) -> None:
@@ -94,7 +116,7 @@ class PendingBuffer:
             if now - held.since < self.ttl:
                 break
             del self._keys[key]
-            self._drop(key, held, "pending_expired", len(held.events))
+            self._drop(key, "pending_expired", len(held.events))
 
     def hold(self, event: BusEvent) -> None:
         """Keep `event` (its payloads copied as they are now: the host may change them before
@@ -108,13 +130,15 @@ class PendingBuffer:
             if held is None:
                 if len(self._keys) >= self.max_keys:
                     old_key, old = self._keys.popitem(last=False)
-                    self._drop(old_key, old, "pending_overflow_keys", len(old.events))
+                    self._drop(old_key, "pending_overflow_keys", len(old.events))
                 held = self._keys[key] = _Held(now)
+            room = True
             if len(held.events) >= self.max_events_per_key:
-                held.events.popleft()
-                self._drop(key, held, "pending_overflow", 1)
-            held.events.append(event)
-            self.held_total += 1
+                self._drop(key, "pending_overflow", 1)
+                room = _evict(held.events, event)  # False: only starts are held, the newest is dropped
+            if room:
+                held.events.append(event)
+                self.held_total += 1
         self._log_drops()
 
     def release(self, event: BusEvent) -> List[BusEvent]:
@@ -130,13 +154,27 @@ class PendingBuffer:
         with self._lock:
             total = 0
             for key, held in self._keys.items():
-                self._drop(key, held, reason, len(held.events))
+                self._drop(key, reason, len(held.events))
                 total += len(held.events)
             self._keys.clear()
-        self._log_drops()
+        self._log_drops(final=True)
         return total
 
     def _reset_after_fork(self) -> None:
         self._lock = threading.RLock()
         self._keys.clear()
-        self._notices = []
+        self._unsaid.clear()
+
+
+def _evict(events: Deque[BusEvent], newest: BusEvent) -> bool:
+    """Make room in a key's full queue for `newest`: its oldest event that is not a session's
+    start goes (a start carries the trace's name, user and tags). False when only starts are held
+    and `newest` is not one: `newest` is the one dropped."""
+    for i, event in enumerate(events):
+        if not isinstance(event, SessionCreated):
+            del events[i]
+            return True
+    if isinstance(newest, SessionCreated):  # starts only, and another start (a replay): the oldest goes
+        events.popleft()
+        return True
+    return False

@@ -159,6 +159,7 @@ class LangfuseStream(SessionStream):
         self.events_sampled_out = 0
         self.events_held = 0
         self.events_failed = 0
+        self._held_answered: Dict[str, int] = {}  # the held events' drops by reason, at the last flush/shutdown
         self._throttled = Throttled(log)  # events refused as invalid: said once a minute, with a count
         _forks.add(self)
         if config.tracing_enabled:  # a disabled stream has nothing to deliver: not held for the exit
@@ -304,7 +305,23 @@ class LangfuseStream(SessionStream):
         self._pending.expire()
         if self._closed:
             return self._final or StreamOutcome.failed(StreamError.CLOSED, "stream is shut down")
-        return self._outcome(self._worker.flush(timeout), "flush")
+        return self._held_dropped(self._outcome(self._worker.flush(timeout), "flush"))
+
+    def _held_dropped(self, outcome: StreamOutcome) -> StreamOutcome:
+        """`outcome`, saying which held events were dropped since the last answer: they were
+        answered ACCEPTED, so a DELIVERED would hide them; it becomes FAILED(DROPPED)."""
+        now = self._pending.drops()
+        with self._lock:
+            since = {r: n - self._held_answered.get(r, 0) for r, n in now.items() if n > self._held_answered.get(r, 0)}
+            self._held_answered = now
+        if not since:
+            return outcome
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(since.items()))
+        said = (f"{sum(since.values())} accepted event(s) held for a late bind were dropped since the last answer, "
+                f"never bound to a scroll in time ({reasons}; see stats().events_dropped)")
+        if outcome.ok:
+            return StreamOutcome.failed(StreamError.DROPPED, f"{outcome.detail}; but {said}")
+        return attrs.evolve(outcome, detail=f"{outcome.detail}; {said}")
 
     def shutdown(self, timeout: Optional[float] = None) -> StreamOutcome:
         """Stop accepting, deliver what can be delivered within `timeout`, count the rest.
@@ -338,13 +355,11 @@ class LangfuseStream(SessionStream):
 
     def _shutdown(self, timeout: float) -> StreamOutcome:
         self.client.stop_retrying_at(time.monotonic() + min(timeout, threading.TIMEOUT_MAX))
-        unbound = self._pending.drain("unbound_at_shutdown")
+        self._pending.drain("unbound_at_shutdown")
         result = self._worker.shutdown(timeout)
         if not result.timed_out:
             self.client.close()
-        outcome = self._outcome(result, "shutdown")
-        if unbound and outcome.ok:
-            outcome = StreamOutcome.failed(StreamError.TRANSPORT, f"shutdown: {unbound} event(s) never bound to a scroll")
+        outcome = self._held_dropped(self._outcome(result, "shutdown"))
         self._final = outcome
         _exits.remove(self)
         return outcome
@@ -364,7 +379,7 @@ class LangfuseStream(SessionStream):
             events_sampled_out=self.events_sampled_out,
             events_held=len(self._pending),
             events_failed=self.events_failed,
-            events_dropped=dict(self._pending.dropped),
+            events_dropped=self._pending.drops(),
             items_accepted=counts["accepted"],
             items_delivered=counts["delivered"],
             items_pending=counts["pending"],

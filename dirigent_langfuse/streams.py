@@ -53,10 +53,18 @@ class OutcomeStatus(enum.Enum):
 
 class StreamError(enum.Enum):
     TRANSPORT = "transport"
+    """The backend could not be reached, or did not take what was sent (yet)."""
     STATUS = "status"
+    """The backend refused what was sent (an HTTP status)."""
     OVERFLOW = "overflow"
+    """A bound was reached: the event was not taken."""
     CLOSED = "closed"
+    """The stream is shut down."""
     INVALID = "invalid"
+    """The event cannot be mirrored."""
+    DROPPED = "dropped"
+    """flush/shutdown: events answered ACCEPTED were dropped before they could be sent (held for a
+    late bind that did not come in time); counted in `StreamStats.events_dropped`."""
 
 
 @attrs.frozen

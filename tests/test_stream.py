@@ -300,7 +300,42 @@ def test_unbound_at_shutdown_counted(server):
     stream.on_event(started("m1", None))
     outcome = stream.shutdown(2)
     assert not outcome.ok and "never bound" in outcome.detail
+    assert outcome.error is StreamError.DROPPED  # not TRANSPORT: nothing failed to reach Langfuse
     assert stream.stats().events_dropped == {"unbound_at_shutdown": 1}
+
+
+def test_late_bind_overflow_is_counted_and_said_exactly_and_never_evicts_the_start(server, caplog):
+    caplog.set_level(logging.WARNING, logger="dirigent_langfuse")
+    stream = make(pending_max_events_per_key=3)
+    stream.on_event(created(None))
+    for i in range(5):  # 6 events for 3 places: 3 dropped, the oldest messages, never the start
+        assert stream.on_event(started(f"m{i}", None, t=i)).status is OutcomeStatus.ACCEPTED
+    assert stream.stats().events_dropped == {"pending_overflow": 3}
+    lines = [r.getMessage() for r in caplog.records if "unbound event" in r.getMessage()]
+    assert len(lines) == 1 and "dropped 1 unbound event(s) (pending_overflow" in lines[0]  # at once, then a minute's quiet
+    flushed = stream.flush(5)
+    assert flushed.error is StreamError.DROPPED and "3 accepted event(s)" in flushed.detail
+    assert "pending_overflow 3" in flushed.detail
+    assert stream.flush(5).status is OutcomeStatus.DELIVERED  # said once: since the last answer
+    stream.on_event(bound())
+    outcome = stream.shutdown(5)
+    assert outcome.status is OutcomeStatus.DELIVERED, outcome
+    bodies = [item["body"] for batch in server.batches for item in batch if item["type"] == "trace-create"]
+    assert any(body.get("name") == "a session" for body in bodies)  # the start was kept: the trace has its name
+    generations = {item["body"]["id"] for batch in server.batches for item in batch if item["type"] == "generation-create"}
+    assert len(generations) == 2  # m3 and m4, the newest
+    lines = [r.getMessage() for r in caplog.records if "unbound event" in r.getMessage()]
+    assert len(lines) == 2 and "dropped 2 unbound event(s)" in lines[1] and "3 in all" in lines[1]  # the rest, at shutdown
+
+
+def test_a_shutdown_after_held_events_were_dropped_is_not_a_bare_delivered(server):
+    stream = make(pending_max_events_per_key=1)
+    stream.on_event(started("m1", None))
+    stream.on_event(started("m2", None))  # m1 goes
+    stream.on_event(bound())
+    outcome = stream.shutdown(5)
+    assert outcome.status is OutcomeStatus.FAILED and outcome.error is StreamError.DROPPED
+    assert "1 accepted event(s)" in outcome.detail and "pending_overflow 1" in outcome.detail
 
 
 def test_pending_overflow_and_expiry_are_counted(caplog):
