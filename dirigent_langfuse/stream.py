@@ -289,12 +289,17 @@ class LangfuseStream(SessionStream):
         refused = any((k.startswith("status_") and k != "status_429") or k == "otel_rejected" for k in kinds)
         error = StreamError.STATUS if refused else StreamError.TRANSPORT
         if result.timed_out:
-            detail = f"{what} timed out; {result.pending} item(s) not yet delivered"
+            detail = f"{what} timed out"
+            if result.pending:
+                detail += f"; {result.pending} item(s) not yet delivered"
         else:
-            detail = f"{what}: {result.pending} item(s) not delivered"
-        if result.dropped:
-            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(result.dropped.items()))
-            detail += f"; {sum(result.dropped.values())} item(s) dropped ({reasons})"
+            detail = f"{what}: {result.pending} item(s) not delivered" if result.pending else f"{what}: not everything was delivered"
+        lost = {reason: n for reason, n in result.dropped.items() if reason != "spooled"}
+        if lost:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(lost.items()))
+            detail += f"; {sum(lost.values())} item(s) dropped ({reasons})"
+        if result.dropped.get("spooled"):
+            detail += f"; {result.dropped['spooled']} item(s) left in the spool for the next start (spooled)"
         if result.error and not result.timed_out:
             detail += f"; last error: {result.error}"
         return StreamOutcome.failed(error, detail)

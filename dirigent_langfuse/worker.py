@@ -188,6 +188,9 @@ class Worker:
         self.refusing_requests = 0  # succeeded, but refused some records for now (a 207's 5xx)
         self.last_error: Optional[str] = None
         self.last_error_kind: Optional[str] = None
+        # (delivered, dropped) as a shutdown that timed out settled them: what `counts()` shows from
+        # then on, so that a request landing after the deadline does not count twice.
+        self._settled: Optional[Tuple[int, Dict[str, int]]] = None
 
     def _before_fork(self) -> None:
         """In the forking thread: wait (at most `fork_wait`) for the steps in progress to end, then
@@ -320,7 +323,8 @@ class Worker:
 
     @property
     def pending(self) -> int:
-        return self.accepted - self.delivered - sum(self.dropped.values())
+        delivered, dropped = self._settled or (self.delivered, self.dropped)
+        return self.accepted - delivered - sum(dropped.values())
 
     def flush(self, timeout: float) -> FlushResult:
         """Wait until everything queued so far was attempted at least once since this call.
@@ -364,7 +368,8 @@ class Worker:
     def _drops_since(self, before: Dict[str, int]) -> Dict[str, int]:
         """Drops by reason since `before` (a copy of `dropped`), `queue_full` aside: the caller
         was told of those at once (FAILED(OVERFLOW))."""
-        return {r: n - before.get(r, 0) for r, n in self.dropped.items() if r != "queue_full" and n > before.get(r, 0)}
+        dropped = self._settled[1] if self._settled else self.dropped
+        return {r: n - before.get(r, 0) for r, n in dropped.items() if r != "queue_full" and n > before.get(r, 0)}
 
     def shutdown(self, timeout: float) -> FlushResult:
         """Deliver what can be delivered before `timeout`; drop (counted) or spool the rest."""
@@ -385,9 +390,32 @@ class Worker:
         with self._lock:
             self._stopped = True
             timed_out = any(t.is_alive() for t in self._threads)
+            settled = self._settle() if timed_out else None
             dropped = self._drops_since({})  # the whole life: the last word on what was accepted
             ok = self.pending == 0 and not dropped and not timed_out
-            return FlushResult(ok, timed_out, self.pending, None if ok else self.last_error, dropped)
+            result = FlushResult(ok, timed_out, self.pending, None if ok else self.last_error, dropped)
+        if settled:
+            log.warning("stream %r: shutdown deadline reached with a request or a step in progress; %d items "
+                        "counted as not delivered (shutdown)%s", self.name, settled[0],
+                        f", {settled[1]} as left in the spool for the next start (spooled)" if settled[1] else "")
+        return result
+
+    def _settle(self) -> Tuple[int, int]:
+        """A shutdown timed out with a thread of ours still in a request or a step (lock held): what
+        is not delivered yet is counted now, for good: the queue as `shutdown`, and the rest as
+        `shutdown` too, or, with a spool, as `spooled` (the step in progress writes it there, and
+        the worker's end the observations still open). (items counted `shutdown`, items `spooled`)."""
+        left = self.pending
+        queued = len(self._queue)
+        self._queue.clear()  # past the deadline no step takes it any more
+        spooled = max(0, left - queued) if self.spool is not None else 0
+        dropped = collections.Counter(self.dropped)
+        if left - spooled:
+            dropped["shutdown"] += left - spooled
+        if spooled:
+            dropped["spooled"] += spooled
+        self._settled = (self.delivered, dict(dropped))
+        return left - spooled, spooled
 
     # -- worker side ------------------------------------------------------------------------------
 
@@ -827,11 +855,14 @@ class Worker:
             spooled = self.spool is not None
             if left_queue:
                 self.dropped["shutdown"] += left_queue
-            if left_outbox and not spooled:
-                self.dropped["shutdown"] += left_outbox
+            if left_outbox:
+                self.dropped["spooled" if spooled else "shutdown"] += left_outbox
             self._outbox.clear()
             self._outbox_bytes = 0
             self._done.notify_all()
+            settled = self._settled is not None
+        if settled:  # counted, and said, by the shutdown that timed out
+            return
         if left_queue or (left_outbox and not spooled):
             log.warning(
                 "stream %r: shutdown deadline reached; %d items not delivered%s",
@@ -872,10 +903,11 @@ class Worker:
 
     def counts(self) -> Dict[str, Any]:
         with self._lock:
+            delivered, dropped = self._settled or (self.delivered, self.dropped)
             return {
                 "accepted": self.accepted,
-                "delivered": self.delivered,
-                "dropped": dict(self.dropped),
+                "delivered": delivered,
+                "dropped": dict(dropped),
                 "pending": self.pending,
                 "queued": len(self._queue),
                 "outbox": len(self._outbox),

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple
 
 import pytest
 
-from dirigent_langfuse import Health, LangfuseStream, OutcomeStatus
+from dirigent_langfuse import Health, LangfuseStream, OutcomeStatus, StreamStats
 from dirigent_langfuse.faults import Fault
 from dirigent_langfuse.receiver import Receiver
 
@@ -31,7 +31,7 @@ from .helpers import completed, config, created, ended, started, tool_call, tool
 
 TRANSPORTS = ["ingestion", "otel"]
 BOUND = 0.5  # seconds: far below any network wait the faults cause; on_event must never get near it
-KNOWN_REASONS = {"queue_full", "buffer_full", "shutdown", "status_400", "otel_rejected"}
+KNOWN_REASONS = {"queue_full", "buffer_full", "shutdown", "spooled", "status_400", "otel_rejected"}
 
 FAST = dict(
     flush_interval=0.02, backoff_base=0.001, backoff_max=0.002, retry_backoff_max=0.05,
@@ -592,7 +592,7 @@ def test_otel_observations_open_at_a_shutdown_during_an_outage_are_spooled_or_co
     if not spooled:
         assert stats.items_pending == 0 and stats.dropped == {"shutdown": stats.items_accepted}
         return
-    assert stats.items_pending == stats.items_accepted  # all of it waits in the spool
+    assert stats.items_pending == 0 and stats.dropped == {"spooled": stats.items_accepted}  # all of it waits in the spool
     receiver.faults.clear()
     restarted = LangfuseStream(config(receiver.url, transport="otel", **extra, **FAST), name="open")
     assert restarted.shutdown(15).ok and restarted.stats().items_delivered == stats.items_accepted
@@ -616,6 +616,32 @@ def test_shutdown_is_bounded_when_langfuse_hangs(fast_receiver, transport, no_se
     stats = stream.stats()
     assert stats.items_pending == 0 and stats.dropped.get("shutdown", 0) > 0
     check("hung Langfuse at shutdown", transport, receiver, stream, caller.max_block, expect_all=False, uncertain=True)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_counts_add_up_once_a_timed_out_shutdown_returned_and_a_late_answer_counts_once(fast_receiver, transport):
+    """shutdown(1.5) against a hung Langfuse returned with every item still pending and no drop;
+    the counts only added up once the request in flight ended, seconds later."""
+    receiver = fast_receiver
+    receiver.faults.add(Fault.slow(3.0, times=1))  # answers, whole, after the shutdown's deadline
+    stream = LangfuseStream(config(receiver.url, transport=transport, **dict(FAST, read_timeout=6.0)), name="late")
+    for event in session("late-1", messages=2, tools=1):
+        stream.on_event(event)
+    outcome = stream.shutdown(1.5)
+    assert outcome.status is OutcomeStatus.FAILED and "timed out" in outcome.detail
+
+    def adds_up() -> StreamStats:
+        stats = stream.stats()
+        assert stats.items_pending == 0, stats
+        assert stats.items_accepted == stats.items_delivered + sum(stats.dropped.values()), stats
+        return stats
+
+    first = adds_up()
+    assert first.dropped == {"shutdown": first.items_accepted}  # what was in flight is counted
+    assert stream._worker.join(15)  # the request lands after the deadline...
+    assert receiver.store.observations()  # (it did land)
+    later = adds_up()  # ...and does not count a second time
+    assert (later.items_accepted, later.items_delivered, later.dropped) == (first.items_accepted, 0, first.dropped)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

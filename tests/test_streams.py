@@ -51,7 +51,7 @@ def test_outcomes():
     failed = StreamOutcome.failed(StreamError.OVERFLOW, "full")
     assert failed.error is StreamError.OVERFLOW and not failed.ok
     assert StreamOutcome.skipped("x").ok
-    assert {e.name for e in StreamError} == {"TRANSPORT", "STATUS", "OVERFLOW", "CLOSED", "INVALID"}
+    assert {e.name for e in StreamError} == {"TRANSPORT", "STATUS", "OVERFLOW", "CLOSED", "INVALID", "DROPPED"}
 
 
 def test_scope_matches():
