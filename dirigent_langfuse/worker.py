@@ -191,6 +191,8 @@ class Worker:
         # (delivered, dropped) as a shutdown that timed out settled them: what `counts()` shows from
         # then on, so that a request landing after the deadline does not count twice.
         self._settled: Optional[Tuple[int, Dict[str, int]]] = None
+        # The items a spool held at start, once loaded (None until then): a flush() waits for them.
+        self._spool_found: Optional[int] = None
 
     def _before_fork(self) -> None:
         """In the forking thread: wait (at most `fork_wait`) for the steps in progress to end, then
@@ -342,6 +344,8 @@ class Worker:
                                    "exiting?): shutdown() sends what is queued")
         with self._lock:
             target = self.accepted - self.dropped.get("queue_full", 0)
+            # What the spool held at start counts as accepted before this call, loaded or not yet.
+            unloaded = self.spool is not None and self._spool_found is None
             failures = self.failed_requests
             refusals = self.refusing_requests
             drops = dict(self.dropped)
@@ -351,8 +355,11 @@ class Worker:
             try:
                 while True:
                     attempted = self.failed_requests > failures or self.refusing_requests > refusals
+                    if unloaded and self._spool_found is not None:
+                        unloaded = False
+                        target += self._spool_found
                     idle = not self._busy and self._inflight == 0
-                    done = self.processed >= target and (not self._outbox or attempted)
+                    done = not unloaded and self.processed >= target and (not self._outbox or attempted)
                     if idle and (done or (attempted and self._unchosen)):
                         break
                     left = deadline - self._clock()
@@ -888,6 +895,7 @@ class Worker:
             n = sum(r.weight for r in records) + sum(r.weight for r in legacy)
             self.accepted += n + other
             self.processed += n + other
+            self._spool_found = n + other
             if other:
                 self.dropped["spool_other_wire"] += other
             over = self._add_to_outbox(records)

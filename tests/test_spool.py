@@ -230,3 +230,44 @@ def test_a_stream_that_shut_down_keeps_no_connection_to_its_spool_open(tmp_path,
     stream.on_event(started("m1", "scroll-fd", t=1))
     assert stream.shutdown(10).ok
     assert open_on_spool() == []
+
+
+def test_a_flush_right_after_a_restart_waits_for_what_the_spool_held(tmp_path, receiver, monkeypatch):
+    """flush(10) answered DELIVERED at once while the spool, not loaded yet, still held a killed
+    process's 1,000 records: they arrived seconds later."""
+    import threading
+    import socket
+
+    from .helpers import completed, started
+
+    path = str(tmp_path / "spool.db")
+    with socket.socket() as probe:  # a port nobody listens on: the first process never delivers
+        probe.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    first = LangfuseStream(config(gone, spool_path=path, flush_interval=0.02, batch_size=64), name="svc")
+    for i in range(500):
+        first.on_event(started(f"m{i}", "scroll-restart", t=i))
+        first.on_event(completed(f"m{i}", "scroll-restart", t=i + 0.5))
+    first.shutdown(3)
+    assert first.stats().dropped == {"spooled": 1000}
+
+    go = threading.Event()
+    load = Spool.load
+
+    def slow_load(self, *args, **kw):  # the restart's load, held until the flush below waits
+        go.wait(10)
+        return load(self, *args, **kw)
+
+    monkeypatch.setattr(Spool, "load", slow_load)
+    second = LangfuseStream(config(receiver.url, spool_path=path, flush_interval=0.02), name="svc")
+    timer = threading.Timer(0.3, go.set)
+    timer.start()
+    try:
+        outcome = second.flush(10)
+    finally:
+        timer.cancel()
+        go.set()
+    assert outcome.ok, outcome
+    assert receiver.store.envelope_count() == 1000  # DELIVERED means those arrived
+    assert second.stats().items_accepted == second.stats().items_delivered == 1000
+    assert second.shutdown(5).ok
