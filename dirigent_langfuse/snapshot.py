@@ -10,7 +10,9 @@ plain ones, as JSON sees them; a `bytearray` becomes `bytes`).
 The copy costs the host's thread about what `json.dumps` of the payload would (some 0.7 µs per
 dict on the benchmark machine), and is bounded so that a huge payload cannot hold that thread: at
 most `LIMIT` members of containers per payload, and 100 levels deep; a container that would go
-past either is kept by reference and read when it is encoded. A container inside itself is copied
+past either is kept by reference and read when it is encoded, and counted (`uncopied`: the stream
+shows it in `stats().payloads_uncopied` and says it in a WARNING once a minute), since a change
+the host makes to it after the call may then reach Langfuse. A container inside itself is copied
 as the encoder would write it, the string "<circular>" (not as 100 levels of copies). Other objects (dataclasses,
 pydantic models, anything with `model_dump()`) are kept by reference too: turning them into JSON
 runs their own code, which belongs on the worker thread. A container subclass whose own code
@@ -20,19 +22,33 @@ fails for it, and the encoder writes what it can (see encoding.py).
 
 from __future__ import annotations
 
+import threading
 from typing import Any, List, Set
 
 import attrs
 
 from .encoding import CIRCULAR
 
-__all__ = ["own", "own_event", "LIMIT"]
+__all__ = ["own", "own_event", "LIMIT", "uncopied"]
 
 LIMIT = 10_000
 _DEPTH = 100  # deeper than this is kept by reference
 
 # Values that never change: shared, not copied.
 _LEAVES = frozenset({str, int, float, bool, type(None), bytes})
+
+
+_local = threading.local()
+
+
+def uncopied() -> int:
+    """Containers this thread kept by reference so far because they went past `LIMIT` members or
+    100 levels: the stream reads it before and after an event to count them (stats(), a log line)."""
+    return getattr(_local, "n", 0)
+
+
+def _kept() -> None:
+    _local.n = getattr(_local, "n", 0) + 1
 
 
 def own(value: Any, limit: int = LIMIT) -> Any:
@@ -65,6 +81,7 @@ def _copy(value: Any, left: List[int], depth: int, path: Set[int]) -> Any:
             return value  # another object: read on the worker thread
     size = len(value)
     if size > left[0] or depth >= _DEPTH:
+        _kept()
         return value
     left[0] -= size
     if kind is set:

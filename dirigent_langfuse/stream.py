@@ -25,6 +25,7 @@ from .masking import Masker
 from .masking import resolve as resolve_mask
 from .pending import PendingBuffer
 from .sampling import sampled_in
+from .snapshot import LIMIT, uncopied
 from .streams import (
     Health,
     HealthTracker,
@@ -159,6 +160,7 @@ class LangfuseStream(SessionStream):
         self.events_sampled_out = 0
         self.events_held = 0
         self.events_failed = 0
+        self.payloads_uncopied = 0
         self._held_answered: Dict[str, int] = {}  # the held events' drops by reason, at the last flush/shutdown
         self._throttled = Throttled(log)  # events refused as invalid: said once a minute, with a count
         _forks.add(self)
@@ -192,13 +194,28 @@ class LangfuseStream(SessionStream):
     # -- the host's thread ------------------------------------------------------------------------
 
     def on_event(self, event: BusEvent) -> StreamOutcome:
+        before = uncopied()
         try:
-            return self._on_event(event)
+            outcome = self._on_event(event)
         except Exception as exc:  # the host's thread is sacred
             with self._lock:
                 self.events_failed += 1
             log.exception("stream %r: could not handle %s", self.name, type(event).__name__)
-            return StreamOutcome.failed(StreamError.INVALID, f"{type(exc).__name__}: {exc}")
+            outcome = StreamOutcome.failed(StreamError.INVALID, f"{type(exc).__name__}: {exc}")
+        if uncopied() != before:
+            self._uncopied(uncopied() - before, event)
+        return outcome
+
+    def _uncopied(self, n: int, event: BusEvent) -> None:
+        """Payloads too large to copy on the host's thread were kept by reference (snapshot.py)."""
+        with self._lock:
+            self.payloads_uncopied += n
+        self._throttled(
+            "uncopied", logging.WARNING,
+            "stream %r: a payload of a %s is larger than the copy made on the caller's thread takes (%d members of "
+            "containers, 100 levels): kept by reference, so a change the host makes to it after on_event may "
+            "reach Langfuse", self.name, type(event).__name__, LIMIT,
+        )
 
     def _count(self, attr: str) -> None:
         with self._lock:
@@ -391,6 +408,7 @@ class LangfuseStream(SessionStream):
             items_failed=sum(dropped.values()),
             items_truncated=counts["truncated"],
             mask_failures=self._masker.failures if self._masker is not None else 0,
+            payloads_uncopied=self.payloads_uncopied,
             dropped=dropped,
             batches=counts["batches"],
             requests=counts["requests"],

@@ -165,6 +165,7 @@ class StreamStats:
     items_failed: int = 0
     items_truncated: int = 0
     mask_failures: int = 0
+    payloads_uncopied: int = 0
     dropped: Mapping[str, int] = attrs.field(factory=dict)
     batches: int = 0
     requests: int = 0

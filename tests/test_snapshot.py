@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import collections
 import dataclasses
 from typing import Any, List
@@ -106,3 +108,22 @@ def test_a_container_whose_own_code_raises_is_kept_by_reference_never_raises():
     """Before, its len() or items() raised out of `own`, on the host's thread: on_event FAILED."""
     for value in (LenRaises([1]), Unreadable(a=1), {"inner": LenRaises([2])}):
         assert own(value) is value
+
+
+def test_a_payload_past_the_copy_limit_is_counted_and_said_never_silent(caplog):
+    """A 12,000-message history changed after on_event reached Langfuse changed, and nothing said so."""
+    from dirigent_langfuse import LangfuseConfig, LangfuseStream
+
+    from .helpers import started
+
+    caplog.set_level(logging.WARNING, logger="dirigent_langfuse")
+    stream = LangfuseStream(LangfuseConfig(host="http://127.0.0.1:9", public_key="pk", secret_key="sk",
+                                           transport="ingestion", atexit_flush=False, flush_interval=60), name="big")
+    history = [{"role": "user", "content": f"message {i}"} for i in range(12_000)]
+    stream.on_event(started("m1", input=history))
+    stream.on_event(started("m2", input=history[:10]))  # small enough: copied, not counted
+    stream.on_event(started("m3", input=history))
+    assert stream.stats().payloads_uncopied == 2
+    said = [r.getMessage() for r in caplog.records if "kept by reference" in r.getMessage()]
+    assert len(said) == 1 and "MessageStarted" in said[0] and "10000 members" in said[0]  # once a minute, not per event
+    stream.shutdown(0.1)
