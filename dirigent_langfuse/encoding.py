@@ -24,7 +24,8 @@ a value whose own      "<TypeName>" (`repr` raised), or "<TypeName that could no
 
 An item over `max_bytes` has its largest fields among `input`, `output` and `metadata` (of the
 body, or of an OTel span's attributes) replaced by their text cut short and followed by
-`TRUNCATION_MARKER`, until it fits.
+`TRUNCATION_MARKER`, until it fits (`fit`): the largest first, each keeping what fits as it is
+written (escapes counted), so that a small field is cut only when the large ones cannot make room.
 """
 
 from __future__ import annotations
@@ -222,20 +223,45 @@ def as_text(value: Any) -> str:
     return value if isinstance(value, str) else dumps(value).decode("utf-8")
 
 
-def shrink_fields(fields: Dict[str, Any], names: Tuple[str, ...], excess: int) -> bool:
-    """Cut the largest of `names` in `fields` (in place) until `excess` bytes are saved."""
-    sizes = sorted(
-        ((len(utf8(as_text(fields[n]))), n) for n in names if fields.get(n) is not None), reverse=True
-    )
+def _json_bytes(value: Any) -> int:
+    """What `value` costs in an ingestion item: its JSON text (a string's with its escapes)."""
+    return len(dumps(value))
+
+
+def shrink_fields(
+    fields: Dict[str, Any], names: Tuple[str, ...], excess: int, cost: Callable[[Any], int] = _json_bytes
+) -> bool:
+    """Cut the largest of `names` in `fields` (in place), each to its text followed by the marker,
+    until `excess` bytes are saved; `cost(value)`: the bytes a value takes where it is written (its
+    JSON text in an item, a JSON string in a span's attribute), so that a field keeps as much text
+    as fits, not what escapes (quotes, line breaks) would leave if counted as raw bytes. The
+    smaller fields are cut only when the larger ones cannot save `excess`."""
+    sizes = sorted(((cost(fields[n]), n) for n in names if fields.get(n) is not None), reverse=True)
     changed = False
     for size, name in sizes:
         if excess <= 0:
             break
-        keep = max(0, size - excess - len(TRUNCATION_MARKER) - 16)
-        fields[name] = truncate_text(as_text(fields[name]), keep)
-        excess -= size - len(utf8(fields[name]))
+        text = as_text(fields[name])
+        raw = len(utf8(text))
+        written = cost(text)  # the text as the string it becomes once cut
+        room = size - excess - 2 * len(TRUNCATION_MARKER) - 16  # what this field may still take
+        keep = int(room * raw / written) if room > 0 and written else 0
+        fields[name] = truncate_text(text, keep)
+        excess -= size - cost(fields[name])
         changed = True
     return changed
+
+
+def fit(data: bytes, encode: Callable[[], bytes], fields: Dict[str, Any], names: Tuple[str, ...], max_bytes: int,
+        cost: Callable[[Any], int] = _json_bytes) -> bytes:
+    """`data` (what `encode()` made), encoded again once `fields` were cut (`shrink_fields`) so that
+    it is at most `max_bytes` long: measured again after each cut, at most three rounds (the text a
+    cut keeps is estimated from its average escaping), and as it is if nothing is left to cut."""
+    for _ in range(3):
+        if len(data) <= max_bytes or not shrink_fields(fields, names, len(data) - max_bytes, cost):
+            break
+        data = encode()
+    return data
 
 
 def encode_item(item: Dict[str, Any], max_bytes: int) -> Tuple[bytes, bool]:
@@ -245,8 +271,7 @@ def encode_item(item: Dict[str, Any], max_bytes: int) -> Tuple[bytes, bool]:
         if len(data) <= max_bytes:
             return data, False
         body = dict(item.get("body") or {})
-        shrink_fields(body, _TRUNCATABLE, len(data) - max_bytes)
-        return dumps(dict(item, body=body)), True
+        return fit(data, lambda: dumps(dict(item, body=body)), body, _TRUNCATABLE, max_bytes), True
     except Exception as exc:  # a bug of ours: the item still goes, without what could not be encoded
         body = unencodable(item.get("body"), exc)
         return dumps(dict(item, body=body)), True

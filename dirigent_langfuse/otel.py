@@ -9,7 +9,8 @@ updates into it, and emits a span when its observation ends. What a user sees in
   `user.id`, `langfuse.trace.tags`, `langfuse.trace.metadata.*`) ride on every span, so the trace
   is named as soon as its first span lands;
 - a root span of type `agent` for the session itself, from `SessionCreated` to `SessionEnded`,
-  with the session's first input and last answer as its own and the trace's input and output;
+  with the session's first input and last answer as its own, which Langfuse takes for the
+  trace's (sent once: `langfuse.trace.input` would double the span, and v4 does not read it);
   messages are `generation` spans under it (with `completion_start_time` when chunks streamed), tool calls `tool` spans under their message, plans
   `event` spans;
 - an observation still open at `shutdown()` (or pushed out of a full table) is emitted ended at
@@ -37,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import __version__
 from .client import LangfuseClient
 from .config import LangfuseConfig
-from .encoding import as_text, key_text, shrink_fields, unencodable, utf8
+from .encoding import as_text, fit, key_text, unencodable, utf8
 from .mapping import iso_time, merge_into, uuid5_hex
 from .masking import Masker
 from .transport import IngestionTransport, NotChosen, Record, Report
@@ -57,8 +58,6 @@ TRACE_USER_ID = "user.id"
 TRACE_SESSION_ID = "session.id"
 TRACE_TAGS = "langfuse.trace.tags"
 TRACE_METADATA = "langfuse.trace.metadata"
-TRACE_INPUT = "langfuse.trace.input"
-TRACE_OUTPUT = "langfuse.trace.output"
 OBS_TYPE = "langfuse.observation.type"
 OBS_METADATA = "langfuse.observation.metadata"
 OBS_LEVEL = "langfuse.observation.level"
@@ -193,6 +192,11 @@ def _head(key: str) -> str:
     """An OTLP `KeyValue` with a `stringValue`, as JSON text up to the value (spans are built as
     text: the hot path)."""
     return '{"key":' + _quote(key) + ',"value":{"stringValue":'
+
+
+def _attribute_bytes(value: Any) -> int:
+    """What `value` costs as a span's string attribute: its text, quoted as a JSON string."""
+    return len(utf8(_quote(as_text(value))))
 
 
 def _str_kv(key: str, value: Any) -> str:
@@ -485,9 +489,12 @@ class OtelTransport:
             truncated = False
             if len(data) > self.max_item_bytes:
                 fields = {"input": body.get("input"), "output": body.get("output"), "metadata": body.get("metadata")}
-                shrink_fields(fields, ("input", "output", "metadata"), len(data) - self.max_item_bytes)
-                body.update({k: v for k, v in fields.items() if v is not None})
-                data = utf8(self.span(obs, sid, is_root))
+
+                def encode() -> bytes:
+                    body.update({k: v for k, v in fields.items() if v is not None})
+                    return utf8(self.span(obs, sid, is_root))
+
+                data = fit(data, encode, fields, ("input", "output", "metadata"), self.max_item_bytes, _attribute_bytes)
                 truncated = True
         except Exception as exc:  # a bug of ours: the span still goes (and counts), without those fields
             obs = _Open(obs.kind, obs.trace, unencodable(body, exc), obs.weight)
@@ -545,10 +552,6 @@ class OtelTransport:
             value = get(field)
             if value is not None and value != "" and (not is_map or value):
                 attrs.append(head + _quote(value if type(value) is str else as_text(value)) + "}}")
-        if is_root:  # the trace's input and output are the session's (its root span's)
-            for field, key in (("input", TRACE_INPUT), ("output", TRACE_OUTPUT)):
-                if get(field) is not None:
-                    attrs.append(_str_kv(key, get(field)))
         if get("statusMessage") == "":  # (left out above) one said before no longer stands
             attrs.append(_NO_STATUS)
         first = get("completionStartTime")

@@ -452,6 +452,7 @@ def decode_span(span: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     if parent is not None:
         parent = _id(parent, 16, "parentSpanId")
     attrs = _attributes(span.get("attributes"))
+    root = parent is None or str(attrs.get("langfuse.internal.as_root")) == "true"
     status: Dict[str, Any] = span["status"] if isinstance(span.get("status"), dict) else {}
     start = _iso(span.get("startTimeUnixNano"))
     obs: Dict[str, Any] = {
@@ -484,8 +485,10 @@ def decode_span(span: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         "sessionId": attrs.get("session.id") or attrs.get("langfuse.session.id"),
         "tags": attrs.get("langfuse.trace.tags"),
         "metadata": _prefixed(attrs, "langfuse.trace.metadata") or None,
-        "input": _json(attrs.get("langfuse.trace.input")),
-        "output": _json(attrs.get("langfuse.trace.output")),
+        # A root span's own input and output stand for the trace's when it sets none (Langfuse's
+        # extractInputAndOutput, domain "trace"; on its v4 path a root span's are the trace's)
+        "input": _json(attrs.get("langfuse.trace.input") or (attrs.get("langfuse.observation.input") if root else None)),
+        "output": _json(attrs.get("langfuse.trace.output") or (attrs.get("langfuse.observation.output") if root else None)),
         "environment": attrs.get("langfuse.environment"),
         "release": attrs.get("langfuse.release"),
     }

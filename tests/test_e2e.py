@@ -184,6 +184,30 @@ def test_the_trace_shows_the_session_s_first_input_and_last_answer(receiver, tra
     assert trace["input"] == [{"role": "user", "content": "why?"}] and trace["output"] == "done"
 
 
+@pytest.mark.parametrize("transport", ["ingestion", "otel"])
+def test_an_oversized_session_input_keeps_what_fits_and_never_cuts_the_small_answer(receiver, transport):
+    """Over OTel the root span carried the input and output twice (as the observation's and the
+    trace's) and the cut counted each once: the trace's input became the marker alone and its
+    two-byte output `…[truncated by dirigent_langfuse: 2 bytes in all]`."""
+    from .helpers import created, ended
+
+    limit = 1_000_000
+    prompt = 'say "ok"\n' * 220_000  # 2 MB, with quotes and line breaks that JSON escapes
+    s = stream(receiver.url, transport=transport, flush_interval=0.05, max_item_bytes=limit)
+    for event in (created("scroll-big", t=0), started("m1", "scroll-big", t=1, input=prompt),
+                  completed("m1", "scroll-big", t=2, output="ok"), ended("scroll-big", t=3)):
+        s.on_event(event)
+    assert s.shutdown(20).status is OutcomeStatus.DELIVERED
+    (trace,) = receiver.store.traces()
+    (generation,) = [o for o in receiver.store.observations() if o["type"] == "GENERATION"]
+    assert trace["output"] == "ok" and generation["output"] == "ok"  # a small field is never cut
+    for shown in (trace["input"], generation["input"]):
+        assert "…[truncated by dirigent_langfuse: " in shown
+        kept = shown[: shown.index("…[truncated")]
+        assert prompt.startswith(kept) and len(kept.encode()) >= limit // 2, len(kept)
+    assert s.stats().items_truncated >= 2
+
+
 def across_a_restart(receiver, transport, before, after):
     """`before` through a stream shut down cleanly, then `after` through a new one: a deploy."""
     for events in (before, after):

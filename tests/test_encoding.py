@@ -214,7 +214,7 @@ def test_over_otel_a_bug_while_encoding_a_span_still_sends_it(monkeypatch, caplo
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(otel, "shrink_fields", broken)
+    monkeypatch.setattr(otel, "fit", broken)
     cfg = config("http://127.0.0.1:9", transport="otel", max_item_bytes=2000, max_request_bytes=100_000)
     transport = otel.OtelTransport(LangfuseClient(cfg), cfg)
     state = MappingState()
