@@ -301,6 +301,10 @@ class OtelTransport:
     def open_count(self) -> int:
         return len(self._open)
 
+    def open_items(self) -> int:
+        """The items folded into the observations still open (sent once each ends)."""
+        return sum(obs.weight for obs in list(self._open.values()))
+
     def trace_count(self) -> int:
         """Traces whose attributes are remembered (sessions not yet ended, at most `max_open`)."""
         return len(self._traces)
@@ -697,6 +701,9 @@ class AutoTransport:
 
     def open_count(self) -> int:
         return self._chosen.open_count() if self._chosen is not None else 0
+
+    def open_items(self) -> int:
+        return self._chosen.open_items() if self._chosen is not None else 0
 
     def close_open(self, now: Optional[float] = None) -> List[Record]:
         return self._chosen.close_open(now) if self._chosen is not None else []

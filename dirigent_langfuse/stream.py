@@ -298,9 +298,7 @@ class LangfuseStream(SessionStream):
     def _outcome(self, result: FlushResult, what: str) -> StreamOutcome:
         if result.ok:
             if result.pending:  # a flush's: never a shutdown's, which answers DELIVERED only with none
-                return StreamOutcome.delivered(
-                    f"{what}: everything delivered; {result.pending} item(s) still pending (accepted since the call, or, "
-                    "over OTel, in observations that have not ended: a span is sent once it ends)")
+                return StreamOutcome.delivered(f"{what}: {_waiting(result)}")
             return StreamOutcome.delivered(f"{what}: everything delivered")
         kinds = [self._worker.last_error_kind or ""] + list(result.dropped)
         refused = any((k.startswith("status_") and k != "status_429") or k == "otel_rejected" for k in kinds)
@@ -418,3 +416,16 @@ class LangfuseStream(SessionStream):
             last_error=counts["last_error"],
             transport=getattr(self.transport, "name", ""),
         )
+
+
+def _waiting(result: FlushResult) -> str:
+    """A DELIVERED flush's detail while items are still pending: what was sent, and what waits for what."""
+    observations, folded = result.open
+    parts = []
+    if folded:
+        parts.append(f"{folded} item(s) wait in {observations} observation(s) not ended yet (over OTel a span is "
+                     "sent once its observation ends; shutdown() sends those still open, marked incomplete)")
+    later = result.pending - folded
+    if later > 0:
+        parts.append(f"{later} item(s) accepted since the call, not waited for")
+    return "delivered all that could be sent; " + "; ".join(parts) if parts else "everything delivered"

@@ -113,6 +113,9 @@ class IngestionTransport:
     def open_count(self) -> int:
         return 0
 
+    def open_items(self) -> int:
+        return 0
+
     def body(self, records: Sequence[Record]) -> bytes:
         return b'{"batch":[' + b",".join(r.data for r in records) + b"]}"
 

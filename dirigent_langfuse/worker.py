@@ -97,16 +97,18 @@ class FlushResult:
     """`dropped`: the items dropped (by reason, `queue_full` aside) since the flush began, or for
     a shutdown in the stream's whole life: what the caller was told ACCEPTED and did not arrive."""
 
-    __slots__ = ("ok", "timed_out", "pending", "error", "dropped")
+    __slots__ = ("ok", "timed_out", "pending", "error", "dropped", "open")
 
     def __init__(
-        self, ok: bool, timed_out: bool, pending: int, error: Optional[str], dropped: Optional[Dict[str, int]] = None
+        self, ok: bool, timed_out: bool, pending: int, error: Optional[str], dropped: Optional[Dict[str, int]] = None,
+        open: Tuple[int, int] = (0, 0),
     ) -> None:
         self.ok = ok
         self.timed_out = timed_out
         self.pending = pending
         self.error = error
         self.dropped = dropped or {}
+        self.open = open  # (observations still open over OTel, the items folded into them): a flush's
 
 
 class Worker:
@@ -370,7 +372,8 @@ class Worker:
                 self._flush_requests -= 1
             dropped = self._drops_since(drops)
             ok = not attempted and not dropped and not self._outbox
-            return FlushResult(ok, False, self.pending, None if ok else self.last_error, dropped)
+            open = (self.transport.open_count(), self.transport.open_items())  # (the worker is idle: under our lock)
+            return FlushResult(ok, False, self.pending, None if ok else self.last_error, dropped, open)
 
     def _drops_since(self, before: Dict[str, int]) -> Dict[str, int]:
         """Drops by reason since `before` (a copy of `dropped`), `queue_full` aside: the caller

@@ -392,8 +392,10 @@ def test_a_flush_over_otel_says_what_waits_in_observations_still_open(receiver_v
     stream.on_event(started("m1"))
     outcome = stream.flush(5)
     assert outcome.status is OutcomeStatus.DELIVERED  # nothing failed...
-    assert outcome.detail.startswith("flush: everything delivered; 2 item(s) still pending")  # ...nothing was sent
-    assert "observations that have not ended" in outcome.detail and stream.stats().items_pending == 2
+    assert outcome.detail == (  # ...and it says exactly what waits, and for what
+        "flush: delivered all that could be sent; 2 item(s) wait in 2 observation(s) not ended yet (over OTel a span "
+        "is sent once its observation ends; shutdown() sends those still open, marked incomplete)")
+    assert stream.stats().items_pending == 2
     stream.on_event(completed("m1", t=1))
     stream.on_event(ended(t=2))
     assert stream.flush(5).detail == "flush: everything delivered"
