@@ -272,6 +272,7 @@ class LangfuseConfig:
     max_sessions: int = attrs.field(default=10_000, validator=_whole)
     session_ttl: float = attrs.field(default=86_400.0, validator=_positive)
     max_open_observations: int = attrs.field(default=10_000, validator=_whole)
+    late_start_wait: float = attrs.field(default=5.0, validator=_non_negative)
     max_buffer_items: int = attrs.field(default=100_000, validator=_whole)
     max_buffer_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_whole)
     max_request_bytes: int = attrs.field(default=3_500_000, validator=_whole)

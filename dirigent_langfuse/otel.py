@@ -20,6 +20,14 @@ updates into it, and emits a span when its observation ends. What a user sees in
 Span and trace ids derive from the observation ids, so a replay re-sends the same spans; an end
 (or a start) replayed alone too, since the start, parent, name, end and level of the last 1,024
 observations that ended are remembered.
+
+Promise, for Langfuse v4 (a row per span id and start time, the last export replacing it whole):
+every export of an observation carries the same span id, start, type, name and parent, and the
+last one the whole observation. So a span is sent only once its start is known: an end whose
+start this process has not seen waits for it (`late_start_wait`), and past that goes as an end
+record of its own id (`_emit_end`), never as a second row of the observation. A clean shutdown
+leaves the state of what is open in the spool (`open_states`), for the next start to end it as
+the same rows (`resume`).
 """
 
 from __future__ import annotations
@@ -38,10 +46,10 @@ from typing import Any, Dict, List, Optional, Sequence
 from . import __version__
 from .client import LangfuseClient
 from .config import LangfuseConfig
-from .encoding import as_text, fit, key_text, unencodable, utf8
+from .encoding import as_text, dumps, fit, key_text, unencodable, utf8
 from .mapping import iso_time, merge_into, uuid5_hex
 from .masking import Masker
-from .transport import IngestionTransport, NotChosen, Record, Report
+from .transport import OPEN_WIRE, IngestionTransport, NotChosen, Record, Report
 from .wire import V4_REFUSAL
 
 __all__ = ["OtelTransport", "AutoTransport", "otel_trace_id", "span_id", "choose_transport"]
@@ -58,6 +66,7 @@ TRACE_USER_ID = "user.id"
 TRACE_SESSION_ID = "session.id"
 TRACE_TAGS = "langfuse.trace.tags"
 TRACE_METADATA = "langfuse.trace.metadata"
+TRACE_OUTPUT = "langfuse.trace.output"
 OBS_TYPE = "langfuse.observation.type"
 OBS_METADATA = "langfuse.observation.metadata"
 OBS_LEVEL = "langfuse.observation.level"
@@ -100,6 +109,13 @@ _ENDED_KEPT = 1024  # for that many: a bound, not a table growing with the sessi
 # Observations ended by updates alone (no create in this process: a race, or a restart) keep all
 # their updates said, input and output too, for a create that comes late; only the last 64.
 _LATE_KEPT = 64
+# A snapshot's identity (what `_snapshot` remembers), and what it leaves out.
+_IDENTITY = ("id", "startTime", "parentObservationId", "name", "type")
+_TOTALS = ("usageDetails", "costDetails")
+# What an end record (`_emit_end`) carries of what the updates said, and its key's prefix.
+_END_FIELDS = ("input", "output", "model", "modelParameters", "usageDetails", "costDetails", "level",
+               "statusMessage", "completionStartTime")
+_END = "end\x1f"
 # The observation type of an item without one: the mapping's only spans are tool calls.
 _TYPES = {"generation-create": "generation", "generation-update": "generation", "span-create": "tool", "span-update": "tool"}
 
@@ -254,6 +270,12 @@ class _Open:
         self.weight = weight
         self.late = late
 
+    def state(self, key: str, trace_info: Optional[Dict[str, Any]], now: float) -> bytes:
+        """What a next process needs to end this observation as the same row (the spool keeps it)."""
+        info = {k: v for k, v in (trace_info or {}).items() if not k.startswith("\x00")}
+        return dumps({"key": key, "kind": self.kind, "trace": self.trace, "body": self.body, "traceInfo": info,
+                      "savedAt": now})
+
 
 class OtelTransport:
     """Ingestion items in, ended OTLP spans out. Used from the worker thread only."""
@@ -269,9 +291,11 @@ class OtelTransport:
         self.max_open = config.max_open_observations
         self.max_item_bytes = config.max_item_bytes
         self._clock = clock
+        self.late_wait = config.late_start_wait
         self._open: "collections.OrderedDict[str, _Open]" = collections.OrderedDict()
-        self._partial: List[str] = []  # this batch's observations ended by updates alone
-        self._held: List[str] = []  # those of the last batch, which waits for their start (`more`)
+        # Observations ended by updates alone, waiting for their start (two host threads raced),
+        # by when they go without it (`late_wait` after their end came): in that order.
+        self._waiting: "collections.OrderedDict[str, float]" = collections.OrderedDict()
         # The small fields (_KEPT) of the observations that ended lately, so that a replayed end
         # re-sends their span as it was, not one that starts at its end; and (_LATE_KEPT) all that
         # the updates said of those ended by updates alone, for a create that comes late.
@@ -309,30 +333,35 @@ class OtelTransport:
         """Traces whose attributes are remembered (sessions not yet ended, at most `max_open`)."""
         return len(self._traces)
 
-    def prepare(self, items: Sequence[Dict[str, Any]], more: bool = False) -> List[Record]:
-        """The spans of what ended in `items`. `more`: other items wait behind these (the worker's
-        queue); an observation ended by updates alone then waits for the next batch too, where its
-        start (two host threads raced) likely is, before it goes out without one: Langfuse keeps
-        an observation's first start, so a span that went out starting at its end would keep
-        that start when the real one came."""
+    def prepare(self, items: Sequence[Dict[str, Any]]) -> List[Record]:
+        """The spans of what ended in `items`, and of what waited for its start past `late_wait`."""
         out: List[Record] = []
-        held, self._held = self._held, []
-        self._partial = []
         for item in items:
             self._fold(item, out)
-        if more:
-            self._held = [key for key in self._partial if key not in held]
-            partial = held
-        else:
-            partial = held + self._partial
-        for key in partial:  # ended by updates alone, and no create came in this batch either
-            obs = self._open.get(key)
-            if obs is not None and obs.late is not None and obs.body.get("endTime"):
-                self._close(key, obs, out)
+        if self._waiting:
+            now = self._clock()
+            while self._waiting:
+                key, due = next(iter(self._waiting.items()))
+                if due > now:
+                    break
+                del self._waiting[key]
+                obs = self._open.pop(key, None)
+                if obs is not None:
+                    self._remember(key, obs)
+                    out.append(self._emit_end(key, obs))
+                    if key.startswith("session\x1f"):
+                        self._traces.pop(obs.trace, None)
         while len(self._open) > self.max_open:
             key, obs = self._open.popitem(last=False)
-            out.append(self._emit(key, obs, incomplete="evicted: too many observations open at once"))
+            self._waiting.pop(key, None)
+            out.append(self._snapshot(key, obs, "evicted: too many observations open at once"))
         return out
+
+    def due_in(self) -> Optional[float]:
+        """Seconds until an observation waiting for its start goes without it (a `prepare` sends
+        it then), if one waits."""
+        due = next(iter(self._waiting.values()), None)
+        return None if due is None else due - self._clock()
 
     def _trace_info(self, trace: str) -> Dict[str, Any]:
         info = self._traces.get(trace)
@@ -360,6 +389,8 @@ class OtelTransport:
         if obs is None and key in self._ended:
             began = self._ended[key]  # ended already: a replayed or late end, or a late create
             late = self._late.pop(key, None)
+            if late is None and began.late is not None:  # went without its start; what it said, past _LATE_KEPT
+                late = dict(began.body)
             if update:
                 obs = _Open(began.kind, trace, merge_into(dict(began.body), body, _KEEP_FIRST), 1, late)
                 if late is not None:
@@ -375,17 +406,7 @@ class OtelTransport:
             self._open[key] = obs
         elif obs is None:
             obs_type = str(body.get("type") or _TYPES.get(kind, "span")).lower()
-            obs = _Open(obs_type, trace, dict(body), 1)
-            if update:
-                obs.late = dict(body)
-                obs.body.setdefault("startTime", body.get("endTime") or item.get("timestamp"))
-                meta = dict(obs.body.get("metadata") or {})
-                meta["partial"] = "update without a create in this process"
-                # What a process before this one (or this one, evicting it) may have said of it, and
-                # which Langfuse would keep under a span that only leaves it out: it is not incomplete.
-                meta.setdefault("incomplete", "false")
-                obs.body["metadata"] = meta
-                obs.body.setdefault("statusMessage", "")
+            obs = _Open(obs_type, trace, dict(body), 1, dict(body) if update else None)
             self._open[key] = obs
         elif obs.late is not None and not update:  # the create, after updates that did not end it
             obs.weight += 1
@@ -397,10 +418,15 @@ class OtelTransport:
                 merge_into(obs.late, body, _KEEP_FIRST)
         if obs.body.get("endTime"):
             if obs.late is not None:
-                # Only updates so far: its create may follow in this very batch (two host threads
-                # raced, the end was mapped first). It waits for the batch's end, where it goes as it is.
-                self._partial.append(key)
+                # Only updates so far: its create may follow (two host threads raced, the end was
+                # mapped first). It waits for it, `late_wait` at most (see `prepare`): a span of its
+                # own id sent now could only guess its start, and a row in Langfuse v4 is a span
+                # id and a start time, so the real start would make a second row.
+                if key not in self._waiting:
+                    self._waiting[key] = self._clock() + self.late_wait
                 return
+            if self._waiting:
+                self._waiting.pop(key, None)
             self._close(key, obs, out)
 
     def _close(self, key: str, obs: _Open, out: List[Record]) -> None:
@@ -409,8 +435,11 @@ class OtelTransport:
         self._remember(key, obs)
         out.append(self._emit(key, obs))
 
-    def _remember(self, key: str, obs: _Open) -> None:
-        self._ended[key] = _Open(obs.kind, obs.trace, {f: obs.body[f] for f in _KEPT if obs.body.get(f) is not None}, 0)
+    def _remember(self, key: str, obs: _Open, fields: Sequence[str] = _KEPT) -> None:
+        """`obs` ended (or went without its start, `late`: so marked, with all its updates said):
+        what a replay, or a late create, needs to send it again as the same row."""
+        kept = {f: obs.body[f] for f in fields if obs.body.get(f) is not None}
+        self._ended[key] = _Open(obs.kind, obs.trace, kept, 0, {} if obs.late is not None else None)
         self._ended.move_to_end(key)
         while len(self._ended) > _ENDED_KEPT:
             self._ended.popitem(last=False)
@@ -436,17 +465,24 @@ class OtelTransport:
         root_key = "session\x1f" + scroll
         root = self._open.get(root_key)
         ended = "end_reason" in meta and "name" not in body
+        starts = body.get("timestamp") is not None and not ended  # the session's start (SessionCreated)
         if root is None:
-            began = self._ended.get(root_key)  # a session that ended already, replayed
-            start = body.get("timestamp") or (began and began.body.get("startTime")) or meta.get("ended_at") \
-                or _now_iso(self._clock())
-            name = body.get("name") or (began and began.body.get("name")) or "session"
-            root = _Open("agent", scroll, {"id": root_key, "name": name, "startTime": start}, 1)
-            if ended and began is None:  # its start was in a process before this one: see _fold
-                root.body["metadata"] = {"incomplete": "false"}
+            began = self._ended.get(root_key)  # ended already (a replay), or went without its start
+            if began is not None and began.late is None and began.body.get("startTime"):
+                root = _Open("agent", scroll, dict(began.body), 1)  # (its known end: sent again as it was)
+            elif starts:  # (after its end went without it, too late: with the end that is known)
+                known = began.body if began is not None else {}
+                root = _Open("agent", scroll, dict(known, id=root_key, name=body.get("name") or known.get("name") or
+                                                    "session", startTime=body["timestamp"]), 1)
+            else:  # its start was not seen here (a restart, or two host threads raced): see _fold
+                name = (began.body.get("name") if began is not None else None) or "session"
+                root = _Open("agent", scroll, {"id": root_key, "name": name}, 1, {})
             self._open[root_key] = root
         else:
             root.weight += 1
+            if starts and root.late is not None:  # its start, after what raced it
+                root.late = None
+                root.body["startTime"] = body["timestamp"]
             if body.get("name"):
                 root.body["name"] = body["name"]
         if body.get("input") is not None and root.body.get("input") is None:
@@ -456,20 +492,104 @@ class OtelTransport:
             root.body["statusMessage"] = meta.get("end_reason")
             if body.get("output") is not None:  # the session's last answer
                 root.body["output"] = body["output"]
+        if root.body.get("endTime"):
+            if root.late is not None:  # waits for its start, as any observation (see _fold)
+                if root_key not in self._waiting:
+                    self._waiting[root_key] = self._clock() + self.late_wait
+                return
+            if self._waiting:
+                self._waiting.pop(root_key, None)
             self._close(root_key, root, out)
             # The session is over: its spans so far carried the trace's attributes; forget them.
             self._traces.pop(scroll, None)
 
     def close_open(self, now: Optional[float] = None) -> List[Record]:
-        """Emit every observation still open, ended now and marked incomplete (at shutdown)."""
+        """Emit every observation still open, now (at shutdown): a started one as a snapshot, an
+        unstarted one (only updates seen) as an end record."""
         out = []
-        self._held = []
+        self._waiting.clear()
         while self._open:
             key, obs = self._open.popitem(last=False)
-            ended = obs.body.get("endTime")  # (one that waited for its create, after an error of ours)
-            out.append(self._emit(key, obs, incomplete=None if ended else
-                                  "incomplete: the stream shut down before this observation ended"))
+            ended = obs.body.get("endTime")  # (an unstarted one that waited for its create)
+            why = None if ended else "incomplete: the stream shut down before this observation ended"
+            out.append(self._snapshot(key, obs, why) if why or obs.late is not None else self._emit(key, obs))
         return out
+
+    def open_states(self) -> List[Record]:
+        """The started observations still open, each as a record of its state (weight 0), for the
+        spool: the next process resumes them (`resume`) and ends each as the same row."""
+        now = self._clock()
+        return [Record(key, obs.state(key, self._traces.get(obs.trace), now), 0, wire=OPEN_WIRE)
+                for key, obs in list(self._open.items()) if obs.late is None]
+
+    def resume(self, records: Sequence[Record]) -> int:
+        """Take up the observations an earlier process left open (`open_states`, from the spool):
+        open again with their identity, start, name, parent and what their start said, so that
+        their end here sends each as the row it already is. Those left more than `session_ttl`
+        ago (the mapping forgets a session so), and those open here already, are left out. How
+        many were taken."""
+        horizon = self._clock() - self.config.session_ttl
+        taken = 0
+        for record in records:
+            try:
+                state = json.loads(record.data)
+                key, kind, trace, body = state["key"], str(state["kind"]), str(state["trace"]), dict(state["body"])
+                saved = float(state["savedAt"])
+            except (ValueError, KeyError, TypeError):  # never: our own JSON
+                continue
+            if key in self._open or saved < horizon or not body.get("startTime"):
+                continue
+            # What the earlier process's snapshot said, cleared for a merge that keeps what a span
+            # leaves out (v3); on v4 the end replaces the snapshot's row whole.
+            meta = body.get("metadata")
+            body["metadata"] = dict(meta, incomplete="false") if isinstance(meta, dict) else {"incomplete": "false"}
+            body.setdefault("statusMessage", "")
+            self._open[key] = _Open(kind, trace, body, 0)
+            info = state.get("traceInfo")
+            if isinstance(info, dict) and info and trace not in self._traces:
+                self._trace_info(trace).update(info)
+            taken += 1
+        return taken
+
+    def _snapshot(self, key: str, obs: _Open, why: Optional[str]) -> Record:
+        """An observation sent before its end (shutdown, or evicted from a full table). A started
+        one as its own span, marked incomplete (`why`), with its real id, start, name and parent:
+        its end re-sends it as that row, whole. Without usage and cost (an end carries them), so
+        that while Langfuse v4 holds both rows (until it merges them) no total counts them twice.
+        An unstarted one as an end record (`_emit_end`)."""
+        if obs.late is not None:
+            return self._emit_end(key, obs, why)
+        self._remember(key, obs, _IDENTITY)  # its end, should it come here, goes as an end record
+        self._ended[key].late = {}
+        body = {f: v for f, v in obs.body.items() if f not in _TOTALS}
+        return self._emit(key, _Open(obs.kind, obs.trace, body, obs.weight), incomplete=why)
+
+    def _emit_end(self, key: str, obs: _Open, incomplete: Optional[str] = None) -> Record:
+        """An observation whose start this process never saw (a restart without a spool, or a start
+        later than `late_wait`): what its updates said, as a record of its own beside it. Its own id
+        and the time of its end, so that it can never be a second row of the observation (whose
+        start another process may have sent): a `generation` (its usage and cost count) or an
+        `event`, named "<name> (end)", under the observation's parent (else the session's span),
+        with metadata `ends_observation` (the observation's id) and `start_not_seen`."""
+        body = obs.body
+        end = body.get("endTime") or _now_iso(self._clock())
+        root = key.startswith("session\x1f")
+        meta = body.get("metadata")
+        meta = dict(meta) if isinstance(meta, dict) else {} if meta is None else {"metadata": meta}
+        meta["ends_observation"] = session_span_id(obs.trace) if root else span_id(key)
+        meta["start_not_seen"] = "a restart without a spool, or a start later than late_start_wait after its end"
+        record = {f: v for f, v in body.items() if f in _END_FIELDS}
+        record.update(name=f"{body.get('name') or obs.kind} (end)", startTime=end, endTime=end, metadata=meta)
+        if not root and body.get("parentObservationId"):
+            record["parentObservationId"] = body["parentObservationId"]
+        if root and body.get("output") is not None:  # the trace's output, where Langfuse reads it from a
+            record["traceOutput"] = body["output"]  # span that is not the root (not on its v4 path)
+        if incomplete:
+            meta["incomplete"] = "true"
+            record["statusMessage"] = incomplete
+            record.setdefault("level", "WARNING")
+        kind = "generation" if obs.kind == "generation" else "event"
+        return self._emit(_END + key, _Open(kind, obs.trace, record, obs.weight))
 
     # -- spans ------------------------------------------------------------------------------------
 
@@ -556,6 +676,8 @@ class OtelTransport:
             value = get(field)
             if value is not None and value != "" and (not is_map or value):
                 attrs.append(head + _quote(value if type(value) is str else as_text(value)) + "}}")
+        if get("traceOutput") is not None:  # (an end record of the session: `_emit_end`)
+            attrs.append(_str_kv(TRACE_OUTPUT, get("traceOutput")))
         if get("statusMessage") == "":  # (left out above) one said before no longer stands
             attrs.append(_NO_STATUS)
         first = get("completionStartTime")
@@ -609,10 +731,10 @@ class OtelTransport:
     def reset(self) -> None:
         self.client.reset()
         self._open.clear()
+        self._waiting.clear()
         self._traces.clear()
         self._ended.clear()
         self._late.clear()
-        self._held = []
 
 
 def major_version(version: Optional[str]) -> Optional[int]:
@@ -675,8 +797,17 @@ class AutoTransport:
                 self._chosen = OtelTransport(self.client, self.config, self.masker)
         return self._chosen
 
-    def prepare(self, items: Sequence[Dict[str, Any]], more: bool = False) -> List[Record]:
-        return self.resolve().prepare(items, more)
+    def prepare(self, items: Sequence[Dict[str, Any]]) -> List[Record]:
+        return self.resolve().prepare(items)
+
+    def due_in(self) -> Optional[float]:
+        return self._chosen.due_in() if self._chosen is not None else None
+
+    def open_states(self) -> List[Record]:
+        return self._chosen.open_states() if self._chosen is not None else []
+
+    def resume(self, records: Sequence[Record]) -> int:
+        return self._chosen.resume(records) if isinstance(self._chosen, OtelTransport) else 0
 
     def rewire(self, records: Sequence[Record]) -> Optional[List[Record]]:
         """`records`, encoded for ingestion, as OTel spans, once Langfuse is known to take OTel

@@ -479,9 +479,9 @@ class Receiver:
             self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.tls.load_cert_chain(*tls)
         self.port = port
-        self.store = Store(db)
-        self.faults = FaultPlan()
         self.version = version
+        self.store = Store(db, rows=self.v4)  # (v4 keeps an OTel span's exports as rows)
+        self.faults = FaultPlan()
         self.public_key = public_key
         token = base64.b64encode(f"{public_key}:{secret_key}".encode()).decode()
         self.auth_header = f"Basic {token}"

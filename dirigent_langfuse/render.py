@@ -71,6 +71,8 @@ def _line(obs: Dict[str, Any], origin: Optional[datetime]) -> str:
         parts.append(f"${cost:.4f}")
     if str(_map(obs.get("metadata")).get("incomplete", "")).lower() == "true":
         parts.append("… incomplete")
+    if obs.get("duplicateOf"):  # Langfuse v4: the same span id with another start is a second row
+        parts.append(f"⚠ duplicate row of {obs['duplicateOf']} (another start time)")
     if obs.get("level") == "ERROR":
         parts.append(f"✗ ERROR: {obs.get('statusMessage') or 'failed'}")
     return "  ".join(parts)

@@ -36,7 +36,7 @@ except ImportError:  # Windows: no owners
     fcntl = None  # type: ignore[assignment]
 
 from .errors import ConfigError
-from .transport import Record
+from .transport import OPEN_WIRE, Record
 
 __all__ = ["Spool"]
 
@@ -268,7 +268,9 @@ class Spool:
                     os.close(fd)
 
     def count(self) -> int:
-        return int(self._db().execute("SELECT count(*) FROM spool WHERE stream = ?", (self.stream,)).fetchone()[0])
+        """The records waiting to be sent (not the state of observations left open: `OPEN_WIRE`)."""
+        return int(self._db().execute("SELECT count(*) FROM spool WHERE stream = ? AND wire != ?",
+                                      (self.stream, OPEN_WIRE)).fetchone()[0])
 
     def forked(self) -> "Spool":
         """The spool for a forked child: the same file under an owner of its own. The child's copy

@@ -54,6 +54,7 @@ _TABLES = frozenset({"log", "bodies", "counters"})
 _SPAN = "otel-span"  # a span's own JSON (written by earlier versions; still read)
 _SPAN_REF = "otel-ref"  # a span, "@<bodies.seq>:<index>": the index-th span of a stored export
 _SPAN_KINDS = (_SPAN, _SPAN_REF)
+_ROWS = "otel_rows"  # a counter set once: this database keeps OTel spans as Langfuse v4 does
 # What Langfuse keeps from the first event of a trace or observation, whatever later ones say.
 _TRACE_FIRST = ("environment",)  # and the earliest timestamp
 _OBSERVATION_FIRST = ("startTime", "traceId", "environment")
@@ -87,12 +88,15 @@ def _as_record(metadata: Any) -> Any:
 
 
 class _View:
-    """Traces and observations merged from the log, as Langfuse would show them."""
+    """Traces and observations merged from the log, as Langfuse would show them. `rows`: OTel spans
+    as Langfuse v4 keeps them (see `span`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, rows: bool = False) -> None:
         self.traces: Dict[str, Dict[str, Any]] = {}
         self.observations: Dict[str, Dict[str, Any]] = {}
         self.duplicates = 0
+        self.rows = rows
+        self._starts: Dict[str, Any] = {}  # v4: a span id's first start time (its row's)
         self._fingerprints: set = set()
 
     def _fingerprint(self, value: Any) -> bool:
@@ -152,17 +156,35 @@ class _View:
         # parent often start within a millisecond.
         self._fingerprint({k: v for k, v in span.items() if k != "spanId"})
         trace, obs = decode_span(span)
-        self.trace(trace["id"], trace)
-        self.observation(obs)
+        if not self.rows:  # Langfuse before v4: merged into the observation, as ingestion events are
+            self.trace(trace["id"], trace)
+            self.observation(obs)
+            return
+        # Langfuse v4 (its events store): one row per span id and start time, the export processed
+        # last replacing it whole; another start time is another row, for good (a duplicate, shown
+        # as one). A trace's input and output are its latest root span's; langfuse.trace.input and
+        # .output are not read.
+        span_id, start = obs["id"], obs.get("startTime")
+        if self._starts.setdefault(span_id, start) != start:
+            row = f"{span_id}@{start}"
+            if row not in self.observations:
+                self.duplicates += 1
+            obs = dict(obs, id=row, duplicateOf=span_id)
+        root = not span.get("parentSpanId")
+        self.trace(trace["id"], {k: v for k, v in trace.items() if k not in ("input", "output")})
+        self.observations[obs["id"]] = obs
+        if root:
+            self.traces[trace["id"]].update(input=obs.get("input"), output=obs.get("output"))
 
 
 class Store:
     """Thread-safe: one connection, one lock (the receiver's threads take turns)."""
 
-    def __init__(self, path: str = ":memory:") -> None:
+    def __init__(self, path: str = ":memory:", rows: Optional[bool] = None) -> None:
         """Raises `ConfigError` (key `db`) for a path that cannot be opened, a file that is not
         SQLite, or a database of something else (a spool, another program's): never writes
-        our tables into it."""
+        our tables into it. `rows`: keep OTel spans as Langfuse v4 does (a receiver posing as 4 or
+        later), said in the database for a later reader; None: as the database says."""
         self.path = path
         self._lock = threading.Lock()
         try:
@@ -188,6 +210,11 @@ class Store:
         self._dirty: Dict[str, int] = collections.Counter()
         self._view: Optional[_View] = None
         self._closed = False
+        if rows and not self._counts.get(_ROWS):
+            self.bump(_ROWS)
+            with self._lock:
+                self._save_counters()
+        self.rows = bool(self._counts.get(_ROWS)) if rows is None else rows
 
     def close(self) -> None:
         with self._lock:
@@ -310,7 +337,7 @@ class Store:
                 return view
             rows = self._db.execute("SELECT kind, json FROM log ORDER BY seq").fetchall()
             read = self._reader()
-            view = _View()
+            view = _View(self.rows)
             items = []
             for seq, (kind, text) in enumerate(rows):
                 if kind in _SPAN_KINDS:

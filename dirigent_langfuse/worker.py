@@ -35,7 +35,7 @@ from .config import LangfuseConfig
 from .errors import LangfuseError, LangfuseStatusError
 from .streams import Health, HealthTracker, daemon
 from .throttle import Throttled
-from .transport import NotChosen, Record, Report, request_error
+from .transport import OPEN_WIRE, NotChosen, Record, Report, request_error
 
 __all__ = ["Worker", "FlushResult"]
 
@@ -500,6 +500,7 @@ class Worker:
                 closing = self._closing
                 if closing and self._deadline is not None and now >= self._deadline:
                     return None
+                wake_for_due: Optional[float] = None
                 if main and self._rewire:  # older than anything queued: folded first
                     records, self._rewire = self._rewire, []
                     self._busy = True
@@ -526,6 +527,14 @@ class Worker:
                         self._busy = True
                         self._stepping += 1
                         return "prepare", items
+                if main and not closing:  # (closing: sent with all that is open, below)
+                    due_in = self.transport.due_in()  # over OTel: an end that waited for its start must go
+                    if due_in is not None:
+                        if due_in <= 0:
+                            self._busy = True
+                            self._stepping += 1
+                            return "prepare", []
+                        wake_for_due = now + due_in
                 if main and self._spool_waits() and (closing or self._force or now >= self._prepare_due):
                     # The spool is loaded once a transport is chosen: ask again, even with no new event.
                     self._busy = True
@@ -566,6 +575,8 @@ class Worker:
                     wake = min(wake, max(due, self._prepare_due) if self._unchosen else due)
                 if main and self._spool_waits():
                     wake = min(wake, self._prepare_due)
+                if wake_for_due is not None:
+                    wake = min(wake, wake_for_due)
                 if self._deadline is not None:
                     wake = min(wake, self._deadline)
                 self._work.wait(max(wake - now, 0.001))
@@ -633,9 +644,9 @@ class Worker:
                 self._spool_loaded = True
                 self._load_spool()
         if items is None:
-            records = self.transport.close_open(self._clock())
+            records = self._close_open()
         else:
-            records = self.transport.prepare(items, more=bool(self._queue))  # (a hint: read without the lock)
+            records = self.transport.prepare(items)
         if self.spool is not None and records:
             self.spool.add(records, self.transport.name)
         with self._lock:
@@ -648,6 +659,16 @@ class Worker:
                 self._work.notify_all()
             self._done.notify_all()
         self._overflowed(over)
+
+    def _close_open(self) -> List[Record]:
+        """Over OTel, at shutdown: the observations still open, sent now (snapshots, and end records
+        for those whose start was not seen here); with a spool, the state of the started ones goes
+        into it first, for the next start to end them as the same rows (see otel.py)."""
+        if self.spool is not None:
+            states = self.transport.open_states()
+            if states:
+                self.spool.add(states, OPEN_WIRE)
+        return list(self.transport.close_open(self._clock()))
 
     def _rewire_step(self, records: List[Record]) -> None:
         """Records in a wire format Langfuse no longer takes, encoded again by the transport (the
@@ -850,7 +871,7 @@ class Worker:
         left_open: List[Record] = []
         if self.transport.open_count():  # OTel observations the deadline left open: not lost either
             try:
-                left_open = self.transport.close_open(self._clock())
+                left_open = self._close_open()
             except Exception:  # a bug of ours: logged, and what is left below is still counted
                 log.exception("stream %r: could not close the observations still open", self.name)
             if left_open and self.spool is not None:
@@ -889,11 +910,18 @@ class Worker:
             self._spool_loaded = False  # loaded by the first prepare once a transport is chosen
             self._not_chosen([], exc)
             return
-        # Written for ingestion before this Langfuse moved to v4: encoded again, as spans (`auto`).
-        records, other = self.spool.load(wire, ("ingestion",) if resolve is not None and wire == "otel" else ())
-        legacy = [r for r in records if r.wire != wire]
-        if legacy:
+        # Written for ingestion before this Langfuse moved to v4: encoded again, as spans (`auto`);
+        # and over OTel, the observations an earlier process left open, taken up by the transport.
+        also = (("ingestion",) if resolve is not None else ()) + (OPEN_WIRE,) if wire == "otel" else ()
+        records, other = self.spool.load(wire, also)
+        states = [r for r in records if r.wire == OPEN_WIRE]
+        legacy = [r for r in records if r.wire != wire and r.wire != OPEN_WIRE]
+        if legacy or states:
             records = [r for r in records if r.wire == wire]
+        if states:
+            resumed = self.transport.resume(states)
+            self.spool.remove(states)  # held here now: written again if still open at this one's shutdown
+            log.info("stream %r: took up %d observation(s) an earlier process left open", self.name, resumed)
         with self._lock:
             n = sum(r.weight for r in records) + sum(r.weight for r in legacy)
             self.accepted += n + other

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any, Dict, List
 
 import pytest
 
@@ -208,10 +209,10 @@ def test_an_oversized_session_input_keeps_what_fits_and_never_cuts_the_small_ans
     assert s.stats().items_truncated >= 2
 
 
-def across_a_restart(receiver, transport, before, after):
+def across_a_restart(receiver, transport, before, after, **kw):
     """`before` through a stream shut down cleanly, then `after` through a new one: a deploy."""
     for events in (before, after):
-        s = stream(receiver.url, transport=transport, flush_interval=0.05)
+        s = stream(receiver.url, transport=transport, flush_interval=0.05, **kw)
         for event in events:
             s.on_event(event)
         assert s.shutdown(10).status is OutcomeStatus.DELIVERED
@@ -234,20 +235,22 @@ def test_a_restart_in_the_middle_of_a_session_keeps_the_trace_s_first_input(rece
 
 
 @pytest.mark.parametrize("transport", ["ingestion", "otel"])
-def test_what_a_restart_left_open_shows_as_ended_by_the_next_process_not_as_incomplete(receiver, transport):
+def test_what_a_restart_left_open_shows_as_ended_by_the_next_process_not_as_incomplete(receiver, transport, tmp_path):
     """The host shuts a stream down cleanly in the middle of a session (a deploy) and the next
     process sees the ends. Over OTel the first process sends what is open as incomplete spans
     (level WARNING, a status message saying so, metadata `incomplete`); the next one's span, which
     knows the end, left all three standing, as Langfuse merges a span sent again: a level it does
     not carry is DEFAULT there (the receiver kept WARNING), a status message it does not carry
-    stays, and metadata merges key by key."""
+    stays, and metadata merges key by key. (Over OTel the next process ends them as the same
+    observations with a spool: see test_a_restart_mid_session_over_otel_v4_makes_one_row_per_observation.)"""
     from .helpers import created, ended, tool_call, tool_update
 
     across_a_restart(receiver, transport,
                      (created("scroll-open", t=0), started("m1", "scroll-open", t=1, input="go"),
                       tool_call("t1", "scroll-open", t=2, title="Run tests")),
                      (tool_update("t1", "completed", "scroll-open", t=3, rawOutput="ok"),
-                      completed("m1", "scroll-open", t=4, output="done"), ended("scroll-open", t=5)))
+                      completed("m1", "scroll-open", t=4, output="done"), ended("scroll-open", t=5)),
+                     spool_path=str(tmp_path / "spool.db"))
     shown = {o["id"]: o for o in receiver.store.observations()}
     tool = shown[observation_id("scroll-open", "tool", "t1") if transport == "ingestion"
                  else span_id(observation_id("scroll-open", "tool", "t1"))]
@@ -259,6 +262,72 @@ def test_what_a_restart_left_open_shows_as_ended_by_the_next_process_not_as_inco
     for obs in (tool, message):
         assert obs.get("level") in (None, "DEFAULT") and not obs.get("statusMessage"), obs
         assert (obs.get("metadata") or {}).get("incomplete") in (None, "false"), obs
+
+
+def _deploy(scroll: str):
+    """Process A sends a session, a message and a 12-minute tool call and shuts down cleanly; process
+    B gets the tool call's end, the message's end and the session's end."""
+    from .helpers import created, ended, tool_call, tool_update
+
+    return ((created(scroll, t=0, title="the session"), started("m1", scroll, t=1, input="go"),
+             tool_call("t1", scroll, t=2, title="Run tests")),
+            (tool_update("t1", "completed", scroll, t=722, rawOutput="ok"),
+             completed("m1", scroll, t=723, output="done"), ended(scroll, t=724)))
+
+
+def _rows(receiver) -> Dict[str, List[Dict[str, Any]]]:
+    """The receiver's rows by the observation they are of (a row's own id, or its duplicate's)."""
+    rows: Dict[str, List[Dict[str, Any]]] = {}
+    for obs in receiver.store.observations():
+        rows.setdefault(obs.get("duplicateOf") or obs["id"], []).append(obs)
+    return rows
+
+
+def test_a_restart_mid_session_over_otel_v4_makes_one_row_per_observation(receiver_v4, tmp_path):
+    """Langfuse v4 keeps a row per span id and start time. Before, the next process sent what it
+    ended as spans starting at their ends, named by their type: 6 rows for 3 observations. With a
+    spool, what the first process left open is kept with it, and the next one ends each as the
+    same row: its real name, start, end and output."""
+    scroll = "scroll-deploy-v4"
+    before, after = _deploy(scroll)
+    across_a_restart(receiver_v4, "otel", before, after, spool_path=str(tmp_path / "spool.db"),
+                     late_start_wait=0.2)
+    rows = _rows(receiver_v4)
+    assert all(len(r) == 1 for r in rows.values()), rows
+    assert receiver_v4.store.counters()["duplicates"] == 0
+    shown = {r[0]["name"]: r[0] for r in rows.values()}
+    assert set(shown) == {"the session", "assistant message", "Run tests"}, shown
+    tool, message, root = shown["Run tests"], shown["assistant message"], shown["the session"]
+    assert (tool["startTime"], tool["endTime"], tool["output"]) == ("2026-11-25T09:00:02.000Z", "2026-11-25T09:12:02.000Z", "ok")
+    assert (message["startTime"], message["output"]) == ("2026-11-25T09:00:01.000Z", "done")
+    assert root["startTime"] == "2026-11-25T09:00:00.000Z" and root["endTime"] == "2026-11-25T09:12:04.000Z"
+    for obs in (tool, message, root):
+        assert obs.get("level") in (None, "DEFAULT") and (obs.get("metadata") or {}).get("incomplete") in (None, "false")
+    (trace,) = receiver_v4.store.traces()
+    assert (trace["name"], trace["input"]) == ("the session", "go")
+
+
+def test_a_restart_mid_session_over_otel_v4_without_a_spool_makes_no_second_row(receiver_v4):
+    """Without a spool the next process cannot know where what it ends started: it sends each end
+    as a record of its own (its own id, at the end), never as a second row of the observation;
+    the first process's rows stand, marked incomplete, with their real names and starts."""
+    scroll = "scroll-deploy-nospool"
+    before, after = _deploy(scroll)
+    across_a_restart(receiver_v4, "otel", before, after, late_start_wait=0.2)
+    rows = _rows(receiver_v4)
+    assert all(len(r) == 1 for r in rows.values()), rows
+    assert receiver_v4.store.counters()["duplicates"] == 0
+    shown = {r[0]["name"]: r[0] for r in rows.values()}
+    for name, start in (("the session", "09:00:00"), ("assistant message", "09:00:01"), ("Run tests", "09:00:02")):
+        first = shown[name]
+        assert first["startTime"] == f"2026-11-25T{start}.000Z" and first["metadata"]["incomplete"] == "true"
+    ends = {o["metadata"]["ends_observation"]: o for o in receiver_v4.store.observations()
+            if (o.get("metadata") or {}).get("ends_observation")}
+    assert set(ends) == {shown[n]["id"] for n in ("the session", "assistant message", "Run tests")}
+    tool_end = ends[shown["Run tests"]["id"]]
+    assert (tool_end["type"], tool_end["output"], tool_end["startTime"]) == ("EVENT", "ok", "2026-11-25T09:12:02.000Z")
+    assert ends[shown["assistant message"]["id"]]["type"] == "GENERATION"  # its usage and cost count
+    assert ends[shown["assistant message"]["id"]]["usageDetails"]["input"] == 10
 
 
 @pytest.mark.parametrize("transport", ["ingestion", "otel"])
@@ -669,3 +738,26 @@ def test_where_no_thread_may_start_shutdown_sends_on_the_caller_s_thread(receive
     assert all(o.ok for o in outcomes.values()), outcomes
     assert receiver.store.envelope_count() == 4
     assert a.stats().items_delivered == b.stats().items_delivered == 2
+
+
+def test_an_end_flushed_before_its_start_is_one_row_in_langfuse_v4(receiver_v4):
+    """Two host threads raced: a tool call's end reached the stream first and a flush came before
+    its start. Before, the end went out alone as a span starting at its end, and the start then
+    made a second row (v4 keys a row by span id and start time)."""
+    from .helpers import created, ended, tool_call, tool_update
+
+    scroll = "scroll-raced-v4"
+    s = stream(receiver_v4.url, transport="otel", flush_interval=0.05)
+    for event in (created(scroll, t=0), started("m1", scroll, t=1)):
+        s.on_event(event)
+    s.on_event(tool_update("t1", "completed", scroll, t=3, rawOutput="ok"))
+    flushed = s.flush(5)
+    assert flushed.status is OutcomeStatus.DELIVERED and "wait in" in flushed.detail  # said, not sent
+    s.on_event(tool_call("t1", scroll, t=2, title="Run tests"))
+    for event in (completed("m1", scroll, t=4, output="done"), ended(scroll, t=5)):
+        s.on_event(event)
+    assert s.shutdown(10).status is OutcomeStatus.DELIVERED
+    rows = _rows(receiver_v4)
+    assert all(len(r) == 1 for r in rows.values()) and len(rows) == 3, rows
+    (tool,) = [r[0] for r in rows.values() if r[0]["name"] == "Run tests"]
+    assert (tool["startTime"], tool["endTime"], tool["output"]) == ("2026-11-25T09:00:02.000Z", "2026-11-25T09:00:03.000Z", "ok")

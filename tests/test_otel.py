@@ -459,32 +459,61 @@ def _racing(scroll: str) -> List[Any]:
             tool_call("t1", scroll, t=2, title="Run tests"), completed("m1", scroll, t=4, output="a"), ended(scroll, t=5)]
 
 
-@pytest.mark.parametrize("batches", ["one", "two", "two, the start queued behind"])
+@pytest.mark.parametrize("batches", ["one", "two", "two, a flush between"])
 def test_an_end_mapped_before_its_start_still_makes_the_span_that_happened(batches):
     """Before, the end made a span starting at its end ("update without a create"), and the
-    start then opened the observation again, which never ended: at shutdown it went out marked
-    incomplete, with the shutdown's time as its end and a WARNING, over the right one."""
+    start then opened the observation again; later, the end went out alone when its batch was the
+    last queued, and its start made a second row in Langfuse v4 (a row is a span id and a start).
+    Now the end waits for its start (`late_start_wait`), across batches and flushes."""
     events = _racing("scroll-race")
     cfg = LangfuseConfig(host=HOST, public_key="pk", secret_key="sk-secret-value")
     transport = OtelTransport(LangfuseClient(cfg), cfg)
     state = MappingState()
     items = [item for event in events for item in bus_event_to_items(event, state)]
     cut = 3 if batches.startswith("two") else len(items)  # the end in one batch, its start in the next
-    more = batches == "two, the start queued behind"  # the worker says so: its queue holds more
-    records = transport.prepare(items[:cut], more=more) + transport.prepare(items[cut:]) + transport.close_open()
+    records = transport.prepare(items[:cut])
+    if batches == "two, a flush between":
+        records += transport.prepare([])  # what a flush does: nothing waits that can go
+    records += transport.prepare(items[cut:]) + transport.close_open()
     spans = json.loads(transport.body(records))["resourceSpans"][0]["scopeSpans"][0]["spans"]
     tool_id = span_id(observation_id("scroll-race", "tool", "t1"))
-    versions = [s for s in spans if s["spanId"] == tool_id]
-    # in two batches, the end went out alone unless the start was known to wait behind it
-    assert len(versions) == (2 if batches == "two" else 1)
-    last = versions[-1]
+    (last,) = [s for s in spans if s["spanId"] == tool_id]  # one version: one row
     assert last["name"] == "Run tests" and last["parentSpanId"] == span_id(observation_id("scroll-race", "msg", "m1"))
     assert (last["startTimeUnixNano"], last["endTimeUnixNano"]) == ("1795597202000000000", "1795597203000000000")
     assert attr(last, "langfuse.observation.output") == "ok"
-    for key in ("partial", "incomplete"):
+    for key in ("partial", "incomplete", "start_not_seen"):
         assert attr(last, f"langfuse.observation.metadata.{key}") is None
     assert attr(last, "langfuse.observation.level") in (None, "DEFAULT")
+    assert not [s for s in spans if attr(s, "langfuse.observation.metadata.ends_observation")]  # no end record
     assert sum(r.weight for r in records) == len(items)  # every item in exactly one record
+
+
+def test_an_end_whose_start_is_later_than_late_start_wait_goes_as_an_end_record_never_a_second_row():
+    """The start comes past the bound: the end went out as a record of its own (its own id, at its
+    end), so the span that the start then completes is the observation's only row."""
+    now = [1000.0]
+    cfg = LangfuseConfig(host=HOST, public_key="pk", secret_key="sk-secret-value", late_start_wait=2.0)
+    transport = OtelTransport(LangfuseClient(cfg), cfg, clock=lambda: now[0])
+    state = MappingState()
+    events = _racing("scroll-late")
+    items = [item for event in events for item in bus_event_to_items(event, state)]
+    records = transport.prepare(items[:3])
+    assert transport.due_in() == 2.0 and not [r for r in records if b"Run tests" in r.data]
+    now[0] += 1.9
+    assert transport.prepare([]) == []  # not yet
+    now[0] += 0.2
+    (end,) = transport.prepare([])
+    records += [end] + transport.prepare(items[3:]) + transport.close_open()
+    spans = json.loads(transport.body(records))["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    tool_id = span_id(observation_id("scroll-late", "tool", "t1"))
+    (record,) = [s for s in spans if attr(s, "langfuse.observation.metadata.ends_observation") == tool_id]
+    assert record["spanId"] != tool_id and attr(record, "langfuse.observation.type") == "event"
+    assert record["startTimeUnixNano"] == record["endTimeUnixNano"] == "1795597203000000000"  # at its end
+    assert attr(record, "langfuse.observation.output") == "ok" and record["name"] == "tool (end)"
+    (span,) = [s for s in spans if s["spanId"] == tool_id]  # the observation's one row, whole
+    assert span["name"] == "Run tests" and span["startTimeUnixNano"] == "1795597202000000000"
+    assert attr(span, "langfuse.observation.output") == "ok"
+    assert sum(r.weight for r in records) == len(items)
 
 
 def test_updates_before_the_start_that_did_not_end_it_are_kept_when_it_comes():
@@ -520,12 +549,15 @@ def test_what_is_kept_for_late_starts_is_bounded_and_a_start_past_it_keeps_its_o
     that may come late, but only the last 64: after a restart mid-session every open tool call
     ends that way. A start past the bound still takes its own start time, with the known end."""
     scroll = "scroll-many"
+    now = [1000.0]
     cfg = LangfuseConfig(host=HOST, public_key="pk", secret_key="sk-secret-value")
-    transport = OtelTransport(LangfuseClient(cfg), cfg)
+    transport = OtelTransport(LangfuseClient(cfg), cfg, clock=lambda: now[0])
     state = MappingState()
     ends = [tool_update(f"t{i}", "completed", scroll, t=100 + i, rawOutput="x" * 1000) for i in range(70)]
     for event in ends:
         transport.prepare(bus_event_to_items(event, state))
+    now[0] += cfg.late_start_wait
+    assert len(transport.prepare([])) == 70  # they went without their start, as end records
     assert len(transport._late) == 64
     late_start = tool_call("t0", scroll, t=1, title="First")
     (record,) = transport.prepare(bus_event_to_items(late_start, state))

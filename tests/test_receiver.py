@@ -696,3 +696,42 @@ def test_items_and_spans_of_any_shape_are_answered_and_always_read_back(receiver
 def test_a_fault_the_receiver_could_not_act_on_is_refused_when_made(spec, problem):
     with pytest.raises(ValueError, match=problem):
         parse_fault(spec)
+
+
+@pytest.mark.parametrize("version", ["3.120.0", "4.16.0"])
+def test_a_span_exported_again_is_kept_as_the_server_it_poses_as_would(version, tmp_path):
+    """v4 keeps a row per span id and start time, the last export replacing it whole, and another
+    start time is a second row for good (shown as a duplicate); before 4, exports merge."""
+    from dirigent_langfuse.render import render_all
+    from dirigent_langfuse.store import Store
+
+    def span(start: int, **attrs: str) -> Dict[str, Any]:
+        return {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "tool", "startTimeUnixNano": str(start),
+                "endTimeUnixNano": str(start + 10**9),
+                "attributes": [{"key": k.replace("_", "."), "value": {"stringValue": v}} for k, v in attrs.items()]}
+
+    def export(one: Dict[str, Any]) -> None:
+        body = {"resourceSpans": [{"scopeSpans": [{"spans": [one]}]}]}
+        assert requests.post(r.url + "/api/public/otel/v1/traces", json=body, auth=AUTH, timeout=5).status_code == 200
+
+    db = str(tmp_path / "lf.db")
+    with Receiver(db=db, version=version) as r:
+        t0 = 1764061200 * 10**9
+        export(span(t0, langfuse_observation_input="in", langfuse_observation_level="WARNING"))
+        export(span(t0, langfuse_observation_output="out"))  # the same row, exported again
+        rows = r.store.observations()
+        if version.startswith("4"):
+            (row,) = rows
+            assert row.get("input") is None and row["output"] == "out" and row["level"] == "DEFAULT"  # replaced whole
+        else:
+            (row,) = rows
+            assert (row["input"], row["output"]) == ("in", "out")  # merged
+        export(span(t0 + 5 * 10**9, langfuse_observation_output="late"))  # another start
+        rows = r.store.observations()
+        if version.startswith("4"):
+            assert len(rows) == 2 and rows[1]["duplicateOf"] == "cd" * 8
+            assert r.store.counters()["duplicates"] == 1
+        else:
+            assert len(rows) == 1 and rows[0]["output"] == "late" and rows[0]["startTime"].endswith("00:00.000Z")
+    shown = render_all(Store(db))  # `show` reads the database as the receiver kept it
+    assert ("⚠ duplicate row of " + "cd" * 8 in shown) is version.startswith("4")
