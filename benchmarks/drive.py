@@ -55,8 +55,7 @@ def failed(m: int, k: int, tools: int) -> bool:
 
 def event_builder(args: argparse.Namespace) -> Callable[[Step], Any]:
     """The BusEvent a host would emit for each step."""
-    from dirigent_langfuse import (MessageCompleted, MessageStarted, SessionCreated, SessionEnded, SessionUpdate,
-                                   Usage)
+    from dirigent_langfuse import MessageCompleted, MessageStarted, SessionCreated, SessionEnded, SessionUpdate, Usage
 
     run = args.run_id
 

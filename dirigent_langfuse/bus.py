@@ -305,7 +305,9 @@ def _field_problem(exc: BaseException) -> Tuple[str, str]:
     args = exc.args
     if len(args) >= 2 and isinstance(args[1], attrs.Attribute):
         attribute = args[1]
-        return attribute.name, f"must be {_kind_name(args[2]) if len(args) > 2 else 'valid'} (got {type(args[3]).__name__ if len(args) > 3 else 'a bad value'})"
+        kind = _kind_name(args[2]) if len(args) > 2 else "valid"
+        got = type(args[3]).__name__ if len(args) > 3 else "a bad value"
+        return attribute.name, f"must be {kind} (got {got})"
     text = str(exc)
     if text.startswith("'") and "'" in text[1:]:
         name = text[1 : text.index("'", 1)]

@@ -49,7 +49,7 @@ EXAMPLE = "coding_session.jsonl"
 
 
 def _example_lines() -> List[str]:
-    return resources.files("dirigent_langfuse").joinpath("examples", EXAMPLE).read_text(encoding="utf-8").splitlines()
+    return resources.files("dirigent_langfuse").joinpath("examples").joinpath(EXAMPLE).read_text(encoding="utf-8").splitlines()
 
 
 def _read_events(

@@ -25,14 +25,14 @@ import os
 import re
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import attrs
 import requests
 import requests.auth
 import requests.utils
-from requests.structures import CaseInsensitiveDict
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 from urllib3.util.retry import Retry
 
 from . import __version__
@@ -43,7 +43,7 @@ __all__ = ["LangfuseClient", "LangfuseRetry", "IngestionResult", "ItemError", "U
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = f"dirigent-langfuse/{__version__} (python-requests/{requests.__version__})"
+USER_AGENT = f"dirigent-langfuse/{__version__} (python-requests/{getattr(requests, '__version__', '?')})"
 INGESTION_PATH = "/api/public/ingestion"
 OTEL_PATH = "/api/public/otel/v1/traces"
 HEALTH_PATH = "/api/public/health"
@@ -62,7 +62,7 @@ class LangfuseRetry(Retry):
     attempt in flight at the deadline is the last.
     """
 
-    sleeper: Callable[[float], None] = staticmethod(time.sleep)
+    sleeper = staticmethod(time.sleep)
 
     def __init__(self, *args: Any, max_retry_after: float = 60.0, answer_seconds: float = 10.0, **kwargs: Any) -> None:
         self.max_retry_after = max_retry_after
@@ -292,7 +292,7 @@ def _read(response: requests.Response, seconds: float) -> Optional[str]:
     response._content, problem = read_answer(response.raw, seconds)
     if problem is not None:
         response.raw.close()
-    response._content_consumed = True  # type: ignore[attr-defined]  # (as requests marks a body it read)
+    setattr(response, "_content_consumed", True)  # noqa: B010 (as requests marks a body it read; not in its types)
     response.close()
     return problem
 

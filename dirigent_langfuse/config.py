@@ -98,7 +98,7 @@ def _host(value: str) -> str:
     value = value.strip().rstrip("/")
     try:
         parts = urllib.parse.urlsplit(value)
-        parts.port  # raises for a port that is not a number
+        _ = parts.port  # raises for a port that is not a number
     except ValueError as exc:
         raise ConfigError(f"is not a URL ({exc}): {_shown(value)!r}", key="host") from None
     if parts.username is not None or parts.password is not None:

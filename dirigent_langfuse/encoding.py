@@ -129,7 +129,7 @@ def _fallback(value: Any) -> Any:
     return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 1] + "…"
 
 
-def to_jsonable(value: Any, _seen: Optional[set] = None, _depth: int = 0) -> Any:
+def to_jsonable(value: Any, _seen: Optional["set[int]"] = None, _depth: int = 0) -> Any:
     """A structure of plain JSON types equal to `value` under the fallback above."""
     if _seen is None:
         _seen = set()

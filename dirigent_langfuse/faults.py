@@ -88,14 +88,17 @@ class Fault:
         return cls(kind="partial", code=code, every=every, times=times)
 
 
-_SPEC = re.compile(r"^(?P<kind>\d{3}|slow|reset|partial|page|trickle)(?::(?P<arg>[^*~]+))?(?:\*(?P<times>\d+)|~(?P<secs>[\d.]+))?$")
+_SPEC = re.compile(
+    r"^(?P<kind>\d{3}|slow|reset|partial|page|trickle)(?::(?P<arg>[^*~]+))?(?:\*(?P<times>\d+)|~(?P<secs>[\d.]+))?$"
+)
 
 
 def parse_fault(text: str) -> Fault:
     """A `Fault` from its command-line form; ValueError saying what is wrong."""
     match = _SPEC.match(text.strip())
     if not match:
-        raise ValueError(f"bad fault {text!r}: expected KIND[:ARG][*N|~S], e.g. 503*5, 429:2*3, slow:1.5*2, reset*1, partial:500/3*1, page*2, trickle:0.2*2")
+        raise ValueError(f"bad fault {text!r}: expected KIND[:ARG][*N|~S], e.g. 503*5, 429:2*3, slow:1.5*2, "
+                         "reset*1, partial:500/3*1, page*2, trickle:0.2*2")
     kind, arg = match["kind"], match["arg"]
     times = int(match["times"]) if match["times"] else 1
     seconds = float(match["secs"]) if match["secs"] else None

@@ -39,7 +39,10 @@ from .encoding import as_text, key_text, to_jsonable
 from .snapshot import own
 from .wire import TRACE_NAME_MAX, fits, takes_as_id
 
-__all__ = ["bus_event_to_items", "maps", "streams_text", "merge_body", "MappingState", "observation_id", "envelope_id", "iso_time", "Item"]
+__all__ = [
+    "bus_event_to_items", "maps", "streams_text", "merge_body", "MappingState", "observation_id", "envelope_id",
+    "iso_time", "Item",
+]
 
 Item = Dict[str, Any]
 NAMESPACE = uuid.UUID("6f1d3a52-5c1e-4d8b-9a77-0c4e1b6a2f10")
@@ -573,7 +576,8 @@ def _chunk_text(block: Any) -> str:
     if kind == "resource":
         inner = block.get("resource")
         if isinstance(inner, dict) and isinstance(inner.get("text"), str):
-            return inner["text"]
+            inner_text: str = inner["text"]
+            return inner_text
         return f"[resource: {inner.get('uri') if isinstance(inner, dict) else '?'}]"
     if isinstance(kind, str) and kind:
         return f"[{kind}: {block.get('mimeType') or '?'}]"

@@ -11,7 +11,8 @@ updates into it, and emits a span when its observation ends. What a user sees in
 - a root span of type `agent` for the session itself, from `SessionCreated` to `SessionEnded`,
   with the session's first input and last answer as its own, which Langfuse takes for the
   trace's (sent once: `langfuse.trace.input` would double the span, and v4 does not read it);
-  messages are `generation` spans under it (with `completion_start_time` when chunks streamed), tool calls `tool` spans under their message, plans
+  messages are `generation` spans under it (with `completion_start_time` when chunks streamed),
+  tool calls `tool` spans under their message, plans
   `event` spans;
 - an observation still open at `shutdown()` (or pushed out of a full table) is emitted ended at
   that moment, with level WARNING, a status message saying so and
@@ -41,7 +42,7 @@ import re
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from . import __version__
 from .client import LangfuseClient
@@ -97,7 +98,7 @@ _OBS_FIELDS = (
     ("costDetails", "langfuse.observation.cost_details"),
 )
 _OBS_MAPS = frozenset({"modelParameters", "usageDetails", "costDetails"})
-_quote: Any = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
+_quote: Callable[[str], str] = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
 
 
 _KEEP_FIRST = ("startTime", "parentObservationId")  # the create's start and parent win
@@ -308,11 +309,11 @@ class OtelTransport:
             _str_kv("telemetry.sdk.language", "python"),
             _str_kv("telemetry.sdk.version", __version__),
         ])
-        self._prefix = (
+        self._prefix: bytes = (
             '{"resourceSpans":[{"resource":{"attributes":[' + resource + ']},"scopeSpans":[{"scope":'
             '{"name":"dirigent_langfuse","version":' + _quote(__version__) + '},"spans":['
         ).encode()
-        self._suffix = b"]}]}]}"
+        self._suffix: bytes = b"]}]}]}"
         static = []
         if config.environment:
             static.append(_str_kv(ENVIRONMENT, config.environment))
@@ -635,7 +636,7 @@ class OtelTransport:
         info = self._traces.get(scroll)
         if not info:
             return self._static
-        cached = info.get("\x00text")
+        cached: Optional[str] = info.get("\x00text")
         if cached is not None:
             return cached
         parts = []
@@ -692,9 +693,9 @@ class OtelTransport:
                 for mkey, mvalue in items:
                     head = _meta_heads.get(mkey) or _meta_head(mkey)
                     attrs.append(head + _quote(mvalue if type(mvalue) is str else as_text(mvalue)) + "}}")
-        start = _nanos(get("startTime")) or _nanos(get("endTime")) or _nanos(_now_iso(self._clock()))
+        start = _nanos(get("startTime")) or _nanos(get("endTime")) or _nanos(_now_iso(self._clock())) or "0"
         end = _nanos(get("endTime")) or start
-        text = '{"traceId":"' + otel_trace_id(scroll) + '","spanId":"' + sid + '"'
+        text: str = '{"traceId":"' + otel_trace_id(scroll) + '","spanId":"' + sid + '"'
         if not is_root:
             parent_id = get("parentObservationId")
             text += ',"parentSpanId":"' + (span_id(parent_id) if parent_id else session_span_id(scroll)) + '"'
@@ -765,7 +766,7 @@ class AutoTransport:
         self.client = client
         self.config = config
         self.masker = masker
-        self._chosen: Any = None
+        self._chosen: Optional[Union[IngestionTransport, OtelTransport]] = None
 
     @property
     def name(self) -> str:
@@ -775,7 +776,7 @@ class AutoTransport:
     def chosen(self) -> bool:
         return self._chosen is not None
 
-    def resolve(self, guess: bool = False) -> Any:
+    def resolve(self, guess: bool = False) -> Union[IngestionTransport, "OtelTransport"]:
         if self._chosen is None:
             version, reached = self.client.health()
             if not reached and not guess:

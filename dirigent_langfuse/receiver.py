@@ -61,7 +61,7 @@ def _decode_protobuf(data: bytes) -> Dict[str, Any]:
         message.ParseFromString(data)
     except DecodeError as exc:  # not a ValueError: it killed the handler, the client got no answer
         raise ValueError(f"not an ExportTraceServiceRequest in protobuf ({exc})") from None
-    out = MessageToDict(message)
+    out: Dict[str, Any] = MessageToDict(message)
     for rs in out.get("resourceSpans", []):
         for ss in rs.get("scopeSpans", []):
             for span in ss.get("spans", []):

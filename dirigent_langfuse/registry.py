@@ -119,7 +119,8 @@ class StreamSet:
 
     def _guard(self, stream: SessionStream, call: str, *args: object) -> StreamOutcome:
         try:
-            return getattr(stream, call)(*args)
+            outcome: StreamOutcome = getattr(stream, call)(*args)
+            return outcome
         except Exception as exc:  # a stream's bug must not reach the host
             with self._lock:
                 self.errors[stream.name] = self.errors.get(stream.name, 0) + 1

@@ -65,7 +65,7 @@ def _table(value: Any, stream: str, key: str) -> Mapping[str, Any]:
     return value
 
 
-def _spec(entry: Any, index: int, seen: set) -> StreamSpec:
+def _spec(entry: Any, index: int, seen: "set[str]") -> StreamSpec:
     if not isinstance(entry, Mapping):
         raise ConfigError(f"[[streams]] entry {index} must be a table", key="streams")
     name = entry.get("name")
@@ -133,5 +133,5 @@ def load_stream_specs(
     streams = document.get("streams", [])
     if not isinstance(streams, list):
         raise ConfigError("must be an array of tables ([[streams]])", key="streams")
-    seen: set = set()
+    seen: "set[str]" = set()
     return [_spec(entry, i, seen) for i, entry in enumerate(streams)]

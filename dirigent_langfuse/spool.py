@@ -28,7 +28,7 @@ import logging
 import os
 import sqlite3
 import threading
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 try:
     import fcntl
@@ -183,7 +183,7 @@ class Spool:
             self._local.db = (db, self._generation)
         return db
 
-    def _write(self, what: str, sql: str, rows: Sequence[Tuple]) -> None:
+    def _write(self, what: str, sql: str, rows: Sequence[Tuple[Any, ...]]) -> None:
         if self._broken or not rows:
             return
         try:
@@ -280,7 +280,7 @@ class Spool:
             os.close(self._owner_fd)
             self._owner_fd = None
         if fcntl is None:
-            return _NoSpool()  # type: ignore[return-value]
+            return _NoSpool()
         try:
             return Spool(self.path, self.stream)
         except Exception as exc:  # in a fork hook: never leave the child writing under the parent's owner

@@ -97,7 +97,7 @@ class _View:
         self.duplicates = 0
         self.rows = rows
         self._starts: Dict[str, Any] = {}  # v4: a span id's first start time (its row's)
-        self._fingerprints: set = set()
+        self._fingerprints: "set[str]" = set()
 
     def _fingerprint(self, value: Any) -> bool:
         """True when this content was seen before under another id."""
@@ -319,7 +319,8 @@ class Store:
 
         def read(kind: str, text: Any) -> Dict[str, Any]:
             if not (isinstance(text, str) and text.startswith("@")):
-                return json.loads(text)  # written whole by earlier versions
+                whole: Dict[str, Any] = json.loads(text)  # written whole by earlier versions
+                return whole
             seq, index = text[1:].split(":")
             entries = bodies.get(seq)
             if entries is None:

@@ -308,7 +308,8 @@ class LangfuseStream(SessionStream):
             if result.pending:
                 detail += f"; {result.pending} item(s) not yet delivered"
         else:
-            detail = f"{what}: {result.pending} item(s) not delivered" if result.pending else f"{what}: not everything was delivered"
+            detail = f"{what}: {result.pending} item(s) not delivered" if result.pending else \
+                f"{what}: not everything was delivered"
         lost = {reason: n for reason, n in result.dropped.items() if reason != "spooled"}
         if lost:
             reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(lost.items()))

@@ -106,7 +106,8 @@ def _usage_details_ok(details: Any) -> bool:
         return True
     for counts, maps in _OPENAI_USAGE:  # taken only whole, with nothing else in it
         if (set(details) <= set(counts + maps) and all(details.get(k) is not None and _is_count(details[k]) for k in counts)
-                and all(details.get(k) is None or (isinstance(details[k], dict) and all(_is_count(v) for v in details[k].values()))
+                and all(details.get(k) is None
+                        or (isinstance(details[k], dict) and all(_is_count(v) for v in details[k].values()))
                         for k in maps)):
             return True
     return False
@@ -344,7 +345,8 @@ def _check_id(value: Any, length: int, what: str) -> None:
 def _id(value: Any, length: int, what: str) -> str:
     """A checked id, lowercased (as Langfuse keys it)."""
     _check_id(value, length, what)
-    return value.lower()
+    checked: str = value
+    return checked.lower()
 
 
 def _iso(nanos: Any) -> Optional[str]:

@@ -858,7 +858,7 @@ class Worker:
     def _backoff(self, retry_after: Optional[float]) -> float:
         failures = min(max(1, self._failures_in_row), 32)
         base = min(self.config.retry_backoff_max, self.config.flush_interval * (2 ** (failures - 1)))
-        delay = base * (0.5 + 0.5 * self._random())
+        delay: float = base * (0.5 + 0.5 * self._random())
         if retry_after is not None:
             delay = max(delay, retry_after)
         return delay

@@ -93,7 +93,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     write = terminalreporter.write_line
     terminalreporter.section("fault suite")
-    head = f"{'scenario':<28} {'transport':<10} {'accepted':>8} {'delivered':>9} {'duplicates':>10} {'resent':>6} {'max block ms':>12}  dropped (by reason)"
+    head = (f"{'scenario':<28} {'transport':<10} {'accepted':>8} {'delivered':>9} {'duplicates':>10} {'resent':>6} "
+            f"{'max block ms':>12}  dropped (by reason)")
     write(head)
     write("-" * len(head))
     for row in FAULT_TABLE:

@@ -28,7 +28,9 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def common(scroll: Optional[str] = "scroll-1", native: str = "native-1", connector: str = "conn-1", t: float = 0.0) -> Dict[str, Any]:
+def common(
+    scroll: Optional[str] = "scroll-1", native: str = "native-1", connector: str = "conn-1", t: float = 0.0
+) -> Dict[str, Any]:
     return {"connector_id": connector, "native_session_id": native, "scroll_id": scroll, "at": at(t)}
 
 

@@ -1,5 +1,6 @@
 from datetime import datetime, timezone
 
+import attrs
 import pytest
 
 from dirigent_langfuse import (
@@ -149,6 +150,6 @@ def test_missing_type_or_non_object():
 
 def test_events_are_frozen():
     event = ALL[0]
-    with pytest.raises(Exception):
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
         event.scroll_id = "other"  # type: ignore[misc]
     assert event.at == at(0)

@@ -50,7 +50,8 @@ def test_demo_prints_trees_and_a_summary(transport):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "Fix the flaky cache test" in out  # the trace's name
-    assert re.search(r"GENERATION assistant message  \+0\.20s  6\.80s  first token 1\.40s  claude-sonnet-4-5  in 4210 / out 388 .*\$0\.0243", out)
+    assert re.search(r"GENERATION assistant message  \+0\.20s  6\.80s  first token 1\.40s  "
+                     r"claude-sonnet-4-5  in 4210 / out 388 .*\$0\.0243", out)
     tool = "TOOL" if transport == "otel" else "SPAN"  # the ingestion API takes no type TOOL
     assert re.search(tool + r" Run pytest -q  \+9\.00s  3\.50s", out)  # a tool span with offset and duration
     assert tool + " Edit shop_api/cache.py  +8.00s  0.30s  ✗ ERROR: EACCES" in out  # the failed tool call
@@ -211,7 +212,8 @@ def test_mirror_a_file_it_cannot_read_exits_2(tmp_path):
 
 def test_mirror_bad_config_exits_2(tmp_path):
     bad = tmp_path / "streams.toml"
-    bad.write_text('[[streams]]\nname = "x"\ntype = "langfuse"\n[streams.params]\nhost = "http://x"\npublic_key = "p"\nsecret_key = "s"\nbatch_size = "many"\n')
+    bad.write_text('[[streams]]\nname = "x"\ntype = "langfuse"\n[streams.params]\nhost = "http://x"\n'
+                   'public_key = "p"\nsecret_key = "s"\nbatch_size = "many"\n')
     result = run("mirror", "--config", str(bad), str(EXAMPLE))
     assert result.returncode == 2 and "batch_size" in result.stderr
 
@@ -300,8 +302,10 @@ def test_receive_and_show_refuse_a_database_they_cannot_use_with_exit_2(tmp_path
     spool = tmp_path / "spool.db"
     Spool(str(spool), "s").release()
     cases = [
-        (("show", "--db", str(not_sqlite)), f"show: cannot be opened as the receiver's database: {not_sqlite} (file is not a database)"),
-        (("receive", "--db", str(not_sqlite)), f"receive: cannot be opened as the receiver's database: {not_sqlite} (file is not a database)"),
+        (("show", "--db", str(not_sqlite)),
+         f"show: cannot be opened as the receiver's database: {not_sqlite} (file is not a database)"),
+        (("receive", "--db", str(not_sqlite)),
+         f"receive: cannot be opened as the receiver's database: {not_sqlite} (file is not a database)"),
         (("receive", "--db", str(tmp_path / "no" / "such" / "dir.db")), "receive: cannot be opened as the receiver's database"),
         (("show", "--db", str(spool)), f"show: {spool} is another program's database (it holds spool), not a receiver's"),
         (("receive", "--db", str(tmp_path / "lf.db"), "--listen", "127.0.0.1:65536"), "a port from 0 to 65535"),

@@ -344,7 +344,9 @@ def test_auto_loads_a_waiting_spool_once_langfuse_answers_without_any_new_event(
 # -- processes ------------------------------------------------------------------------------------------
 
 
-def fork_reporting(child: Callable[[], Dict[str, Any]], locks: Iterable[Any] = (), linger: bool = False) -> Tuple[int, Dict[str, Any]]:
+def fork_reporting(
+    child: Callable[[], Dict[str, Any]], locks: Iterable[Any] = (), linger: bool = False
+) -> Tuple[int, Dict[str, Any]]:
     """Forks with `locks` held; the child runs `child()` and writes what it returns back, then exits
     (or, with `linger`, lives until it is killed). Returns (pid, report); fails the test if the
     child never reports."""

@@ -282,7 +282,8 @@ def test_every_acp_session_update_kind_maps_or_skips(validate_item):
     kinds = [v["properties"]["sessionUpdate"]["const"] for v in schema["$defs"]["SessionUpdate"]["oneOf"]]
     assert {"tool_call", "tool_call_update", "plan", "agent_message_chunk"} <= set(kinds)
     for kind in kinds:
-        payload = {"sessionUpdate": kind, "toolCallId": "t", "title": "x", "entries": [], "content": {"type": "text", "text": "x"}}
+        payload = {"sessionUpdate": kind, "toolCallId": "t", "title": "x", "entries": [],
+                   "content": {"type": "text", "text": "x"}}
         items = bus_event_to_items(update(payload), MappingState())
         if kind in ("tool_call", "tool_call_update", "plan"):
             assert len(items) == 1

@@ -35,7 +35,8 @@ def session_events(scroll: str = "scroll-1") -> List[Any]:
         tool_update("t1", "completed", scroll, t=3, rawOutput={"exit": 0}),
         tool_call("t2", scroll, t=4, title="Edit file"),
         tool_update("t2", "failed", scroll, t=5, content=[{"type": "content", "content": {"type": "text", "text": "denied"}}]),
-        update({"sessionUpdate": "plan", "entries": [{"content": "run tests", "priority": "high", "status": "pending"}]}, scroll, t=5.5),
+        update({"sessionUpdate": "plan", "entries": [{"content": "run tests", "priority": "high", "status": "pending"}]},
+               scroll, t=5.5),
         completed("m1", scroll, t=6, output="done", usage=Usage(input_tokens=100, output_tokens=20, cache_read_tokens=5),
                   cost_usd=0.0123, stop_reason="end_turn"),
         ended(scroll, t=7),
@@ -101,7 +102,8 @@ def test_payload_parses_strictly_as_an_otlp_export_request():
 def test_the_strict_check_can_fail():
     json_format = pytest.importorskip("google.protobuf.json_format")
     trace_service = pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
-    bad = {"resourceSpans": [{"scopeSpans": [{"spans": [{"name": "x", "attributes": [{"key": "a", "value": {"intValue": "x"}}]}]}]}]}
+    attributes = [{"key": "a", "value": {"intValue": "x"}}]
+    bad = {"resourceSpans": [{"scopeSpans": [{"spans": [{"name": "x", "attributes": attributes}]}]}]}
     with pytest.raises(json_format.ParseError):
         json_format.Parse(json.dumps(bad), trace_service.ExportTraceServiceRequest())
 
@@ -446,8 +448,8 @@ def test_a_replayed_end_re_sends_the_span_as_it_was_not_one_starting_at_its_end(
             or getattr(e, "kind", "") == "tool_call_update"]
     again = spans(ends)  # the tails replayed, after everything ended
     assert again and set(again) <= set(first)
-    for span_id, span in again.items():
-        before = first[span_id]
+    for sid, span in again.items():
+        before = first[sid]
         assert (span["startTimeUnixNano"], span.get("parentSpanId"), span["name"]) == \
                (before["startTimeUnixNano"], before.get("parentSpanId"), before["name"]), span["name"]
         assert attr(span, "langfuse.observation.metadata.partial") is None
@@ -519,7 +521,8 @@ def test_an_end_whose_start_is_later_than_late_start_wait_goes_as_an_end_record_
 def test_updates_before_the_start_that_did_not_end_it_are_kept_when_it_comes():
     scroll = "scroll-early"
     events = [created(scroll), started("m1", scroll, t=1),
-              tool_update("t1", "in_progress", scroll, t=2.5, content=[{"type": "content", "content": {"type": "text", "text": "half"}}]),
+              tool_update("t1", "in_progress", scroll, t=2.5,
+                          content=[{"type": "content", "content": {"type": "text", "text": "half"}}]),
               tool_call("t1", scroll, t=2, title="Build"), tool_update("t1", "completed", scroll, t=3, rawOutput="built"),
               completed("m1", scroll, t=4), ended(scroll, t=5)]
     spans = by_name(spans_for(events))

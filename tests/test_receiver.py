@@ -109,7 +109,8 @@ def _item(kind: str, body: Dict[str, Any], **envelope: Any) -> Dict[str, Any]:
     (_item("score-create", {"name": "", "value": 1}), "body.name"),
     (_item("score-create", {"name": "q", "value": 1, "traceId": 7}), "body.traceId"),
     # found by checking the receiver against Langfuse's own schema (zod) on 100,000 mutated items
-    (_item("generation-update", {"id": "o", "usageDetails": {"input": 2 ** 53}}), "body.usageDetails"),  # past JavaScript's safe integers
+    # past JavaScript's safe integers
+    (_item("generation-update", {"id": "o", "usageDetails": {"input": 2 ** 53}}), "body.usageDetails"),
     (_item("generation-update", {"id": "o", "usageDetails": {"input_tokens": 1, "output_tokens": 2, "total_tokens": 3,
                                                              "input_tokens_details": {"cached": 1}, "note": "x"}}),
      "body.usageDetails"),  # an OpenAI usage object with something else in it

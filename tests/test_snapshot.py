@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import collections
 import dataclasses
+import logging
 from typing import Any, List
 
 from dirigent_langfuse.encoding import dumps

@@ -65,7 +65,8 @@ def test_only_its_own_stream_s_orphans_are_claimed_and_dead_owners_lock_files_go
 
 
 def test_a_spool_written_before_owners_existed_is_taken(tmp_path):
-    path = old_spool(tmp_path, "INSERT INTO spool (stream, key, wire, data, weight) VALUES ('s', 'old', 'ingestion', x'7b7d', 3);")
+    path = old_spool(tmp_path, "INSERT INTO spool (stream, key, wire, data, weight) "
+                               "VALUES ('s', 'old', 'ingestion', x'7b7d', 3);")
     spool = Spool(path, "s")
     loaded, _ = spool.load("ingestion")
     assert [(r.key, r.data, r.weight) for r in loaded] == [("old", b"{}", 3)]
@@ -197,7 +198,8 @@ def test_two_records_with_one_key_are_two_rows_each_removed_on_its_own(tmp_path)
 
 
 def test_rows_written_before_slots_load_with_their_key(tmp_path):
-    path = old_spool(tmp_path, "INSERT INTO spool (stream, key, wire, data, weight) VALUES ('s', 'old', 'ingestion', x'7b7d', 3);")
+    path = old_spool(tmp_path, "INSERT INTO spool (stream, key, wire, data, weight) "
+                               "VALUES ('s', 'old', 'ingestion', x'7b7d', 3);")
     spool = Spool(path, "s")
     (record,), _ = spool.load("ingestion")
     assert (record.key, record.weight) == ("old", 3)
@@ -235,8 +237,8 @@ def test_a_stream_that_shut_down_keeps_no_connection_to_its_spool_open(tmp_path,
 def test_a_flush_right_after_a_restart_waits_for_what_the_spool_held(tmp_path, receiver, monkeypatch):
     """flush(10) answered DELIVERED at once while the spool, not loaded yet, still held a killed
     process's 1,000 records: they arrived seconds later."""
-    import threading
     import socket
+    import threading
 
     from .helpers import completed, started
 

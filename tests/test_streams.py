@@ -2,8 +2,7 @@ import threading
 
 import pytest
 
-from dirigent_langfuse import Health, HealthTracker, OutcomeStatus, StreamError, StreamOutcome, StreamScope, StreamStats
-from dirigent_langfuse import streams
+from dirigent_langfuse import Health, HealthTracker, OutcomeStatus, StreamError, StreamOutcome, StreamScope, StreamStats, streams
 
 from .helpers import created
 
