@@ -220,7 +220,7 @@ def sdk_current(args: argparse.Namespace) -> Tuple[Callable[[Step], None], Calla
 
 def floor(args: argparse.Namespace) -> Dict[str, Any]:
     """Map the workload with our mapping first (untimed), then time encoding and POSTing only."""
-    from dirigent_langfuse.mapping import MappingState, bus_event_to_items
+    from dirigent_langfuse.mapping.items import MappingState, bus_event_to_items
 
     build = event_builder(args)
     state = MappingState()

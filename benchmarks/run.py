@@ -92,7 +92,7 @@ class ReceiverProcess:
     def stop(self) -> Dict[str, Any]:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(30)
-        from dirigent_langfuse.store import Store
+        from dirigent_langfuse.receiver.store import Store
 
         store = Store(str(self.db))
         try:

@@ -3,8 +3,7 @@
 The public API is what `__all__` lists; every other module-level name is private.
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .bus import (  # noqa: E402
     BusEvent,
     ConnectorStatus,
@@ -19,8 +18,17 @@ from .bus import (  # noqa: E402
     event_from_json,
     event_to_json,
 )
-from .client import IngestionResult, LangfuseClient  # noqa: E402
 from .config import LangfuseConfig  # noqa: E402
+from .contracts import (  # noqa: E402
+    Health,
+    HealthTracker,
+    OutcomeStatus,
+    SessionStream,
+    StreamError,
+    StreamOutcome,
+    StreamStats,
+)
+from .delivery.client import IngestionResult, LangfuseClient  # noqa: E402
 from .errors import (  # noqa: E402
     BusEventError,
     ConfigError,
@@ -31,19 +39,10 @@ from .errors import (  # noqa: E402
     RegistryError,
 )
 from .factory import LangfuseFactory  # noqa: E402
-from .mapping import MappingState, bus_event_to_items  # noqa: E402
+from .mapping.items import MappingState, bus_event_to_items  # noqa: E402
 from .registry import StreamFactory, StreamFactoryRegistry, StreamSet  # noqa: E402
 from .specs import StreamScope, StreamSpec, load_stream_specs  # noqa: E402
 from .stream import LangfuseStream  # noqa: E402
-from .streams import (  # noqa: E402
-    Health,
-    HealthTracker,
-    OutcomeStatus,
-    SessionStream,
-    StreamError,
-    StreamOutcome,
-    StreamStats,
-)
 
 __all__ = [
     "__version__",

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 import attrs
 
 from .errors import BusEventError
+from .wire.limits import SAFE_INT
 
 __all__ = [
     "BusEvent",
@@ -139,7 +140,7 @@ def _non_negative_int(instance: Any, attribute: "attrs.Attribute[int]", value: A
         raise TypeError(f"{attribute.name!r} must be an integer (got {type(value).__name__})")
     if value < 0:
         raise ValueError(f"{attribute.name!r} must not be negative (got {value if value > -2 ** 63 else 'a huge number'})")
-    if value >= 2 ** 53:  # Langfuse reads counts as JavaScript numbers and refuses larger ones
+    if value > SAFE_INT:  # Langfuse reads counts as JavaScript numbers and refuses larger ones
         raise ValueError(f"{attribute.name!r} must be below 2**53 (got an int of {value.bit_length()} bits)")
 
 
@@ -192,7 +193,7 @@ class Usage:
     cache_write_tokens: int = attrs.field(default=0, validator=_non_negative_int)
 
     def __attrs_post_init__(self) -> None:
-        if self.total >= 2 ** 53:  # sent as usageDetails.total: Langfuse would refuse it, and the message's end
+        if self.total > SAFE_INT:  # sent as usageDetails.total: Langfuse would refuse it, and the message's end
             raise ValueError(f"'usage' total must be below 2**53 (got an int of {self.total.bit_length()} bits)")
 
     @property

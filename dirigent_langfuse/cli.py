@@ -25,21 +25,22 @@ import time
 from importlib import resources
 from typing import IO, Any, Counter, Iterable, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple, Union
 
-from . import __version__
+from ._version import __version__
 from .bus import KNOWN_TYPES, BusEvent, UnknownEvent, event_from_json
-from .client import LangfuseClient
 from .config import LangfuseConfig
+from .contracts import OutcomeStatus, StreamStats
+from .delivery.client import LangfuseClient
+from .delivery.records import Record, Report
 from .errors import BusEventError, ConfigError, DirigentLangfuseError, LangfuseStatusError, LangfuseTransportError
-from .faults import parse_fault
-from .masking import resolve as resolve_mask
-from .otel import choose_transport
-from .receiver import DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY, MAX_REQUEST_BYTES, Receiver, parse_listen
+from .mapping.masking import resolve as resolve_mask
+from .receiver.faults import parse_fault
+from .receiver.render import render_all
+from .receiver.server import DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY, MAX_REQUEST_BYTES, Receiver, parse_listen
 from .registry import StreamFactoryRegistry, StreamSet
-from .render import render_all
 from .specs import load_stream_specs
 from .stream import LangfuseStream
-from .streams import OutcomeStatus, StreamStats
-from .transport import IngestionTransport, Record, Report
+from .wire.ingestion import IngestionTransport
+from .wire.otlp import choose_transport
 
 __all__ = ["main"]
 
@@ -342,7 +343,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .store import Store
+    from .receiver.store import Store
 
     if not os.path.exists(args.db):
         print(f"show: no database at {args.db}", file=sys.stderr)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import attrs
 
 from .errors import ConfigError
+from .wire.limits import ENVIRONMENT
 
 __all__ = ["LangfuseConfig", "TRANSPORTS"]
 
@@ -189,12 +190,11 @@ def _opt_text(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> N
         raise ConfigError(f"must be a non-empty string when set, got {_got(value)}", key=attribute.name)
 
 
-_ENVIRONMENT = re.compile(r"(?!langfuse)[a-z0-9_-]{1,40}")
 
 
 def _environment(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
     """Langfuse's own rule for environment names: it refuses anything else, every span with it."""
-    if value is not None and not (isinstance(value, str) and _ENVIRONMENT.fullmatch(value)):
+    if value is not None and not (isinstance(value, str) and ENVIRONMENT.fullmatch(value)):
         raise ConfigError(
             f"must be lower-case letters, digits, '-' or '_', at most 40, not starting with 'langfuse' "
             f"(Langfuse's rule), got {_got(value)}",
@@ -217,7 +217,7 @@ def _fraction(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> N
 
 
 def _mask_spec(instance: Any, attribute: "attrs.Attribute[Any]", value: Any) -> None:
-    """'package.module:function', imported when the stream is made (see masking.py)."""
+    """'package.module:function', imported when the stream is made (see mapping/masking.py)."""
     if value is not None and not (isinstance(value, str) and re.fullmatch(r"[\w.]+:[\w.]+", value)):
         raise ConfigError(f"must be 'package.module:function', got {_got(value)}", key=attribute.name)
 
@@ -241,8 +241,8 @@ class LangfuseConfig:
     bounded by `connect_timeout` and `read_timeout`. Bounds: the caller's queue holds
     `max_queue_items` (beyond, `on_event` answers FAILED(OVERFLOW) and counts the drop); failed
     batches wait in a retry buffer of `max_buffer_items` / `max_buffer_bytes`. Sampling:
-    `sample_rate` of the sessions are mirrored, each kept or left out whole (see sampling.py).
-    Masking: `mask` names a function applied to what leaves the process (see masking.py).
+    `sample_rate` of the sessions are mirrored, each kept or left out whole (see mapping/sampling.py).
+    Masking: `mask` names a function applied to what leaves the process (see mapping/masking.py).
     `tracing_enabled = false` (or `LANGFUSE_TRACING_ENABLED=false`) turns the stream off: every
     event is SKIPPED, nothing is queued, no thread starts and nothing is sent.
     """

@@ -15,9 +15,9 @@ import time
 from typing import Dict, Iterable, List, Optional
 
 from .bus import BusEvent
+from .contracts import OutcomeStatus, SessionStream, StreamError, StreamOutcome, daemon, seconds
 from .errors import RegistryError
 from .specs import StreamSpec
-from .streams import OutcomeStatus, SessionStream, StreamError, StreamOutcome, daemon, seconds
 
 __all__ = ["StreamFactory", "StreamFactoryRegistry", "StreamSet", "ENTRY_POINT_GROUP"]
 

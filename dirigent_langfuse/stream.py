@@ -17,28 +17,19 @@ from typing import Any, Callable, Dict, List, Optional
 import attrs
 
 from .bus import BusEvent, UnknownEvent
-from .client import LangfuseClient
 from .config import LangfuseConfig
+from .contracts import Health, HealthTracker, SessionStream, StreamError, StreamOutcome, StreamStats, daemon, seconds
+from .delivery.client import LangfuseClient
+from .delivery.worker import FlushResult, Forks, Worker
 from .errors import ConfigError
-from .mapping import MappingState, bus_event_to_items, invalid, maps, streams_text
-from .masking import Masker
-from .masking import resolve as resolve_mask
-from .pending import PendingBuffer
-from .sampling import sampled_in
-from .snapshot import LIMIT, uncopied
-from .streams import (
-    Health,
-    HealthTracker,
-    SessionStream,
-    StreamError,
-    StreamOutcome,
-    StreamStats,
-    daemon,
-    seconds,
-)
+from .mapping.items import MappingState, bus_event_to_items, invalid, maps, streams_text
+from .mapping.masking import Masker
+from .mapping.masking import resolve as resolve_mask
+from .mapping.pending import PendingBuffer
+from .mapping.sampling import sampled_in
+from .mapping.snapshot import LIMIT, uncopied
 from .throttle import Throttled
-from .transport import IngestionTransport
-from .worker import FlushResult, Forks, Worker
+from .wire.ingestion import IngestionTransport
 
 __all__ = ["LangfuseStream", "make_transport"]
 
@@ -102,7 +93,7 @@ def make_transport(config: LangfuseConfig, client: LangfuseClient, masker: Optio
     """The transport `config.transport` names; "auto" decides on the worker thread, once."""
     if config.transport == "ingestion":
         return IngestionTransport(client, config, masker)
-    from .otel import AutoTransport, OtelTransport
+    from .wire.otlp import AutoTransport, OtelTransport
 
     if config.transport == "otel":
         return OtelTransport(client, config, masker)
@@ -123,7 +114,7 @@ class LangfuseStream(SessionStream):
         mask: Optional[Callable[..., Any]] = None,
     ) -> None:
         """`mask`: a function called as `mask(data=value)` on every input, output, metadata and
-        status message before it leaves the process (see masking.py); it wins over `config.mask`."""
+        status message before it leaves the process (see mapping/masking.py); it wins over `config.mask`."""
         self.name = name
         self.config = config
         if config.debug:  # (LANGFUSE_DEBUG, as Langfuse's SDKs read it) the package's own logger only
@@ -147,7 +138,7 @@ class LangfuseStream(SessionStream):
         self.transport = transport
         spool = None
         if config.spool_path and config.tracing_enabled:  # disabled: not even an old spool is re-sent
-            from .spool import Spool
+            from .delivery.spool import Spool
 
             spool = Spool(config.spool_path, stream=name)
         self._worker = Worker(config, self.transport, self._health, name=name, spool=spool, clock=clock)
@@ -207,7 +198,7 @@ class LangfuseStream(SessionStream):
         return outcome
 
     def _uncopied(self, n: int, event: BusEvent) -> None:
-        """Payloads too large to copy on the host's thread were kept by reference (snapshot.py)."""
+        """Payloads too large to copy on the host's thread were kept by reference (mapping/snapshot.py)."""
         with self._lock:
             self.payloads_uncopied += n
         self._throttled(

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-from dirigent_langfuse.receiver import Receiver
+from dirigent_langfuse.receiver.server import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = Path(os.environ.get("DIRIGENT_LANGFUSE_REFERENCE", ROOT.parent / "shared" / "reference"))

@@ -15,7 +15,7 @@ from typing import Union
 
 import pytest
 
-from dirigent_langfuse.faults import Fault
+from dirigent_langfuse.receiver.faults import Fault
 
 from .conftest import ROOT, SECRETS
 
@@ -295,7 +295,7 @@ def test_receive_stops_on_sigterm_whenever_it_lands(tmp_path):
 def test_receive_and_show_refuse_a_database_they_cannot_use_with_exit_2(tmp_path):
     """Before, each of these ended in a traceback (sqlite3's or bind()'s), and `show` pointed at a
     spool wrote the receiver's tables into it."""
-    from dirigent_langfuse.spool import Spool
+    from dirigent_langfuse.delivery.spool import Spool
 
     not_sqlite = tmp_path / "notes.db"
     not_sqlite.write_text("not a database\n")
@@ -376,7 +376,7 @@ def test_atexit_delivers_what_was_queued(receiver):
 
 
 def test_exit_is_bounded_when_langfuse_hangs(receiver):
-    from dirigent_langfuse.faults import Fault
+    from dirigent_langfuse.receiver.faults import Fault
 
     receiver.faults.add(Fault.slow(30.0, times=50))
     env = dict(os.environ, PYTHONPATH=str(ROOT))

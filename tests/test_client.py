@@ -8,7 +8,7 @@ import responses
 from urllib3.response import HTTPResponse
 
 from dirigent_langfuse import LangfuseClient, LangfuseConfig, LangfuseStatusError, LangfuseTransportError
-from dirigent_langfuse.client import USER_AGENT, make_retry
+from dirigent_langfuse.delivery.client import USER_AGENT, make_retry
 
 HOST = "http://lf.test"
 URL = HOST + "/api/public/ingestion"
@@ -243,7 +243,7 @@ def test_retry_after_is_honoured_and_capped():
     ("Fri, 01 Jan 2100 00:00:00 GMT", 60.0),  # far ahead: capped
 ])
 def test_retry_after_as_seconds_or_an_http_date_for_the_worker(header, expected):
-    from dirigent_langfuse.client import _retry_after
+    from dirigent_langfuse.delivery.client import _retry_after
 
     response = requests.Response()
     response.headers["Retry-After"] = header

@@ -8,8 +8,8 @@ from typing import Any, Dict, List
 import pytest
 
 from dirigent_langfuse import OutcomeStatus
-from dirigent_langfuse.mapping import observation_id
-from dirigent_langfuse.otel import span_id
+from dirigent_langfuse.mapping.items import observation_id
+from dirigent_langfuse.wire.otlp import span_id
 
 from .helpers import completed, started, stream
 
@@ -78,7 +78,7 @@ def first_ten_unbound():
 
 @pytest.mark.parametrize("transport", ["ingestion", "otel"])
 def test_a_session_whose_first_ten_events_arrive_unbound(receiver, transport, validate_item):
-    from dirigent_langfuse.mapping import observation_id
+    from dirigent_langfuse.mapping.items import observation_id
 
     early, late = first_ten_unbound()
     s = stream(receiver.url, transport=transport, flush_interval=0.05)
@@ -110,7 +110,7 @@ def test_a_session_whose_first_ten_events_arrive_unbound(receiver, transport, va
         trace = receiver.store.trace("scroll-late")
         assert trace["metadata"]["end_reason"] == "completed"
     else:
-        from dirigent_langfuse.otel import span_id
+        from dirigent_langfuse.wire.otlp import span_id
 
         parents = {o["id"]: o.get("parentObservationId") for o in receiver.store.observations()}
         assert parents[span_id(t1)] == parents[span_id(t2)] == span_id(m1)
@@ -580,7 +580,7 @@ def test_events_replayed_during_an_outage_are_counted_once_each_across_a_restart
     """The host replays events while Langfuse is down, and the process stops before it is back.
     Before, the spool kept one record per id: the next start re-sent one where the first process
     had counted two as left in the spool."""
-    from dirigent_langfuse.faults import Fault
+    from dirigent_langfuse.receiver.faults import Fault
 
     spool = str(tmp_path / "spool.db")
     receiver.faults.add(Fault.status(503, seconds=60))
@@ -606,7 +606,7 @@ def test_a_shutdown_that_timed_out_leaves_its_spool_to_the_next_start_once_its_w
     """A request still in flight at the deadline: shutdown() answers timed out, and the worker
     ends a moment later. Before, its owner lock stayed held until the process exited, so a
     stream started again in the same process (same spool, same name) took nothing."""
-    from dirigent_langfuse.faults import Fault
+    from dirigent_langfuse.receiver.faults import Fault
 
     spool = str(tmp_path / "spool.db")
     receiver.faults.add(Fault.slow(5.0, seconds=60))  # longer than the read timeout
@@ -660,8 +660,8 @@ def test_urllib3_says_nothing_at_warning_for_each_retry_of_our_requests_while_la
         down.shutdown(0)
     ours = [r for r in caplog.records if r.name == "urllib3.connectionpool" and r.levelno >= logging.WARNING]
     assert ours == [], [r.getMessage() for r in ours]
-    assert any(r.name == "dirigent_langfuse.client" and "Retrying" in r.getMessage() for r in caplog.records)
-    assert any(r.name == "dirigent_langfuse.worker" and r.levelno == logging.WARNING for r in caplog.records)
+    assert any(r.name == "dirigent_langfuse.delivery.client" and "Retrying" in r.getMessage() for r in caplog.records)
+    assert any(r.name == "dirigent_langfuse.delivery.worker" and r.levelno == logging.WARNING for r in caplog.records)
     caplog.clear()
     other = requests.Session()
     other.mount("http://", HTTPAdapter(max_retries=Retry(total=1, backoff_factor=0)))
@@ -676,7 +676,7 @@ def test_every_request_in_flight_keeps_its_connection(receiver, caplog):
     time) and logged 'Connection pool is full, discarding connection' for each."""
     import logging
 
-    from dirigent_langfuse.faults import Fault
+    from dirigent_langfuse.receiver.faults import Fault
 
     s = stream(receiver.url, max_inflight=6, batch_size=4)
     adapter = s.client.session.get_adapter(receiver.url)
@@ -694,7 +694,7 @@ def test_nothing_is_retried_past_the_shutdown_deadline(receiver):
     thread (max_retries more attempts of connect + read timeout each, and the waits between), so
     a stream that had said 'timed out' kept sending long after. Now the attempt in flight at the
     deadline is the last one."""
-    from dirigent_langfuse.faults import Fault
+    from dirigent_langfuse.receiver.faults import Fault
 
     receiver.faults.add(Fault.slow(30.0, times=10))  # Langfuse hangs: every attempt times out
     s = stream(receiver.url, read_timeout=0.5, connect_timeout=0.5, max_retries=3, backoff_base=0.05,

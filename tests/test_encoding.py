@@ -14,8 +14,8 @@ import attrs
 import pytest
 
 from dirigent_langfuse import MessageStarted, OutcomeStatus
-from dirigent_langfuse.encoding import TRUNCATION_MARKER, dumps, encode_item
-from dirigent_langfuse.mapping import bus_event_to_items
+from dirigent_langfuse.mapping.items import bus_event_to_items
+from dirigent_langfuse.wire.encoding import TRUNCATION_MARKER, dumps, encode_item
 
 from .helpers import HostileText, LenRaises, Unreadable, UnreadableList, common, started, stream
 
@@ -180,7 +180,7 @@ def test_hostile_payloads_and_odd_titles_reach_langfuse_over_both_transports(req
 
 def test_an_oversized_item_with_a_lone_surrogate_elsewhere_is_still_truncated():
     """Found by tests/test_random.py: measuring the fields to cut encoded them strictly."""
-    from dirigent_langfuse.encoding import encode_item
+    from dirigent_langfuse.wire.encoding import encode_item
 
     item = {"id": "i", "type": "span-create", "body": {"input": "x" * 100_000, "output": "bad \ud800 text"}}
     data, truncated = encode_item(item, 10_000)
@@ -190,8 +190,8 @@ def test_an_oversized_item_with_a_lone_surrogate_elsewhere_is_still_truncated():
 def test_a_bug_while_encoding_sends_the_item_without_the_fields_never_drops_it(monkeypatch, caplog):
     """Whatever fails while encoding input, output or metadata (here: the truncation itself),
     the item or span still goes, counted, with a marker, and the traceback is logged."""
-    from dirigent_langfuse import encoding
-    from dirigent_langfuse.encoding import encode_item
+    from dirigent_langfuse.wire import encoding
+    from dirigent_langfuse.wire.encoding import encode_item
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
@@ -205,9 +205,9 @@ def test_a_bug_while_encoding_sends_the_item_without_the_fields_never_drops_it(m
 
 
 def test_over_otel_a_bug_while_encoding_a_span_still_sends_it(monkeypatch, caplog):
-    from dirigent_langfuse import otel
-    from dirigent_langfuse.client import LangfuseClient
-    from dirigent_langfuse.mapping import MappingState, bus_event_to_items
+    from dirigent_langfuse.delivery.client import LangfuseClient
+    from dirigent_langfuse.mapping.items import MappingState, bus_event_to_items
+    from dirigent_langfuse.wire import otlp as otel
 
     from .helpers import completed, config, started
 
@@ -227,9 +227,9 @@ def test_over_otel_a_bug_while_encoding_a_span_still_sends_it(monkeypatch, caplo
 def test_over_otel_a_span_that_fails_even_without_its_fields_still_goes_with_its_ids_and_times(monkeypatch, caplog):
     """The last resort: before, a failure outside input, output and metadata (the trace's own
     attributes) escaped the fallback, and the worker left the span neither delivered nor dropped."""
-    from dirigent_langfuse import otel
-    from dirigent_langfuse.client import LangfuseClient
-    from dirigent_langfuse.mapping import MappingState, bus_event_to_items
+    from dirigent_langfuse.delivery.client import LangfuseClient
+    from dirigent_langfuse.mapping.items import MappingState, bus_event_to_items
+    from dirigent_langfuse.wire import otlp as otel
 
     from .helpers import completed, config, started
 
@@ -256,7 +256,7 @@ def test_without_cpython_s_private_c_encoder_encoding_still_works(monkeypatch, b
     encoding.py was imported)."""
     import json.encoder
 
-    from dirigent_langfuse import encoding
+    from dirigent_langfuse.wire import encoding
 
     if broken == "missing":
         monkeypatch.setattr(json.encoder, "c_make_encoder", None)

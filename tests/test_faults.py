@@ -23,8 +23,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple
 import pytest
 
 from dirigent_langfuse import Health, LangfuseStream, OutcomeStatus, StreamStats
-from dirigent_langfuse.faults import Fault
-from dirigent_langfuse.receiver import Receiver
+from dirigent_langfuse.receiver.faults import Fault
+from dirigent_langfuse.receiver.server import Receiver
 
 from .conftest import FAULT_TABLE, ROOT
 from .helpers import completed, config, created, ended, started, tool_call, tool_update

@@ -10,7 +10,7 @@ from typing import Any, List
 import pytest
 
 from dirigent_langfuse import ConfigError, LangfuseConfig, LangfuseStream, OutcomeStatus
-from dirigent_langfuse.masking import FAILED, Masker
+from dirigent_langfuse.mapping.masking import FAILED, Masker
 
 from .helpers import completed, config, created, ended, started, tool_call, tool_update
 

@@ -14,9 +14,9 @@ import requests
 import responses
 
 from dirigent_langfuse import Health, LangfuseConfig, LangfuseStream, OutcomeStatus, StreamError, Usage
-from dirigent_langfuse.client import LangfuseClient
-from dirigent_langfuse.mapping import MappingState, bus_event_to_items, observation_id
-from dirigent_langfuse.otel import OtelTransport, choose_transport, otel_trace_id, session_span_id, span_id
+from dirigent_langfuse.delivery.client import LangfuseClient
+from dirigent_langfuse.mapping.items import MappingState, bus_event_to_items, observation_id
+from dirigent_langfuse.wire.otlp import OtelTransport, choose_transport, otel_trace_id, session_span_id, span_id
 
 from .conftest import OTEL_ATTRIBUTES
 from .helpers import completed, created, ended, started, tool_call, tool_update, update
@@ -125,7 +125,7 @@ def test_ids_are_hex_deterministic_and_times_are_nano_strings():
 def test_span_times_are_the_exact_unix_nanoseconds(iso):
     from datetime import datetime, timezone
 
-    from dirigent_langfuse.otel import _nanos
+    from dirigent_langfuse.wire.otlp import _nanos
 
     delta = datetime.fromisoformat(iso.replace("Z", "+00:00")) - datetime(1970, 1, 1, tzinfo=timezone.utc)
     exact = ((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000
@@ -659,7 +659,7 @@ def test_an_ingestion_stream_against_v4_is_told_why_and_what_to_do(receiver_v4, 
 def test_a_v4_refusal_from_a_langfuse_that_still_says_v3_stands(caplog):
     """Asked again, Langfuse still reports a version before 4: nothing to move to; the refused
     items are dropped and counted as refused (status_400), with the reason."""
-    from dirigent_langfuse.wire import V4_REFUSAL
+    from dirigent_langfuse.wire.limits import V4_REFUSAL
 
     def refuse(request):
         batch = json.loads(request.body)["batch"]

@@ -12,9 +12,9 @@ from typing import Any, Dict, List
 import pytest
 import requests
 
-from dirigent_langfuse.faults import Fault, FaultPlan, parse_fault
-from dirigent_langfuse.mapping import bus_event_to_items
-from dirigent_langfuse.receiver import Receiver
+from dirigent_langfuse.mapping.items import bus_event_to_items
+from dirigent_langfuse.receiver.faults import Fault, FaultPlan, parse_fault
+from dirigent_langfuse.receiver.server import Receiver
 
 from .helpers import completed, created, started
 
@@ -307,7 +307,7 @@ def test_events_merge_in_timestamp_order_whatever_order_they_arrive(receiver):
 
 def test_store_reads_rows_written_whole_by_earlier_versions(tmp_path):
     """Earlier versions stored each item or span's JSON in its log row; such a database still reads."""
-    from dirigent_langfuse.store import Store
+    from dirigent_langfuse.receiver.store import Store
 
     db = str(tmp_path / "old.db")
     store = Store(db)
@@ -450,7 +450,7 @@ def test_a_page_that_is_not_a_number_gets_400(receiver):
 
 
 def test_completion_start_time_is_read_from_spans_as_langfuse_reads_it():
-    from dirigent_langfuse.wire import _completion_start
+    from dirigent_langfuse.receiver.checks import _completion_start
 
     assert _completion_start('"2026-11-25T09:00:01.100Z"') == "2026-11-25T09:00:01.100Z"  # JSON text, as SDKs write
     assert _completion_start("2026-11-25T09:00:01.100Z") is None  # a bare time is not JSON: Langfuse keeps none
@@ -461,7 +461,7 @@ def test_as_v4_the_legacy_endpoint_takes_score_events_only():
     """Langfuse v4 (its default events_only write mode) answers 207 with a 400 per trace or
     observation event on /api/public/ingestion; the receiver does the same, so a rehearsal of
     `transport = "ingestion"` against v4 sees what Langfuse would do."""
-    from dirigent_langfuse.wire import V4_REFUSAL
+    from dirigent_langfuse.wire.limits import V4_REFUSAL
 
     score = {"id": "s1", "type": "score-create", "timestamp": "2026-11-30T10:00:00.000Z",
              "body": {"traceId": "scroll-1", "name": "quality", "value": 1}}
@@ -476,7 +476,7 @@ def test_show_renders_every_observation_also_in_a_cycle_of_parents_a_deep_chain_
     """Observations stored by any client (the receiver takes what Langfuse takes). Before: those
     whose parents formed a cycle were left out of the tree without a word; a chain deeper than
     Python's stack raised RecursionError; a naive start time beside an aware one raised TypeError."""
-    from dirigent_langfuse.render import render_trace
+    from dirigent_langfuse.receiver.render import render_trace
 
     def obs(oid, parent=None, start="2026-11-25T09:00:00Z", name=None):
         return {"id": oid, "type": "SPAN", "name": name or oid, "parentObservationId": parent, "startTime": start}
@@ -546,7 +546,7 @@ def test_items_of_odd_types_get_400_and_whatever_was_accepted_reads_back(receive
     500); a trace-create without a body id (the spec allows it) or an update without one made
     every later read raise KeyError; a trace whose metadata is a string (Langfuse's metadata is
     any JSON) broke `show`; a trace timestamp that is no time was taken."""
-    from dirigent_langfuse.render import render_all
+    from dirigent_langfuse.receiver.render import render_all
 
     ts = "2026-11-25T09:00:00.000Z"
     refused = [
@@ -658,7 +658,7 @@ def test_items_and_spans_of_any_shape_are_answered_and_always_read_back(receiver
     types. Every request gets an answer below 500, and the store reads back and renders after each."""
     import random
 
-    from dirigent_langfuse.render import render_all
+    from dirigent_langfuse.receiver.render import render_all
 
     rng = random.Random(seed)
     kinds = ["trace-create", "span-create", "span-update", "generation-create", "generation-update", "event-create",
@@ -703,8 +703,8 @@ def test_a_fault_the_receiver_could_not_act_on_is_refused_when_made(spec, proble
 def test_a_span_exported_again_is_kept_as_the_server_it_poses_as_would(version, tmp_path):
     """v4 keeps a row per span id and start time, the last export replacing it whole, and another
     start time is a second row for good (shown as a duplicate); before 4, exports merge."""
-    from dirigent_langfuse.render import render_all
-    from dirigent_langfuse.store import Store
+    from dirigent_langfuse.receiver.render import render_all
+    from dirigent_langfuse.receiver.store import Store
 
     def span(start: int, **attrs: str) -> Dict[str, Any]:
         return {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "tool", "startTimeUnixNano": str(start),

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from dirigent_langfuse import ConfigError, LangfuseConfig, OutcomeStatus
-from dirigent_langfuse.sampling import sampled_in
+from dirigent_langfuse.mapping.sampling import sampled_in
 
 from .helpers import completed, created, ended, started, stream, tool_call, tool_update
 from .test_e2e import first_ten_unbound

@@ -7,8 +7,8 @@ import dataclasses
 import logging
 from typing import Any, List
 
-from dirigent_langfuse.encoding import dumps
-from dirigent_langfuse.snapshot import LIMIT, own, own_event
+from dirigent_langfuse.mapping.snapshot import LIMIT, own, own_event
+from dirigent_langfuse.wire.encoding import dumps
 
 from .helpers import LenRaises, Unreadable, created, started, tool_call
 

@@ -10,8 +10,8 @@ import sqlite3
 import pytest
 
 from dirigent_langfuse import ConfigError, LangfuseStream
-from dirigent_langfuse.spool import Spool
-from dirigent_langfuse.transport import Record
+from dirigent_langfuse.delivery.records import Record
+from dirigent_langfuse.delivery.spool import Spool
 
 from .helpers import config
 
@@ -135,7 +135,7 @@ def test_a_spool_in_memory_is_refused_naming_spool_path():
 def test_another_program_s_database_is_refused_and_left_as_it_was(tmp_path, receiver):
     """`spool_path` pointed at the host's own database (or the receiver's): before, the spool put
     its table into it and switched it to WAL mode for good."""
-    from dirigent_langfuse.store import Store
+    from dirigent_langfuse.receiver.store import Store
 
     app = tmp_path / "app.db"
     with sqlite3.connect(str(app)) as db:

@@ -10,7 +10,7 @@ import pytest
 import responses
 
 from dirigent_langfuse import Health, LangfuseConfig, LangfuseStream, OutcomeStatus, StreamError
-from dirigent_langfuse.mapping import bus_event_to_items
+from dirigent_langfuse.mapping.items import bus_event_to_items
 
 from .helpers import bound, completed, created, ended, started, tool_call, tool_update
 
@@ -513,8 +513,8 @@ def test_a_fork_goes_ahead_after_fork_wait_when_a_step_does_not_end(server):
 
 @pytest.mark.parametrize("value", ["false", "0", "off", "No"])
 def test_tracing_disabled_from_the_environment_sends_nothing_and_starts_nothing(receiver, tmp_path, value):
-    from dirigent_langfuse.spool import Spool
-    from dirigent_langfuse.transport import Record
+    from dirigent_langfuse.delivery.records import Record
+    from dirigent_langfuse.delivery.spool import Spool
 
     spool_path = str(tmp_path / "spool.db")
     left = Spool(spool_path, "off")
@@ -563,7 +563,7 @@ class OneKeyAtATime:
         self.second = threading.Event()
 
     def prepare(self, items, more=False):
-        from dirigent_langfuse.transport import Record
+        from dirigent_langfuse.delivery.records import Record
 
         return [Record(item["body"]["id"], json.dumps(item).encode()) for item in items]
 
@@ -574,7 +574,7 @@ class OneKeyAtATime:
         return []
 
     def send(self, batch):
-        from dirigent_langfuse.transport import Report
+        from dirigent_langfuse.delivery.records import Report
 
         keys = [r.key for r in batch]
         with self.lock:
@@ -615,7 +615,7 @@ def test_streams_made_and_dropped_leave_no_fork_hooks_behind(monkeypatch):
     import os
     import weakref
 
-    from dirigent_langfuse import worker as worker_module
+    from dirigent_langfuse.delivery import worker as worker_module
 
     registered = []
     monkeypatch.setattr(os, "register_at_fork", lambda **hooks: registered.append(hooks), raising=False)

@@ -2,7 +2,16 @@ import threading
 
 import pytest
 
-from dirigent_langfuse import Health, HealthTracker, OutcomeStatus, StreamError, StreamOutcome, StreamScope, StreamStats, streams
+from dirigent_langfuse import (
+    Health,
+    HealthTracker,
+    OutcomeStatus,
+    StreamError,
+    StreamOutcome,
+    StreamScope,
+    StreamStats,
+    streams,
+)
 
 from .helpers import created
 

@@ -11,7 +11,7 @@ from typing import Iterator, Tuple
 import pytest
 
 from dirigent_langfuse import ConfigError, LangfuseConfig, LangfuseStream, OutcomeStatus
-from dirigent_langfuse.receiver import Receiver
+from dirigent_langfuse.receiver.server import Receiver
 
 from .helpers import completed, config, created, ended, started
 

@@ -18,26 +18,18 @@ scroll at `SessionEnded`. Without a state the function still works: tool calls h
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .bus import (
-    BusEvent,
-    MessageCompleted,
-    MessageStarted,
-    SessionCreated,
-    SessionEnded,
-    SessionUpdate,
-)
-from .encoding import as_text, key_text, to_jsonable
+from ..bus import BusEvent, MessageCompleted, MessageStarted, SessionCreated, SessionEnded, SessionUpdate
+from ..wire.encoding import as_text, key_text, to_jsonable
+from ..wire.limits import TRACE_NAME_MAX, fits, takes_as_id
+from .ids import envelope_id, observation_id, uuid5_id
 from .snapshot import own
-from .wire import TRACE_NAME_MAX, fits, takes_as_id
 
 __all__ = [
     "bus_event_to_items", "maps", "streams_text", "merge_body", "MappingState", "observation_id", "envelope_id",
@@ -45,53 +37,8 @@ __all__ = [
 ]
 
 Item = Dict[str, Any]
-NAMESPACE = uuid.UUID("6f1d3a52-5c1e-4d8b-9a77-0c4e1b6a2f10")
 
 
-_NS_BYTES = NAMESPACE.bytes
-
-
-def uuid5_hex(namespace: bytes, name: str) -> str:
-    """`uuid.uuid5(UUID(bytes=namespace), name).hex`, without building UUID objects (a hot path)."""
-    raw = bytearray(hashlib.sha1(namespace + name.encode("utf-8")).digest()[:16])
-    raw[6] = (raw[6] & 0x0F) | 0x50
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return raw.hex()
-
-
-def _uuid5(name: str) -> str:
-    """`str(uuid.uuid5(NAMESPACE, name))`."""
-    h = uuid5_hex(_NS_BYTES, name)
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-_ids: "OrderedDict[str, str]" = OrderedDict()
-_ids_lock = threading.RLock()  # re-entrant: a signal handler may call in while this thread holds it
-
-
-def observation_id(scroll_id: str, kind: str, key: str) -> str:
-    """The deterministic id of a message (`kind="msg"`) or tool call (`kind="tool"`).
-
-    Each is asked for twice (its create and its end), so the last 4,096 are remembered."""
-    name = f"{scroll_id}\x1f{kind}\x1f{key}"
-    found = _ids.get(name)
-    if found is not None:
-        return found
-    value = _uuid5(name)
-    with _ids_lock:
-        _ids[name] = value
-        if len(_ids) > 4096:
-            _ids.popitem(last=False)
-    return value
-
-
-def envelope_id(event_id: str, index: int) -> str:
-    """An event's first item carries the event's own id (unique and stable: a replay re-sends
-    the same id); any further item, and an id too long for an envelope or with a carriage return
-    (Langfuse refuses one), uuid5(event_id, index)."""
-    if index == 0 and 0 < len(event_id) <= 64 and "\r" not in event_id:
-        return event_id
-    return _uuid5(f"{event_id}\x1f{index}")
 
 
 def _trace_name(name: str) -> str:
@@ -511,7 +458,7 @@ def _tool_call(event: SessionUpdate, scroll_id: str, state: Optional[MappingStat
     # or before a restart): a create would overwrite the call's start, name and parent in Langfuse.
     # Spans, not `observation-create` of type TOOL: Langfuse's ingestion API takes only GENERATION,
     # SPAN and EVENT there and refuses the rest (its OpenAPI spec says otherwise). Over OTel they
-    # are `tool` spans (otel.py).
+    # are `tool` spans (wire/otlp.py).
     kind = "span-update" if is_update else "span-create"
     return [_item(event, 0, kind, body)]
 
@@ -548,7 +495,7 @@ def _plan(event: SessionUpdate, scroll_id: str, state: Optional[MappingState]) -
     parent = state.scroll(scroll_id).message if state is not None else None
     body = _prune(
         {
-            "id": _uuid5(f"{event.event_id}\x1fplan"),
+            "id": uuid5_id(f"{event.event_id}\x1fplan"),
             "traceId": scroll_id,
             "name": "plan",
             "startTime": iso_time(event.at),
@@ -630,7 +577,7 @@ def bus_event_to_items(event: BusEvent, state: Optional[MappingState] = None) ->
 def _retrace(items: List[Item], scroll_id: str) -> None:
     """A scroll_id Langfuse would refuse as an id (it would refuse the trace and every observation
     in it) gives way to uuid5 of it; the trace's metadata keeps it as `scroll_id`."""
-    trace = _uuid5(f"{scroll_id}\x1ftrace")
+    trace = uuid5_id(f"{scroll_id}\x1ftrace")
     for item in items:
         body = item["body"]
         if item["type"] == "trace-create":

@@ -52,7 +52,7 @@ TRUNCATION_MARKER = "…[truncated by dirigent_langfuse: {size} bytes in all]"
 _REPR_LIMIT = 1000
 _TRUNCATABLE = ("input", "output", "metadata")
 UNENCODABLE = "<dirigent_langfuse could not encode this field ({error}); see its log>"
-CIRCULAR = "<circular>"  # a container met again inside itself (also in the payload copies: snapshot.py)
+CIRCULAR = "<circular>"  # a container met again inside itself (also in the payload copies: mapping/snapshot.py)
 
 
 def _float(value: float) -> Any:

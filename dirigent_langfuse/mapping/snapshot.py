@@ -17,7 +17,7 @@ as the encoder would write it, the string "<circular>" (not as 100 levels of cop
 pydantic models, anything with `model_dump()`) are kept by reference too: turning them into JSON
 runs their own code, which belongs on the worker thread. A container subclass whose own code
 raises while it is copied (`len()`, `items()`) is kept by reference as well: the host's call never
-fails for it, and the encoder writes what it can (see encoding.py).
+fails for it, and the encoder writes what it can (see wire/encoding.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any, List, Set
 
 import attrs
 
-from .encoding import CIRCULAR
+from ..wire.encoding import CIRCULAR
 
 __all__ = ["own", "own_event", "LIMIT", "uncopied"]
 

@@ -33,11 +33,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
-from .encoding import dumps
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..wire.encoding import dumps
+from ..wire.limits import V4_REFUSAL
+from .checks import OtlpError, check_item, otlp_spans
 from .faults import Fault, FaultPlan
 from .store import Store
-from .wire import V4_REFUSAL, OtlpError, check_item, otlp_spans
 
 __all__ = ["Receiver", "DEFAULT_PUBLIC_KEY", "DEFAULT_SECRET_KEY"]
 

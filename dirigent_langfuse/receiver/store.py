@@ -25,10 +25,10 @@ import sqlite3
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from .errors import ConfigError
-from .mapping import merge_body
-from .spool import foreign_tables
-from .wire import decode_span, dropped_fields, otlp_spans
+from ..delivery.spool import foreign_tables
+from ..errors import ConfigError
+from ..mapping.items import merge_body
+from .checks import decode_span, dropped_fields, otlp_spans
 
 __all__ = ["Store"]
 

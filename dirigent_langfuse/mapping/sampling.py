@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 
-from .otel import otel_trace_id
+from .ids import otel_trace_id
 
 __all__ = ["sampled_in"]
 

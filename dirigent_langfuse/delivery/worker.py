@@ -31,11 +31,11 @@ import time
 import weakref
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .config import LangfuseConfig
-from .errors import LangfuseError, LangfuseStatusError
-from .streams import Health, HealthTracker, daemon
-from .throttle import Throttled
-from .transport import OPEN_WIRE, NotChosen, Record, Report, request_error
+from ..config import LangfuseConfig
+from ..contracts import Health, HealthTracker, daemon
+from ..errors import LangfuseError, LangfuseStatusError
+from ..throttle import Throttled
+from .records import OPEN_WIRE, NotChosen, Record, Report, request_error
 
 __all__ = ["Worker", "FlushResult"]
 
@@ -663,7 +663,7 @@ class Worker:
     def _close_open(self) -> List[Record]:
         """Over OTel, at shutdown: the observations still open, sent now (snapshots, and end records
         for those whose start was not seen here); with a spool, the state of the started ones goes
-        into it first, for the next start to end them as the same rows (see otel.py)."""
+        into it first, for the next start to end them as the same rows (see wire/otlp.py)."""
         if self.spool is not None:
             states = self.transport.open_states()
             if states:

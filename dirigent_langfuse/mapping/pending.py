@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Callable, Deque, Dict, List, Tuple
 
-from .bus import BusEvent, SessionCreated
+from ..bus import BusEvent, SessionCreated
 from .snapshot import own_event
 
 __all__ = ["PendingBuffer"]

@@ -35,9 +35,9 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 from urllib3.util.retry import Retry
 
-from . import __version__
-from .config import LangfuseConfig
-from .errors import ConfigError, LangfuseStatusError, LangfuseTransportError
+from .._version import __version__
+from ..config import LangfuseConfig
+from ..errors import ConfigError, LangfuseStatusError, LangfuseTransportError
 
 __all__ = ["LangfuseClient", "LangfuseRetry", "IngestionResult", "ItemError", "USER_AGENT", "ANSWER_BYTES"]
 

@@ -1,82 +1,21 @@
-"""Wire formats: how queued ingestion items become requests, and what a response means per item.
+"""The seed's wire format: `POST /api/public/ingestion`, one record per queued item.
 
-A transport turns items into `Record`s (encoded once, kept for retries and the spool) and sends
-a list of records as one request, answering with a `Report` that sorts every record into
-delivered, to retry, or dropped. Both transports share the worker, its retry buffer and health.
-
-- `IngestionTransport`: the seed's `POST /api/public/ingestion`, one record per item.
-- `otel.OtelTransport`: OTLP/JSON spans, one record per ended observation.
+`IngestionTransport` encodes each item once (`encoding.encode_item`), sends a batch as
+`{"batch": [...]}` and reads Langfuse's 207 item by item. `otlp.OtelTransport` is the other
+transport; both share the worker, its retry buffer and health (`delivery/`).
 """
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
-import attrs
-
-from .client import LangfuseClient
-from .config import LangfuseConfig
+from ..config import LangfuseConfig
+from ..delivery.client import LangfuseClient
+from ..delivery.records import Record, Report
+from ..mapping.masking import Masker
 from .encoding import encode_item
-from .errors import LangfuseError, LangfuseStatusError, LangfuseTransportError
-from .masking import Masker
 
-__all__ = ["Record", "Report", "IngestionTransport", "NotChosen"]
-
-# The spool's wire for the state of OTel observations a process left open (otel.py, `open_states`):
-# never sent, taken up by the next start.
-OPEN_WIRE = "otel-open"
-
-log = logging.getLogger(__name__)
-
-
-class NotChosen(LangfuseTransportError):
-    """`transport = "auto"` cannot choose yet: Langfuse's health check got no answer. The worker
-    keeps the items queued and asks again after a backoff (it guesses only at shutdown)."""
-
-
-class Record:
-    """One unit on the wire: `key` (envelope or span id), its encoded `data`, and how many
-    queued items it stands for (`weight`; an OTel span merges its create and its updates).
-    `refusals`: how many answers refused it alone with a retryable status (a 207's 5xx).
-    `slot`: its row in the spool, once spooled (two records may share a key: a replayed item, a
-    span sent again; each has a row of its own). `wire`: the format it was encoded in ("ingestion"
-    or "otel"), so that `transport = "auto"`, once it has moved on, never sends a record in the
-    other one."""
-
-    __slots__ = ("key", "data", "weight", "truncated", "refusals", "slot", "wire")
-
-    def __init__(self, key: str, data: bytes, weight: int = 1, truncated: bool = False,
-                 slot: Optional[str] = None, wire: str = "") -> None:
-        self.key = key
-        self.data = data
-        self.weight = weight
-        self.truncated = truncated
-        self.refusals = 0
-        self.slot = slot
-        self.wire = wire
-
-    def __repr__(self) -> str:
-        return f"Record({self.key!r}, {len(self.data)} bytes, weight={self.weight})"
-
-
-@attrs.define
-class Report:
-    """A request's result, record by record. `error` is set when the whole request failed;
-    `refused` (reason, message) when it succeeded but refused some records for now. `rewire`:
-    records in a wire format Langfuse no longer takes (it was upgraded to v4): the transport may
-    encode them again (`AutoTransport.rewire`). `sent`: False when no request was made (every
-    record was for `rewire`): no answer of Langfuse's, so nothing for health or the counts."""
-
-    delivered: List[Record] = attrs.field(factory=list)
-    retry: List[Record] = attrs.field(factory=list)
-    dropped: List[Tuple[Record, str, str]] = attrs.field(factory=list)
-    rewire: List[Record] = attrs.field(factory=list)
-    sent: bool = True
-    error: Optional[LangfuseError] = None
-    refused: Optional[Tuple[str, str]] = None
-    retries: int = 0
-    bytes_sent: int = 0
+__all__ = ["IngestionTransport"]
 
 
 class IngestionTransport:
@@ -121,7 +60,7 @@ class IngestionTransport:
         return 0
 
     def due_in(self) -> Optional[float]:
-        """Over OTel: seconds until what waits for its start must go (see otel.py); never here."""
+        """Over OTel: seconds until what waits for its start must go (see wire/otlp.py); never here."""
         return None
 
     def open_states(self) -> List[Record]:
@@ -178,10 +117,3 @@ _OBSERVATION_ITEMS = frozenset((
     "span-create", "span-update", "generation-create", "generation-update", "event-create",
     "observation-create", "observation-update",
 ))
-
-
-def request_error(exc: LangfuseError) -> Tuple[str, bool, Optional[float]]:
-    """(reason, retryable, retry_after) for a request that failed as a whole."""
-    if isinstance(exc, LangfuseStatusError):
-        return f"status_{exc.status}", exc.retryable, exc.retry_after
-    return "transport", True, None

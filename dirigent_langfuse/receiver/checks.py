@@ -6,8 +6,7 @@ where Langfuse's ingestion API is stricter than its spec (the observation types 
 follows the API.
 The test suite checks our own items against the real spec with jsonschema; this module is the
 receiver's runtime stand-in, so that a malformed item gets a 400 in its 207 as Langfuse would.
-Its limits on ids and names (`takes_as_id`, `fits`) are the mapping's too, which fits what it
-sends to them.
+Langfuse's limits on ids, names and integers are `wire/limits.py`, which the mapping reads too.
 
 `decode_otlp` turns an OTLP/JSON `ExportTraceServiceRequest` into (trace, observation) pairs,
 reading the attributes Langfuse reads.
@@ -20,12 +19,10 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["check_item", "decode_otlp", "decode_span", "dropped_fields", "fits", "otlp_spans", "takes_as_id",
-           "OtlpError", "INGESTION_TYPES", "V4_REFUSAL", "ID_MAX", "TRACE_NAME_MAX"]
+from ..wire.limits import ENVIRONMENT, ID_MAX, SAFE_INT, TRACE_NAME_MAX, fits, takes_as_id
 
-# The `message` of each event Langfuse v4 refuses on /api/public/ingestion (its default
-# events_only write mode takes only `score-create` there; traces go over OTLP). Per event, in a 207.
-V4_REFUSAL = "Event type not accepted"
+__all__ = ["check_item", "decode_otlp", "decode_span", "dropped_fields", "otlp_spans", "OtlpError", "INGESTION_TYPES"]
+
 
 INGESTION_TYPES = frozenset(
     {
@@ -51,11 +48,7 @@ _SCORE_TYPES = ("NUMERIC", "BOOLEAN", "CATEGORICAL", "CORRECTION", "TEXT")
 _UNITS = frozenset({"CHARACTERS", "TOKENS", "MILLISECONDS", "SECONDS", "IMAGES", "REQUESTS"})
 _USAGE_COUNTS = ("input", "output", "total", "promptTokens", "completionTokens", "totalTokens")
 _USAGE_COSTS = ("inputCost", "outputCost", "totalCost")
-_ENVIRONMENT = re.compile(r"^(?!langfuse)[a-z0-9_-]{1,40}$")
-ID_MAX = 800  # Langfuse refuses an id longer than this, or with a carriage return in it
-TRACE_NAME_MAX = 1000  # ... and a trace whose name is longer than this
 _ID_RULE = f"a string of 1 to {ID_MAX} characters without a carriage return"
-_SAFE = 2**53 - 1  # Langfuse reads integers as JavaScript numbers and refuses larger ones
 # OpenAI's usage objects, which Langfuse takes as `usageDetails` as they are: their counts, then
 # their maps of counts.
 _OPENAI_USAGE = (
@@ -75,24 +68,13 @@ def _is_str(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
-def fits(text: str, limit: int) -> bool:
-    """At most `limit` characters as JavaScript counts them (UTF-16 units), as Langfuse checks."""
-    return len(text) <= limit // 2 or len(text.encode("utf-16-le", "surrogatepass")) // 2 <= limit
-
-
-def takes_as_id(text: str) -> bool:
-    """Whether Langfuse takes `text` as an id: 1 to 800 characters and no carriage return (it
-    refuses the item otherwise). The mapping asks it of a scroll_id, the receiver of every id."""
-    return 0 < len(text) and fits(text, ID_MAX) and "\r" not in text
-
-
 def _is_id(value: Any) -> bool:
     return isinstance(value, str) and takes_as_id(value)
 
 
 def _is_int(value: Any) -> bool:
     """A JSON integer as Langfuse reads one: 5.0 is 5, and nothing past JavaScript's safe range."""
-    return (type(value) is int or (type(value) is float and value.is_integer())) and -_SAFE <= value <= _SAFE
+    return (type(value) is int or (type(value) is float and value.is_integer())) and -SAFE_INT <= value <= SAFE_INT
 
 
 def _is_count(value: Any) -> bool:
@@ -156,7 +138,7 @@ def _check_common(body: Dict[str, Any], strings: Tuple[str, ...], ids: Tuple[str
     for key in ids:
         if body.get(key) is not None and not _is_id(body[key]):
             return f"body.{key} must be {_ID_RULE}"
-    if "environment" in body and not (isinstance(body["environment"], str) and _ENVIRONMENT.match(body["environment"])):
+    if "environment" in body and not (isinstance(body["environment"], str) and ENVIRONMENT.fullmatch(body["environment"])):
         return "body.environment must be 1 to 40 of a-z, 0-9, - and _, not starting with 'langfuse'"
     return None
 

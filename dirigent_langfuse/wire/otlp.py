@@ -40,26 +40,24 @@ import json.encoder
 import logging
 import re
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from . import __version__
-from .client import LangfuseClient
-from .config import LangfuseConfig
+from .._version import __version__
+from ..config import LangfuseConfig
+from ..delivery.client import LangfuseClient
+from ..delivery.records import OPEN_WIRE, NotChosen, Record, Report
+from ..mapping.ids import otel_trace_id, session_span_id, span_id
+from ..mapping.items import iso_time, merge_into
+from ..mapping.masking import Masker
 from .encoding import as_text, dumps, fit, key_text, unencodable, utf8
-from .mapping import iso_time, merge_into, uuid5_hex
-from .masking import Masker
-from .transport import OPEN_WIRE, IngestionTransport, NotChosen, Record, Report
-from .wire import V4_REFUSAL
+from .ingestion import IngestionTransport
+from .limits import V4_REFUSAL
 
 __all__ = ["OtelTransport", "AutoTransport", "otel_trace_id", "span_id", "choose_transport"]
 
 log = logging.getLogger(__name__)
 
-_NS = uuid.UUID("0b8f1f67-8e0e-4f4f-a3c5-6f3c1d2e9a41")
-_NS_BYTES = _NS.bytes
-_HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
 
 # Attribute keys (../shared/reference/langfuse-otel-attributes.json)
 TRACE_NAME = "langfuse.trace.name"
@@ -119,33 +117,6 @@ _END_FIELDS = ("input", "output", "model", "modelParameters", "usageDetails", "c
 _END = "end\x1f"
 # The observation type of an item without one: the mapping's only spans are tool calls.
 _TYPES = {"generation-create": "generation", "generation-update": "generation", "span-create": "tool", "span-update": "tool"}
-
-
-def _uuid5_hex(name: str) -> str:
-    return uuid5_hex(_NS_BYTES, name)
-
-
-@functools.lru_cache(maxsize=4096)  # asked for once per span: a session's spans share it
-def otel_trace_id(scroll_id: str) -> str:
-    """32 lowercase hex digits for a scroll: its own when it is a UUID, else uuid5 of it."""
-    text = scroll_id.replace("-", "")
-    if _HEX32.match(text) and text.strip("0"):
-        return text.lower()
-    return _uuid5_hex(scroll_id)
-
-
-@functools.lru_cache(maxsize=4096)  # a message's id is every one of its tool calls' parent
-def span_id(observation_id: str) -> str:
-    """16 hex digits from an observation id (a UUID's first half, else uuid5 of it)."""
-    text = observation_id.replace("-", "")
-    if _HEX32.match(text):
-        return text[:16].lower()
-    return _uuid5_hex(observation_id)[:16]
-
-
-@functools.lru_cache(maxsize=4096)
-def session_span_id(scroll_id: str) -> str:
-    return _uuid5_hex(scroll_id + "\x1fsession")[:16]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -35,8 +35,8 @@ try:
 except ImportError:  # Windows: no owners
     fcntl = None  # type: ignore[assignment]
 
-from .errors import ConfigError
-from .transport import OPEN_WIRE, Record
+from ..errors import ConfigError
+from .records import OPEN_WIRE, Record
 
 __all__ = ["Spool"]
 

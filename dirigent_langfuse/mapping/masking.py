@@ -27,9 +27,9 @@ import inspect
 import logging
 from typing import Any, Callable, Dict, Optional
 
-from .encoding import as_text
-from .errors import ConfigError
-from .throttle import Throttled
+from ..errors import ConfigError
+from ..throttle import Throttled
+from ..wire.encoding import as_text
 
 __all__ = ["FAILED", "FIELDS", "Masker", "resolve"]
 

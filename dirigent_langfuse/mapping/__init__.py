@@ -1,0 +1,8 @@
+"""BusEvents to Langfuse items, on the host's thread: a pure function over bounded state.
+
+- `items`: the mapping itself (`bus_event_to_items`, `MappingState`) and the ids it derives;
+- `pending`: the late-bind buffer (events that came before their scroll was bound);
+- `snapshot`: copies of the host's payloads, taken at the call;
+- `masking`: the user's `mask`, applied before anything leaves the process;
+- `sampling`: which sessions are mirrored, decided per session.
+"""
