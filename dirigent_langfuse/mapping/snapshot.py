@@ -38,17 +38,21 @@ _DEPTH = 100  # deeper than this is kept by reference
 _LEAVES = frozenset({str, int, float, bool, type(None), bytes})
 
 
-_local = threading.local()
+class _Kept(threading.local):
+    n = 0  # (a class attribute: a thread that never kept one reads it without an exception)
+
+
+_kept_here = _Kept()
 
 
 def uncopied() -> int:
     """Containers this thread kept by reference so far because they went past `LIMIT` members or
     100 levels: the stream reads it before and after an event to count them (stats(), a log line)."""
-    return getattr(_local, "n", 0)
+    return _kept_here.n
 
 
 def _kept() -> None:
-    _local.n = getattr(_local, "n", 0) + 1
+    _kept_here.n += 1
 
 
 def own(value: Any, limit: int = LIMIT) -> Any:
