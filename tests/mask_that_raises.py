@@ -1,4 +1,4 @@
-"""A mask module that raises while it is imported (tests/test_masking.py)."""
+"""A mask module that raises while it is imported (tests/mapping/test_masking.py)."""
 
 1 / 0
 

@@ -119,7 +119,7 @@ def test_a_session_whose_first_ten_events_arrive_unbound(receiver, transport, va
 
 
 def _session_with_environment(receiver, transport):
-    from .test_otel import session_events
+    from .wire.test_otlp import session_events
 
     s = stream(receiver.url, transport=transport, environment="staging", release="v1.2.3")
     for event in session_events():

@@ -9,8 +9,8 @@ session that was kept arrived as a trace, named, nothing the host changed later 
 OTel an ended session leaves nothing incomplete. A second test restarts a stream on its spool
 after a shutdown during an outage; a third upgrades Langfuse from v3 to v4 under an `auto` stream
 at a random point, and checks that nothing is lost. They found seven bugs, each now with a test of its own
-(tests/test_encoding.py, test_receiver.py, test_stream.py, test_faults.py, test_otel.py,
-test_spool.py); `RANDOM_SEEDS=1000 python -m pytest tests/test_random.py` searches wider.
+(tests/wire/test_encoding.py, receiver/test_receiver.py, test_stream.py, test_faults.py, wire/test_otlp.py,
+delivery/test_spool.py); `RANDOM_SEEDS=1000 python -m pytest tests/test_random.py` searches wider.
 """
 
 from __future__ import annotations

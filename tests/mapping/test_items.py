@@ -9,7 +9,7 @@ from dirigent_langfuse import ConnectorStatus, MappingState, UnknownEvent, Usage
 from dirigent_langfuse.mapping.items import envelope_id, iso_time, observation_id
 from dirigent_langfuse.receiver.checks import check_item
 
-from .helpers import at, bound, completed, created, ended, started, tool_call, tool_update, update
+from ..helpers import at, bound, completed, created, ended, started, tool_call, tool_update, update
 
 
 def items_of(*events, state=None):
@@ -274,7 +274,7 @@ def test_every_acp_session_update_kind_maps_or_skips(validate_item):
     """Each SessionUpdate variant of the ACP schema: tool calls and plans map, the rest skip."""
     import pathlib
 
-    from .conftest import ACP_SCHEMA
+    from ..conftest import ACP_SCHEMA
 
     if not ACP_SCHEMA.exists():
         pytest.skip(f"ACP schema not at {ACP_SCHEMA}")

@@ -13,7 +13,7 @@ from dirigent_langfuse import ConfigError, LangfuseStream
 from dirigent_langfuse.delivery.records import Record
 from dirigent_langfuse.delivery.spool import Spool
 
-from .helpers import config
+from ..helpers import config
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="spool owners need fcntl (POSIX)")
 
@@ -213,7 +213,7 @@ def test_a_stream_that_shut_down_keeps_no_connection_to_its_spool_open(tmp_path,
     collected (Python 3.13 warns: "unclosed database"), the caller's thread for the stream's life."""
     from dirigent_langfuse import LangfuseStream
 
-    from .helpers import config, started
+    from ..helpers import config, started
 
     path = str(tmp_path / "spool.db")
 
@@ -240,7 +240,7 @@ def test_a_flush_right_after_a_restart_waits_for_what_the_spool_held(tmp_path, r
     import socket
     import threading
 
-    from .helpers import completed, started
+    from ..helpers import completed, started
 
     path = str(tmp_path / "spool.db")
     with socket.socket() as probe:  # a port nobody listens on: the first process never delivers

@@ -16,7 +16,7 @@ import pytest
 from dirigent_langfuse import LangfuseClient, LangfuseConfig, LangfuseStatusError, LangfuseTransportError
 from dirigent_langfuse.delivery.client import ANSWER_BYTES
 
-from .helpers import created, stream
+from ..helpers import created, stream
 
 # Only a bound on how long a test may wait for the client to come back, so that a client that
 # never does fails the test rather than hanging the suite; never a measure of speed.

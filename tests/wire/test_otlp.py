@@ -18,8 +18,8 @@ from dirigent_langfuse.delivery.client import LangfuseClient
 from dirigent_langfuse.mapping.items import MappingState, bus_event_to_items, observation_id
 from dirigent_langfuse.wire.otlp import OtelTransport, choose_transport, otel_trace_id, session_span_id, span_id
 
-from .conftest import OTEL_ATTRIBUTES
-from .helpers import completed, created, ended, started, tool_call, tool_update, update
+from ..conftest import OTEL_ATTRIBUTES
+from ..helpers import completed, created, ended, started, tool_call, tool_update, update
 
 HOST = "http://lf.test"
 OTEL_URL = HOST + "/api/public/otel/v1/traces"
@@ -366,7 +366,7 @@ def test_partial_success_counts_rejected_spans():
 
 
 def test_loopback_otel_session_lands_as_one_trace(receiver_v4, no_secrets_logged):
-    from .helpers import stream as make_stream
+    from ..helpers import stream as make_stream
 
     stream = make_stream(receiver_v4.url, transport="auto")
     for event in session_events():
@@ -387,7 +387,7 @@ def test_loopback_otel_session_lands_as_one_trace(receiver_v4, no_secrets_logged
 def test_a_flush_over_otel_says_what_waits_in_observations_still_open(receiver_v4):
     """Before, a flush with a session and a message still open answered "everything delivered"
     while their items were pending and nothing had reached Langfuse."""
-    from .helpers import stream as make_stream
+    from ..helpers import stream as make_stream
 
     stream = make_stream(receiver_v4.url, transport="otel")
     stream.on_event(created())
@@ -406,7 +406,7 @@ def test_a_flush_over_otel_says_what_waits_in_observations_still_open(receiver_v
 
 
 def test_loopback_replay_does_not_duplicate(receiver_v4):
-    from .helpers import stream as make_stream
+    from ..helpers import stream as make_stream
 
     events = session_events()
     for _ in range(2):
@@ -578,7 +578,7 @@ def test_a_time_otlp_cannot_carry_is_clamped_so_the_request_is_not_refused(recei
 
     from dirigent_langfuse import MessageCompleted, MessageStarted
 
-    from .helpers import common, config
+    from ..helpers import common, config
 
     stream = LangfuseStream(config(receiver.url, transport="otel", flush_interval=30), name="t")
     for event in (started("m1", "scroll-good", t=1), completed("m1", "scroll-good", t=2)):
@@ -595,7 +595,7 @@ def test_auto_moves_to_otel_when_langfuse_is_upgraded_to_v4_under_it(receiver, n
     `auto` stream that had chosen ingestion against v3 kept it for good: once Langfuse was upgraded
     under it, everything it sent, and the backlog it had encoded during the upgrade's downtime,
     was dropped. Now it asks the version again, moves to OTel, and sends that backlog as spans."""
-    from .helpers import stream as make_stream
+    from ..helpers import stream as make_stream
 
     stream = make_stream(receiver.url, transport="auto", flush_interval=30)
     for event in session_events("scroll-1"):
@@ -622,7 +622,7 @@ def test_auto_moves_to_otel_when_langfuse_is_upgraded_to_v4_under_it(receiver, n
 def test_auto_sends_a_spool_written_for_ingestion_as_spans_once_langfuse_is_v4(receiver, tmp_path):
     """A process spooled records for ingestion (Langfuse v3, down at its shutdown); the next one
     finds Langfuse upgraded to v4. Before, those records were dropped (`spool_other_wire`)."""
-    from .helpers import stream as make_stream
+    from ..helpers import stream as make_stream
 
     spool = str(tmp_path / "spool.db")
     first = make_stream(receiver.url, transport="auto", spool_path=spool, flush_interval=30)
@@ -646,7 +646,7 @@ def test_auto_sends_a_spool_written_for_ingestion_as_spans_once_langfuse_is_v4(r
 def test_an_ingestion_stream_against_v4_is_told_why_and_what_to_do(receiver_v4, caplog):
     """`transport = "ingestion"` is taken at its word: v4 refuses the events, counted and logged
     with Langfuse's reason (its `error`, which says to send OTLP), not only 'Event type not accepted'."""
-    from .helpers import stream as make_stream
+    from ..helpers import stream as make_stream
 
     stream = make_stream(receiver_v4.url, transport="ingestion")
     stream.on_event(created())

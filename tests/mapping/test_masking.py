@@ -12,7 +12,7 @@ import pytest
 from dirigent_langfuse import ConfigError, LangfuseConfig, LangfuseStream, OutcomeStatus
 from dirigent_langfuse.mapping.masking import FAILED, Masker
 
-from .helpers import completed, config, created, ended, started, tool_call, tool_update
+from ..helpers import completed, config, created, ended, started, tool_call, tool_update
 
 SECRET = "sk-live-4c1d2e"
 TRANSPORTS = ["ingestion", "otel"]
@@ -140,7 +140,7 @@ def test_masked_ingestion_items_are_still_valid_events(receiver, validate_item, 
 def test_mask_from_the_config_names_a_function(receiver):
     cfg = LangfuseConfig.from_params(
         {"host": receiver.url, "public_key": "pk-lf-local", "secret_key": "sk-lf-local",
-         "transport": "ingestion", "mask": "tests.test_masking:scrub"}, env={})
+         "transport": "ingestion", "mask": "tests.mapping.test_masking:scrub"}, env={})
     stream = LangfuseStream(cfg)
     for event in session("s5"):
         stream.on_event(event)
@@ -150,12 +150,12 @@ def test_mask_from_the_config_names_a_function(receiver):
 
 @pytest.mark.parametrize("spec, problem", [
     ("no_colon", "package.module:function"),
-    ("tests.test_masking", "package.module:function"),
+    ("tests.mapping.test_masking", "package.module:function"),
     ("no.such.module:f", "cannot import"),
-    ("tests.test_masking:nope", "cannot import"),
-    ("tests.test_masking:SECRET", "not callable"),
+    ("tests.mapping.test_masking:nope", "cannot import"),
+    ("tests.mapping.test_masking:SECRET", "not callable"),
     ("tests.mask_that_raises:scrub", "importing 'tests.mask_that_raises' raised ZeroDivisionError"),
-    ("tests.test_masking:positional", "cannot be called as mask(data=value)"),
+    ("tests.mapping.test_masking:positional", "cannot be called as mask(data=value)"),
 ])
 def test_a_mask_that_cannot_be_used_is_a_config_error_naming_it(spec, problem):
     with pytest.raises(ConfigError) as info:  # a bad form fails in the config, the rest when the stream is made
@@ -226,7 +226,7 @@ def test_over_otel_a_mask_answering_a_mapping_that_cannot_be_read_costs_only_tha
     """Before, the span of every observation went through the encoder's last fallback (an ERROR
     each), and the trace's metadata, written beside its name and user, cost every span of the
     session its trace attributes: the trace had no user or session in Langfuse."""
-    from .helpers import Unreadable
+    from ..helpers import Unreadable
 
     def unreadable(*, data, **kwargs):
         return Unreadable(a=1) if isinstance(data, dict) else data

@@ -16,7 +16,7 @@ from dirigent_langfuse.mapping.items import bus_event_to_items
 from dirigent_langfuse.receiver.faults import Fault, FaultPlan, parse_fault
 from dirigent_langfuse.receiver.server import Receiver
 
-from .helpers import completed, created, started
+from ..helpers import completed, created, started
 
 AUTH = ("pk-lf-local", "sk-lf-local")
 

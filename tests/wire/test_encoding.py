@@ -17,7 +17,7 @@ from dirigent_langfuse import MessageStarted, OutcomeStatus
 from dirigent_langfuse.mapping.items import bus_event_to_items
 from dirigent_langfuse.wire.encoding import TRUNCATION_MARKER, dumps, encode_item
 
-from .helpers import HostileText, LenRaises, Unreadable, UnreadableList, common, started, stream
+from ..helpers import HostileText, LenRaises, Unreadable, UnreadableList, common, started, stream
 
 
 class Color(enum.Enum):
@@ -151,7 +151,7 @@ def test_hostile_payloads_and_odd_titles_reach_langfuse_over_both_transports(req
     ("N item(s) not delivered", dropped {'internal_error': 0}); a list whose len() raised failed
     on_event on the host's thread; and over ingestion a tool call titled with a number was refused
     by Langfuse ("body.name must be a string") and lost."""
-    from .helpers import completed, created, ended, tool_call, tool_update
+    from ..helpers import completed, created, ended, tool_call, tool_update
 
     receiver = request.getfixturevalue("receiver" if transport == "ingestion" else "receiver_v4")
     s = stream(receiver.url, transport=transport)
@@ -209,7 +209,7 @@ def test_over_otel_a_bug_while_encoding_a_span_still_sends_it(monkeypatch, caplo
     from dirigent_langfuse.mapping.items import MappingState, bus_event_to_items
     from dirigent_langfuse.wire import otlp as otel
 
-    from .helpers import completed, config, started
+    from ..helpers import completed, config, started
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
@@ -231,7 +231,7 @@ def test_over_otel_a_span_that_fails_even_without_its_fields_still_goes_with_its
     from dirigent_langfuse.mapping.items import MappingState, bus_event_to_items
     from dirigent_langfuse.wire import otlp as otel
 
-    from .helpers import completed, config, started
+    from ..helpers import completed, config, started
 
     def broken(self, scroll):
         raise RuntimeError("a bug")

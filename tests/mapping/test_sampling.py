@@ -10,8 +10,8 @@ import pytest
 from dirigent_langfuse import ConfigError, LangfuseConfig, OutcomeStatus
 from dirigent_langfuse.mapping.sampling import sampled_in
 
-from .helpers import completed, created, ended, started, stream, tool_call, tool_update
-from .test_e2e import first_ten_unbound
+from ..helpers import completed, created, ended, started, stream, tool_call, tool_update
+from ..test_e2e import first_ten_unbound
 
 
 def session(scroll: str) -> list:

@@ -13,7 +13,7 @@ import pytest
 from dirigent_langfuse import ConfigError, LangfuseConfig, LangfuseStream, OutcomeStatus
 from dirigent_langfuse.receiver.server import Receiver
 
-from .helpers import completed, config, created, ended, started
+from ..helpers import completed, config, created, ended, started
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 

@@ -10,7 +10,7 @@ from typing import Any, List
 from dirigent_langfuse.mapping.snapshot import LIMIT, own, own_event
 from dirigent_langfuse.wire.encoding import dumps
 
-from .helpers import LenRaises, Unreadable, created, started, tool_call
+from ..helpers import LenRaises, Unreadable, created, started, tool_call
 
 
 def test_a_copy_shares_no_container_with_the_original():
@@ -113,7 +113,7 @@ def test_a_payload_past_the_copy_limit_is_counted_and_said_never_silent(caplog):
     """A 12,000-message history changed after on_event reached Langfuse changed, and nothing said so."""
     from dirigent_langfuse import LangfuseConfig, LangfuseStream
 
-    from .helpers import started
+    from ..helpers import started
 
     caplog.set_level(logging.WARNING, logger="dirigent_langfuse")
     stream = LangfuseStream(LangfuseConfig(host="http://127.0.0.1:9", public_key="pk", secret_key="sk",

@@ -1,0 +1,1 @@
+"""Tests of dirigent_langfuse/receiver/."""
