@@ -389,17 +389,21 @@ class OtelTransport:
             if obs.late is not None:
                 merge_into(obs.late, body, _KEEP_FIRST)
         if obs.body.get("endTime"):
-            if obs.late is not None:
-                # Only updates so far: its create may follow (two host threads raced, the end was
-                # mapped first). It waits for it, `late_wait` at most (see `prepare`): a span of its
-                # own id sent now could only guess its start, and a row in Langfuse v4 is a span
-                # id and a start time, so the real start would make a second row.
-                if key not in self._waiting:
-                    self._waiting[key] = self._clock() + self.late_wait
-                return
-            if self._waiting:
-                self._waiting.pop(key, None)
-            self._close(key, obs, out)
+            self._end(key, obs, out)
+
+    def _end(self, key: str, obs: _Open, out: List[Record]) -> bool:
+        """`obs` has ended: sent now (True), or, while only its updates were seen here (`late`: its
+        create may follow, two host threads raced), left waiting for its start, `late_wait` at
+        most (see `prepare`): a span of its own id sent now could only guess its start, and a row
+        in Langfuse v4 is a span id and a start time, so the real start would make a second row."""
+        if obs.late is not None:
+            if key not in self._waiting:
+                self._waiting[key] = self._clock() + self.late_wait
+            return False
+        if self._waiting:
+            self._waiting.pop(key, None)
+        self._close(key, obs, out)
+        return True
 
     def _close(self, key: str, obs: _Open, out: List[Record]) -> None:
         """An observation ended: out of the open table, remembered, and emitted as its span."""
@@ -464,14 +468,7 @@ class OtelTransport:
             root.body["statusMessage"] = meta.get("end_reason")
             if body.get("output") is not None:  # the session's last answer
                 root.body["output"] = body["output"]
-        if root.body.get("endTime"):
-            if root.late is not None:  # waits for its start, as any observation (see _fold)
-                if root_key not in self._waiting:
-                    self._waiting[root_key] = self._clock() + self.late_wait
-                return
-            if self._waiting:
-                self._waiting.pop(root_key, None)
-            self._close(root_key, root, out)
+        if root.body.get("endTime") and self._end(root_key, root, out):
             # The session is over: its spans so far carried the trace's attributes; forget them.
             self._traces.pop(scroll, None)
 
