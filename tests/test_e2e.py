@@ -761,3 +761,30 @@ def test_an_end_flushed_before_its_start_is_one_row_in_langfuse_v4(receiver_v4):
     assert all(len(r) == 1 for r in rows.values()) and len(rows) == 3, rows
     (tool,) = [r[0] for r in rows.values() if r[0]["name"] == "Run tests"]
     assert (tool["startTime"], tool["endTime"], tool["output"]) == ("2026-11-25T09:00:02.000Z", "2026-11-25T09:00:03.000Z", "ok")
+
+
+def test_a_living_process_never_takes_up_what_another_left_open_in_a_shared_spool(receiver_v4, tmp_path):
+    """Two processes share a spool (the same stream name). What A leaves open at its shutdown is
+    taken up by a later start only: B, which started before, sends the end it gets as an end
+    record; C, started after, ends the observation as its row."""
+    from .helpers import created, tool_call, tool_update
+
+    spool = str(tmp_path / "spool.db")
+    scroll = "scroll-shared-spool"
+    b = stream(receiver_v4.url, transport="otel", flush_interval=0.05, spool_path=spool, late_start_wait=0.1, name="svc")
+    a = stream(receiver_v4.url, transport="otel", flush_interval=0.05, spool_path=spool, name="svc")
+    for event in (created(scroll, t=0), started("m1", scroll, t=1), tool_call("t1", scroll, t=2, title="Run tests"),
+                  tool_call("t2", scroll, t=2.5, title="Lint")):
+        a.on_event(event)
+    assert a.shutdown(10).status is OutcomeStatus.DELIVERED
+    b.on_event(tool_update("t1", "completed", scroll, t=3, rawOutput="by b"))
+    assert b.shutdown(10).status is OutcomeStatus.DELIVERED
+    c = stream(receiver_v4.url, transport="otel", flush_interval=0.05, spool_path=spool, name="svc")
+    c.on_event(tool_update("t2", "completed", scroll, t=4, rawOutput="by c"))
+    assert c.shutdown(10).status is OutcomeStatus.DELIVERED
+    rows = _rows(receiver_v4)
+    assert all(len(r) == 1 for r in rows.values()), rows
+    shown = {r[0]["name"]: r[0] for r in rows.values()}
+    assert shown["Lint"]["output"] == "by c" and shown["Lint"]["startTime"] == "2026-11-25T09:00:02.500Z"  # C ended it
+    assert (shown["Run tests"].get("metadata") or {}).get("incomplete") == "true"  # B did not take A's state
+    assert shown["tool (end)"]["output"] == "by b"
