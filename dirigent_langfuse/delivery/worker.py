@@ -35,6 +35,7 @@ from ..config import LangfuseConfig
 from ..contracts import Health, HealthTracker, daemon
 from ..errors import LangfuseError, LangfuseStatusError
 from ..throttle import Throttled
+from .outbox import Outbox
 from .records import OPEN_WIRE, NotChosen, Record, Report, request_error
 
 __all__ = ["Worker", "FlushResult"]
@@ -147,17 +148,11 @@ class Worker:
         self._done = threading.Condition(self._lock)
         self._queue: Deque[Dict[str, Any]] = collections.deque()
         self._queue_since: Optional[float] = None  # when the oldest queued item arrived
-        self._outbox: Deque[Record] = collections.deque()
-        self._outbox_bytes = 0
-        self._outbox_since: Optional[float] = None
+        self._outbox = Outbox(self.config.max_buffer_items, self.config.max_buffer_bytes, self._clock)
         self._threads: List[threading.Thread] = []  # the worker thread first, then the senders
         self._alive = 0  # threads still running their loop
         self._main_looping = False  # the worker thread (the one that prepares) is in its loop
         self._inflight = 0  # requests being sent right now
-        # Keys (span or envelope ids) of the records in those requests, with their counts: a span
-        # sent again (completed by a late start, or replayed) must not race the request that
-        # carries its earlier version, or Langfuse could keep whichever arrived last.
-        self._flying: Dict[str, int] = {}
         # Records Langfuse refused in a wire format it no longer takes (upgraded to v4 under an
         # "auto" stream): the main thread has the transport encode them again (`_rewire_step`).
         self._rewire: List[Record] = []
@@ -559,12 +554,12 @@ class Worker:
                         or self._failures_in_row > 0
                         or len(self._outbox) >= self._batch_limit
                     )
-                    since = self._outbox_since if self._outbox_since is not None else now
+                    since = self._outbox.since if self._outbox.since is not None else now
                     wake = max(self._due, now if ready else since + self.config.flush_interval)
                     if self._force:  # flush() or shutdown(): one attempt at once, then the backoff again
                         wake = now
                     if wake <= now:
-                        if self._inflight < self._allowed() and self._outbox[0].key not in self._flying:
+                        if self._inflight < self._allowed() and self._outbox.ready():
                             self._force = False
                             self._inflight += 1
                             self._stepping += 1
@@ -599,38 +594,14 @@ class Worker:
         return self.spool is not None and not self._spool_loaded
 
     def _take_batch(self) -> List[Record]:
-        limit = self._batch_limit
-        if self.health.state() is Health.UNAVAILABLE:
-            limit = 1  # a probe: one small request before the rest
-        max_bytes = self.config.max_request_bytes - 64
-        batch: List[Record] = []
-        size = 0
-        flying = self._flying
-        while self._outbox and len(batch) < limit:
-            record = self._outbox[0]
-            if batch and (size + len(record.data) + 1 > max_bytes or record.key in flying):
-                break  # (its earlier version is in flight: it goes once that request has ended)
-            self._outbox.popleft()
-            self._outbox_bytes -= len(record.data)
-            batch.append(record)
-            size += len(record.data) + 1
-        for record in batch:
-            flying[record.key] = flying.get(record.key, 0) + 1
-        if not self._outbox:
-            self._outbox_since = None
-        return batch
+        probe = self.health.state() is Health.UNAVAILABLE  # one small request before the rest
+        return self._outbox.take(1 if probe else self._batch_limit, self.config.max_request_bytes - 64)
 
     def _landed(self, batch: Sequence[Record]) -> None:
         """A request has ended (lock held): its records' keys may fly again, and the request's
         place is free."""
         self._inflight -= 1
-        flying = self._flying
-        for record in batch:
-            left = flying.get(record.key, 0) - 1
-            if left > 0:
-                flying[record.key] = left
-            else:
-                flying.pop(record.key, None)
+        self._outbox.landed(batch)
 
     def _prepare(self, items: Optional[List[Dict[str, Any]]]) -> None:
         resolve = getattr(self.transport, "resolve", None)
@@ -720,23 +691,9 @@ class Worker:
     def _add_to_outbox(self, records: Sequence[Record], front: bool = False) -> List[Record]:
         """Add `records` (lock held); the oldest records it pushed out of a full buffer, counted
         as dropped here, for `_overflowed` to take out of the spool and log once the lock is free."""
-        if not records:
-            return []
-        if self._outbox_since is None:
-            self._outbox_since = self._clock()
-        if front:
-            self._outbox.extendleft(reversed(records))
-        else:
-            self._outbox.extend(records)
-        self._outbox_bytes += sum(len(r.data) for r in records)
-        over: List[Record] = []
-        while len(self._outbox) > self.config.max_buffer_items or (
-            self._outbox_bytes > self.config.max_buffer_bytes and len(self._outbox) > 1
-        ):
-            old = self._outbox.popleft()
-            self._outbox_bytes -= len(old.data)
+        over = self._outbox.add(records, front)
+        for old in over:
             self.dropped["buffer_full"] += old.weight
-            over.append(old)
         return over
 
     def _overflowed(self, over: Sequence[Record]) -> None:
@@ -878,18 +835,15 @@ class Worker:
                 self.spool.add(left_open, self.transport.name)
         with self._lock:
             left_queue = len(self._queue)
-            self._outbox.extend(left_open)
-            self._outbox.extend(self._rewire)  # in the spool as they were written: encoded again at the next start
+            # (the records to encode again are in the spool as they were written: encoded again at the next start)
+            left_outbox = self._outbox.drain(left_open + self._rewire)
             self._rewire = []
-            left_outbox = sum(r.weight for r in self._outbox)
             self._queue.clear()
             spooled = self.spool is not None
             if left_queue:
                 self.dropped["shutdown"] += left_queue
             if left_outbox:
                 self.dropped["spooled" if spooled else "shutdown"] += left_outbox
-            self._outbox.clear()
-            self._outbox_bytes = 0
             self._done.notify_all()
             settled = self._settled is not None
         if settled:  # counted, and said, by the shutdown that timed out
