@@ -126,10 +126,10 @@ def test_outage_503s_then_refused_then_resets(fast_receiver, transport, no_secre
     caller = Caller(stream)
     receiver.faults.add(Fault.status(503, seconds=0.3))  # phase 1: the server answers 503
     caller.feed(session("s1"))
-    wait_worker(stream, lambda w: w.failed_requests >= 2)
+    wait_worker(stream, lambda w: w.accounts.failed_requests >= 2)
     receiver.pause()  # phase 2: connections refused
     caller.feed(session("s2"))
-    wait_worker(stream, lambda w: w.failed_requests >= 6)
+    wait_worker(stream, lambda w: w.accounts.failed_requests >= 6)
     assert stream.health() is Health.UNAVAILABLE
     assert stream.stats().items_pending > 0  # kept, not thrown away
     receiver.faults.add(Fault.reset(times=6))  # phase 3: connections reset
@@ -164,7 +164,7 @@ def test_a_sign_in_page_answering_200_is_not_a_delivery(fast_receiver, transport
     stream = LangfuseStream(config(receiver.url, transport=transport, **FAST), name="page")
     caller = Caller(stream)
     caller.feed(session("page-1"))
-    wait_worker(stream, lambda w: w.failed_requests >= 1)
+    wait_worker(stream, lambda w: w.accounts.failed_requests >= 1)
     assert "not Langfuse's answer" in (stream.stats().last_error or "")
     caller.feed(session("page-2"))
     assert stream.shutdown(15).status is OutcomeStatus.DELIVERED
@@ -231,7 +231,7 @@ def test_429_storm_honours_retry_after_and_grows_batches(fast_receiver, transpor
     stream = LangfuseStream(config(receiver.url, transport=transport, batch_size=4, **FAST), name="429")
     caller = Caller(stream)
     caller.feed(session("r1"))
-    wait_worker(stream, lambda w: w.failed_requests >= 2)
+    wait_worker(stream, lambda w: w.accounts.failed_requests >= 2)
     assert stream._worker._batch_limit > 4  # fewer, fuller requests while rate-limited
     for n in range(2, 5):
         caller.feed(session(f"r{n}"))
@@ -333,10 +333,10 @@ def test_auto_loads_a_waiting_spool_once_langfuse_answers_without_any_new_event(
     earlier.shutdown(0.3)
     left = earlier._worker.spool.count()
     stream = LangfuseStream(config(receiver.url, transport="auto", spool_path=spool, **FAST), name="svc")
-    wait_worker(stream, lambda w: w.failed_requests > 0)  # it asked, got no answer, and waits
+    wait_worker(stream, lambda w: w.accounts.failed_requests > 0)  # it asked, got no answer, and waits
     assert stream.stats().transport == "auto" and stream.stats().items_accepted == 0
     receiver.resume()
-    wait_worker(stream, lambda w: w.delivered == left)  # with no event to prompt it
+    wait_worker(stream, lambda w: w.accounts.delivered == left)  # with no event to prompt it
     assert stream.shutdown(5).ok
     assert stream.stats().transport == "ingestion" and stream._worker.spool.count() == 0
 
@@ -472,8 +472,8 @@ for n in range(3):
         block = max(block, time.perf_counter() - t)
 w = stream._worker
 with w._lock:  # everything encoded, in the outbox, and so in the spool
-    w._done.wait_for(lambda: w.processed >= w.accepted and not w._busy and w.failed_requests > 0, 30)
-print(json.dumps({"accepted": w.accepted, "spooled": w.spool.count(), "max_block": block}), flush=True)
+    w._done.wait_for(lambda: w.accounts.processed >= w.accounts.accepted and not w._busy and w.accounts.failed_requests > 0, 30)
+print(json.dumps({"accepted": w.accounts.accepted, "spooled": w.spool.count(), "max_block": block}), flush=True)
 while True:
     time.sleep(1)  # until kill -9
 """
@@ -542,8 +542,8 @@ def fork_spooling_child(stream: LangfuseStream, scroll: str) -> Tuple[int, Dict[
         caller.feed(session(scroll))
         w = stream._worker
         with w._lock:
-            w._done.wait_for(lambda: w.processed >= w.accepted and not w._busy and w.failed_requests > 0, 30)
-        return {"accepted": w.accepted, "spooled": w.spool.count(), "max_block": caller.max_block}
+            w._done.wait_for(lambda: w.accounts.processed >= w.accounts.accepted and not w._busy and w.accounts.failed_requests > 0, 30)
+        return {"accepted": w.accounts.accepted, "spooled": w.spool.count(), "max_block": caller.max_block}
 
     return fork_reporting(child, linger=True)
 

@@ -35,6 +35,7 @@ from ..config import LangfuseConfig
 from ..contracts import Health, HealthTracker, daemon
 from ..errors import LangfuseError, LangfuseStatusError
 from ..throttle import Throttled
+from .accounts import Accounts
 from .outbox import Outbox
 from .records import OPEN_WIRE, NotChosen, Record, Report, request_error
 
@@ -148,7 +149,7 @@ class Worker:
         self._done = threading.Condition(self._lock)
         self._queue: Deque[Dict[str, Any]] = collections.deque()
         self._queue_since: Optional[float] = None  # when the oldest queued item arrived
-        self._outbox = Outbox(self.config.max_buffer_items, self.config.max_buffer_bytes, self._clock)
+        self._outbox = Outbox(self.config.max_buffer_items, self.config.max_buffer_bytes, lambda: self._clock())
         self._threads: List[threading.Thread] = []  # the worker thread first, then the senders
         self._alive = 0  # threads still running their loop
         self._main_looping = False  # the worker thread (the one that prepares) is in its loop
@@ -171,23 +172,7 @@ class Worker:
         self._batch_limit = self.config.batch_size
         self._calm_at = 0.0
         self._seen_messages: Dict[str, int] = {}
-        # counters (items unless said otherwise)
-        self.accepted = 0
-        self.processed = 0
-        self.delivered = 0
-        self.dropped: Dict[str, int] = collections.Counter()
-        self.truncated = 0
-        self.batches = 0
-        self.requests = 0
-        self.retries = 0
-        self.bytes_sent = 0
-        self.failed_requests = 0
-        self.refusing_requests = 0  # succeeded, but refused some records for now (a 207's 5xx)
-        self.last_error: Optional[str] = None
-        self.last_error_kind: Optional[str] = None
-        # (delivered, dropped) as a shutdown that timed out settled them: what `counts()` shows from
-        # then on, so that a request landing after the deadline does not count twice.
-        self._settled: Optional[Tuple[int, Dict[str, int]]] = None
+        self.accounts = Accounts()
         # The items a spool held at start, once loaded (None until then): a flush() waits for them.
         self._spool_found: Optional[int] = None
 
@@ -255,9 +240,9 @@ class Worker:
         with self._lock:
             if self._closing:
                 return False
-            self.accepted += n
+            self.accounts.accepted += n
             if len(self._queue) + n > self.config.max_queue_items:
-                self.dropped["queue_full"] += n
+                self.accounts.dropped["queue_full"] += n
                 full = True
             else:
                 before = len(self._queue) + len(self._outbox)
@@ -322,8 +307,11 @@ class Worker:
 
     @property
     def pending(self) -> int:
-        delivered, dropped = self._settled or (self.delivered, self.dropped)
-        return self.accepted - delivered - sum(dropped.values())
+        return self.accounts.pending
+
+    @property
+    def last_error_kind(self) -> Optional[str]:
+        return self.accounts.last_error_kind
 
     def flush(self, timeout: float) -> FlushResult:
         """Wait until everything queued so far was attempted at least once since this call.
@@ -340,41 +328,35 @@ class Worker:
                 return FlushResult(False, False, self.pending, "no worker thread can start (the interpreter is "
                                    "exiting?): shutdown() sends what is queued")
         with self._lock:
-            target = self.accepted - self.dropped.get("queue_full", 0)
+            target = self.accounts.accepted - self.accounts.dropped.get("queue_full", 0)
             # What the spool held at start counts as accepted before this call, loaded or not yet.
             unloaded = self.spool is not None and self._spool_found is None
-            failures = self.failed_requests
-            refusals = self.refusing_requests
-            drops = dict(self.dropped)
+            failures = self.accounts.failed_requests
+            refusals = self.accounts.refusing_requests
+            drops = dict(self.accounts.dropped)
             self._flush_requests += 1
             self._force = True
             self._work.notify_all()
             try:
                 while True:
-                    attempted = self.failed_requests > failures or self.refusing_requests > refusals
+                    attempted = self.accounts.failed_requests > failures or self.accounts.refusing_requests > refusals
                     if unloaded and self._spool_found is not None:
                         unloaded = False
                         target += self._spool_found
                     idle = not self._busy and self._inflight == 0
-                    done = not unloaded and self.processed >= target and (not self._outbox or attempted)
+                    done = not unloaded and self.accounts.processed >= target and (not self._outbox or attempted)
                     if idle and (done or (attempted and self._unchosen)):
                         break
                     left = deadline - self._clock()
                     if left <= 0 or self._stopped:
-                        return FlushResult(False, True, self.pending, self.last_error)
+                        return FlushResult(False, True, self.pending, self.accounts.last_error)
                     self._done.wait(min(left, 0.5))
             finally:
                 self._flush_requests -= 1
-            dropped = self._drops_since(drops)
+            dropped = self.accounts.drops_since(drops)
             ok = not attempted and not dropped and not self._outbox
             open = (self.transport.open_count(), self.transport.open_items())  # (the worker is idle: under our lock)
-            return FlushResult(ok, False, self.pending, None if ok else self.last_error, dropped, open)
-
-    def _drops_since(self, before: Dict[str, int]) -> Dict[str, int]:
-        """Drops by reason since `before` (a copy of `dropped`), `queue_full` aside: the caller
-        was told of those at once (FAILED(OVERFLOW))."""
-        dropped = self._settled[1] if self._settled else self.dropped
-        return {r: n - before.get(r, 0) for r, n in dropped.items() if r != "queue_full" and n > before.get(r, 0)}
+            return FlushResult(ok, False, self.pending, None if ok else self.accounts.last_error, dropped, open)
 
     def shutdown(self, timeout: float) -> FlushResult:
         """Deliver what can be delivered before `timeout`; drop (counted) or spool the rest."""
@@ -395,32 +377,19 @@ class Worker:
         with self._lock:
             self._stopped = True
             timed_out = any(t.is_alive() for t in self._threads)
-            settled = self._settle() if timed_out else None
-            dropped = self._drops_since({})  # the whole life: the last word on what was accepted
+            if timed_out:
+                settled = self.accounts.settle(len(self._queue), self.spool is not None)
+                self._queue.clear()  # past the deadline no step takes it any more
+            else:
+                settled = None
+            dropped = self.accounts.drops_since({})  # the whole life: the last word on what was accepted
             ok = self.pending == 0 and not dropped and not timed_out
-            result = FlushResult(ok, timed_out, self.pending, None if ok else self.last_error, dropped)
+            result = FlushResult(ok, timed_out, self.pending, None if ok else self.accounts.last_error, dropped)
         if settled:
             log.warning("stream %r: shutdown deadline reached with a request or a step in progress; %d items "
                         "counted as not delivered (shutdown)%s", self.name, settled[0],
                         f", {settled[1]} as left in the spool for the next start (spooled)" if settled[1] else "")
         return result
-
-    def _settle(self) -> Tuple[int, int]:
-        """A shutdown timed out with a thread of ours still in a request or a step (lock held): what
-        is not delivered yet is counted now, for good: the queue as `shutdown`, and the rest as
-        `shutdown` too, or, with a spool, as `spooled` (the step in progress writes it there, and
-        the worker's end the observations still open). (items counted `shutdown`, items `spooled`)."""
-        left = self.pending
-        queued = len(self._queue)
-        self._queue.clear()  # past the deadline no step takes it any more
-        spooled = max(0, left - queued) if self.spool is not None else 0
-        dropped = collections.Counter(self.dropped)
-        if left - spooled:
-            dropped["shutdown"] += left - spooled
-        if spooled:
-            dropped["spooled"] += spooled
-        self._settled = (self.delivered, dict(dropped))
-        return left - spooled, spooled
 
     # -- worker side ------------------------------------------------------------------------------
 
@@ -448,14 +417,14 @@ class Worker:
                     with self._lock:
                         if kind == "send":
                             self._landed(payload)
-                            self.dropped["internal_error"] += sum(r.weight for r in payload)
+                            self.accounts.dropped["internal_error"] += sum(r.weight for r in payload)
                         elif kind == "rewire":
                             self._busy = False
-                            self.dropped["internal_error"] += sum(r.weight for r in payload)
+                            self.accounts.dropped["internal_error"] += sum(r.weight for r in payload)
                         else:
                             self._busy = False
-                            self.dropped["internal_error"] += len(payload or ())
-                            self.processed += len(payload or ())
+                            self.accounts.dropped["internal_error"] += len(payload or ())
+                            self.accounts.processed += len(payload or ())
                         self._work.notify_all()
                         self._done.notify_all()
                 finally:
@@ -583,10 +552,10 @@ class Worker:
 
     def _failed(self, error: str, kind: Optional[str]) -> None:
         """A request failed as a whole (or "auto" got no answer): count it, drift health (lock held)."""
-        self.failed_requests += 1
+        self.accounts.failed_requests += 1
         self._failures_in_row += 1
-        self.last_error = error
-        self.last_error_kind = kind
+        self.accounts.last_error = error
+        self.accounts.last_error_kind = kind
         self.health.failure()
 
     def _spool_waits(self) -> bool:
@@ -622,8 +591,8 @@ class Worker:
             self.spool.add(records, self.transport.name)
         with self._lock:
             if items is not None:
-                self.processed += len(items)
-            self.truncated += sum(1 for r in records if r.truncated)
+                self.accounts.processed += len(items)
+            self.accounts.truncated += sum(1 for r in records if r.truncated)
             over = self._add_to_outbox(records)
             self._busy = False
             if records:
@@ -649,8 +618,8 @@ class Worker:
             message = "Langfuse refused events of the ingestion API and still reports a version before 4"
             with self._lock:
                 for record in records:
-                    self.dropped["status_400"] += record.weight
-                self.last_error = f"Langfuse refused item(s) for good (status_400): {message}"
+                    self.accounts.dropped["status_400"] += record.weight
+                self.accounts.last_error = f"Langfuse refused item(s) for good (status_400): {message}"
                 self._busy = False
                 self._done.notify_all()
             if self.spool is not None:
@@ -693,7 +662,7 @@ class Worker:
         as dropped here, for `_overflowed` to take out of the spool and log once the lock is free."""
         over = self._outbox.add(records, front)
         for old in over:
-            self.dropped["buffer_full"] += old.weight
+            self.accounts.dropped["buffer_full"] += old.weight
         return over
 
     def _overflowed(self, over: Sequence[Record]) -> None:
@@ -753,16 +722,16 @@ class Worker:
         to_log: Dict[Tuple[str, str], int] = {}  # (reason, message): items, for messages not said before
         over: List[Record] = []
         with self._lock:
-            self.requests += 1
-            self.retries += report.retries
-            self.bytes_sent += report.bytes_sent
-            self.delivered += delivered
+            self.accounts.requests += 1
+            self.accounts.retries += report.retries
+            self.accounts.bytes_sent += report.bytes_sent
+            self.accounts.delivered += delivered
             if delivered:
-                self.batches += 1
+                self.accounts.batches += 1
             self._rewire.extend(report.rewire)
             for record, why, message in report.dropped:
-                self.dropped[why] += record.weight
-                self.last_error = f"Langfuse refused item(s) for good ({why}): {message or 'no message'}"
+                self.accounts.dropped[why] += record.weight
+                self.accounts.last_error = f"Langfuse refused item(s) for good ({why}): {message or 'no message'}"
                 key = f"{why}:{message}"
                 if (why, message) in to_log:
                     to_log[(why, message)] += record.weight
@@ -774,20 +743,20 @@ class Worker:
             else:
                 self._failures_in_row = 0
                 self.health.success()
-                if self.last_error_kind != "status_429":
+                if self.accounts.last_error_kind != "status_429":
                     self._due = now  # Langfuse is back: what waited out a backoff goes now
                 if self._batch_limit < self.config.batch_size:  # after a 413 split
                     self._batch_limit = min(self.config.batch_size, self._batch_limit * 2)
-                if self.last_error_kind == "status_429" and now >= self._due:
-                    self.last_error_kind = None
+                if self.accounts.last_error_kind == "status_429" and now >= self._due:
+                    self.accounts.last_error_kind = None
             if report.retry:
                 over = self._add_to_outbox(report.retry, front=True)
                 if report.error is None:  # some items of a 207 asked to be retried
                     self._failures_in_row = max(self._failures_in_row, 1)
-                    self.refusing_requests += 1
+                    self.accounts.refusing_requests += 1
                     if report.refused is not None:
-                        self.last_error_kind, message = report.refused
-                        self.last_error = f"Langfuse refused {len(report.retry)} item(s) for now: {message}"
+                        self.accounts.last_error_kind, message = report.refused
+                        self.accounts.last_error = f"Langfuse refused {len(report.retry)} item(s) for now: {message}"
                 self._due = now + self._backoff(retry_after)
             if reason == "status_429":
                 self._batch_limit = min(self._batch_limit * 2, self.config.batch_size * 32)
@@ -841,11 +810,11 @@ class Worker:
             self._queue.clear()
             spooled = self.spool is not None
             if left_queue:
-                self.dropped["shutdown"] += left_queue
+                self.accounts.dropped["shutdown"] += left_queue
             if left_outbox:
-                self.dropped["spooled" if spooled else "shutdown"] += left_outbox
+                self.accounts.dropped["spooled" if spooled else "shutdown"] += left_outbox
             self._done.notify_all()
-            settled = self._settled is not None
+            settled = self.accounts.settled
         if settled:  # counted, and said, by the shutdown that timed out
             return
         if left_queue or (left_outbox and not spooled):
@@ -878,11 +847,11 @@ class Worker:
             log.info("stream %r: took up %d observation(s) an earlier process left open", self.name, resumed)
         with self._lock:
             n = sum(r.weight for r in records) + sum(r.weight for r in legacy)
-            self.accepted += n + other
-            self.processed += n + other
+            self.accounts.accepted += n + other
+            self.accounts.processed += n + other
             self._spool_found = n + other
             if other:
-                self.dropped["spool_other_wire"] += other
+                self.accounts.dropped["spool_other_wire"] += other
             over = self._add_to_outbox(records)
             self._rewire.extend(legacy)
             self._done.notify_all()
@@ -896,18 +865,4 @@ class Worker:
 
     def counts(self) -> Dict[str, Any]:
         with self._lock:
-            delivered, dropped = self._settled or (self.delivered, self.dropped)
-            return {
-                "accepted": self.accepted,
-                "delivered": delivered,
-                "dropped": dict(dropped),
-                "pending": self.pending,
-                "queued": len(self._queue),
-                "outbox": len(self._outbox),
-                "batches": self.batches,
-                "requests": self.requests,
-                "retries": self.retries,
-                "bytes_sent": self.bytes_sent,
-                "truncated": self.truncated,
-                "last_error": self.last_error,
-            }
+            return dict(self.accounts.counts(), queued=len(self._queue), outbox=len(self._outbox))
