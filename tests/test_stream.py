@@ -646,3 +646,43 @@ def test_a_disabled_stream_dropped_without_shutdown_is_collected():
     assert off() is None
     assert held() is not None  # what it queued would be lost at exit otherwise
     held().shutdown(1)
+
+
+def test_a_transport_the_host_made_needs_only_the_four_methods(monkeypatch):
+    """A transport given to the stream needs prepare, send, close_open and open_count. The OTel
+    transport's later methods (what waits for its start, the open observations' state, how many
+    items they hold) are asked for only where a transport has them: before, a flush() raised
+    AttributeError into the host, and the worker thread died on its first step."""
+    from dirigent_langfuse.delivery.records import Report
+
+    died = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+
+    class Minimal:
+        name = "minimal"
+
+        def __init__(self):
+            self.sent = 0
+
+        def prepare(self, items):
+            from dirigent_langfuse.delivery.records import Record
+            return [Record(item["id"], b"{}") for item in items]
+
+        def send(self, records):
+            self.sent += len(records)
+            return Report(delivered=list(records))
+
+        def close_open(self, now=None):
+            return []
+
+        def open_count(self):
+            return 0
+
+    transport = Minimal()
+    config = LangfuseConfig(host=HOST, public_key="p", secret_key="s", atexit_flush=False, flush_interval=0.01)
+    stream = LangfuseStream(config, transport=transport)
+    stream.on_event(started("m1"))
+    assert stream.flush(5).status is OutcomeStatus.DELIVERED
+    stream.on_event(completed("m1", t=1))
+    assert stream.shutdown(5).status is OutcomeStatus.DELIVERED
+    assert transport.sent == 2 and died == []

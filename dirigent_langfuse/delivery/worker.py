@@ -355,7 +355,7 @@ class Worker:
                 self._flush_requests -= 1
             dropped = self.accounts.drops_since(drops)
             ok = not attempted and not dropped and not self._outbox
-            open = (self.transport.open_count(), self.transport.open_items())  # (the worker is idle: under our lock)
+            open = (self.transport.open_count(), self._ask("open_items", 0))  # (the worker is idle: under our lock)
             return FlushResult(ok, False, self.pending, None if ok else self.accounts.last_error, dropped, open)
 
     def shutdown(self, timeout: float) -> FlushResult:
@@ -492,7 +492,7 @@ class Worker:
                         self._stepping += 1
                         return "prepare", items
                 if main and not closing:  # (closing: sent with all that is open, below)
-                    due_in = self.transport.due_in()  # over OTel: an end that waited for its start must go
+                    due_in = self._ask("due_in", None)  # over OTel: an end that waited for its start must go
                     if due_in is not None:
                         if due_in <= 0:
                             self._busy = True
@@ -600,12 +600,18 @@ class Worker:
             self._done.notify_all()
         self._overflowed(over)
 
+    def _ask(self, method: str, default: Any) -> Any:
+        """What a transport's optional method answers (a transport the host made may not have it:
+        `prepare`, `send`, `close_open` and `open_count` are all one needs)."""
+        found = getattr(self.transport, method, None)
+        return found() if found is not None else default
+
     def _close_open(self) -> List[Record]:
         """Over OTel, at shutdown: the observations still open, sent now (snapshots, and end records
         for those whose start was not seen here); with a spool, the state of the started ones goes
         into it first, for the next start to end them as the same rows (see wire/otlp.py)."""
         if self.spool is not None:
-            states = self.transport.open_states()
+            states = self._ask("open_states", [])
             if states:
                 self.spool.add(states, OPEN_WIRE)
         return list(self.transport.close_open(self._clock()))
@@ -842,7 +848,8 @@ class Worker:
         if legacy or states:
             records = [r for r in records if r.wire == wire]
         if states:
-            resumed = self.transport.resume(states)
+            resume = getattr(self.transport, "resume", None)
+            resumed = resume(states) if resume is not None else 0
             self.spool.remove(states)  # held here now: written again if still open at this one's shutdown
             log.info("stream %r: took up %d observation(s) an earlier process left open", self.name, resumed)
         with self._lock:
