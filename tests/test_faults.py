@@ -542,7 +542,8 @@ def fork_spooling_child(stream: LangfuseStream, scroll: str) -> Tuple[int, Dict[
         caller.feed(session(scroll))
         w = stream._worker
         with w._lock:
-            w._done.wait_for(lambda: w.accounts.processed >= w.accounts.accepted and not w._busy and w.accounts.failed_requests > 0, 30)
+            counts = w.accounts
+            w._done.wait_for(lambda: counts.processed >= counts.accepted and not w._busy and counts.failed_requests > 0, 30)
         return {"accepted": w.accounts.accepted, "spooled": w.spool.count(), "max_block": caller.max_block}
 
     return fork_reporting(child, linger=True)

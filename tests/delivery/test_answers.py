@@ -14,7 +14,7 @@ from typing import List
 import pytest
 
 from dirigent_langfuse import LangfuseClient, LangfuseConfig, LangfuseStatusError, LangfuseTransportError
-from dirigent_langfuse.delivery.client import ANSWER_BYTES
+from dirigent_langfuse.delivery.answers import ANSWER_BYTES
 
 from ..helpers import created, stream
 
@@ -249,7 +249,7 @@ class _WithoutRead1:
 def test_without_urllib3_s_read1_a_trickle_is_still_given_up_after_read_timeout(answerer):
     import requests
 
-    from dirigent_langfuse.delivery.client import read_answer
+    from dirigent_langfuse.delivery.answers import read_answer
 
     server = answerer(("trickle", 207))
     response = requests.post(server.url + "/api/public/ingestion", data=b"{}", stream=True, timeout=5)

@@ -243,7 +243,7 @@ def test_retry_after_is_honoured_and_capped():
     ("Fri, 01 Jan 2100 00:00:00 GMT", 60.0),  # far ahead: capped
 ])
 def test_retry_after_as_seconds_or_an_http_date_for_the_worker(header, expected):
-    from dirigent_langfuse.delivery.client import _retry_after
+    from dirigent_langfuse.delivery.answers import _retry_after
 
     response = requests.Response()
     response.headers["Retry-After"] = header
