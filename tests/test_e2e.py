@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 import pytest
 
 from dirigent_langfuse import OutcomeStatus
-from dirigent_langfuse.mapping.items import observation_id
+from dirigent_langfuse.mapping.ids import observation_id
 from dirigent_langfuse.wire.otlp import span_id
 
 from .helpers import completed, started, stream
@@ -78,7 +78,7 @@ def first_ten_unbound():
 
 @pytest.mark.parametrize("transport", ["ingestion", "otel"])
 def test_a_session_whose_first_ten_events_arrive_unbound(receiver, transport, validate_item):
-    from dirigent_langfuse.mapping.items import observation_id
+    from dirigent_langfuse.mapping.ids import observation_id
 
     early, late = first_ten_unbound()
     s = stream(receiver.url, transport=transport, flush_interval=0.05)

@@ -17,19 +17,15 @@ scroll at `SessionEnded`. Without a state the function still works: tool calls h
 
 from __future__ import annotations
 
-import functools
-import json
-import threading
-import time
-from collections import OrderedDict
-from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 from ..bus import BusEvent, MessageCompleted, MessageStarted, SessionCreated, SessionEnded, SessionUpdate
-from ..wire.encoding import as_text, key_text, to_jsonable
+from ..wire.encoding import as_text, to_jsonable
 from ..wire.limits import TRACE_NAME_MAX, fits, takes_as_id
 from .ids import envelope_id, observation_id, uuid5_id
 from .snapshot import own
+from .state import MappingState, _Scroll
+from .values import _map_value, _prune, iso_time, merge_body
 
 __all__ = [
     "bus_event_to_items", "maps", "streams_text", "merge_body", "MappingState", "observation_id", "envelope_id",
@@ -37,8 +33,6 @@ __all__ = [
 ]
 
 Item = Dict[str, Any]
-
-
 
 
 def _trace_name(name: str) -> str:
@@ -53,218 +47,6 @@ def _trace_name(name: str) -> str:
     return cut + "…"
 
 
-_last_time: Tuple[Optional[datetime], str] = (None, "")
-
-
-def iso_time(at: datetime) -> str:
-    """UTC ISO-8601 with milliseconds and `Z`, as Langfuse's SDKs send it.
-
-    An event's time is formatted for its envelope and again for its body: the last one is kept;
-    and the text up to the second is shared by every event within that second."""
-    global _last_time
-    last = _last_time
-    if last[0] is at:
-        return last[1]
-    seconds = at.timestamp()
-    if seconds >= 0:
-        text = _second_text(int(seconds)) + _MILLIS[at.microsecond // 1000]
-    else:
-        utc = at.astimezone(timezone.utc)
-        text = _format_second(utc) + _MILLIS[utc.microsecond // 1000]
-    _last_time = (at, text)
-    return text
-
-
-_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
-
-
-def _format_second(utc: datetime) -> str:
-    return "%04d-%02d-%02dT%02d:%02d:%02d" % (utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second)
-
-
-@functools.lru_cache(maxsize=1024)
-def _second_text(seconds: int) -> str:
-    return _format_second(datetime.fromtimestamp(seconds, timezone.utc))
-
-
-def _map_value(value: Any) -> Any:
-    """A `modelParameters` value as Langfuse's `MapValue` allows: scalar, list of strings, or text.
-
-    Integers become floats (8192 → 8192.0): the spec's `MapValue` is a `oneOf` in which an
-    integer matches both its integer and its number branch, so only a float validates.
-    """
-    if isinstance(value, bool) or isinstance(value, (str, float)):
-        return value
-    if isinstance(value, int):
-        try:
-            return float(value)
-        except OverflowError:  # past a float's range: its text
-            return key_text(value)
-    try:
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return list(value)
-        return json.dumps(value, default=str, sort_keys=True)
-    except Exception:  # keys that do not sort, or the value's own code raised: the encoder's text
-        return as_text(value)
-
-
-def merge_body(old: Dict[str, Any], new: Dict[str, Any], keep_first: Tuple[str, ...] = ()) -> Dict[str, Any]:
-    """How Langfuse merges a create and its updates for one body id: a later non-null field wins,
-    `metadata` merges key by key, and fields in `keep_first` keep their first value."""
-    return merge_into(dict(old), new, keep_first)
-
-
-def merge_into(out: Dict[str, Any], new: Dict[str, Any], keep_first: Tuple[str, ...] = ()) -> Dict[str, Any]:
-    """`merge_body`, changing `out` in place (its nested `metadata` is replaced, never changed)."""
-    for key, value in new.items():
-        if value is None or (key in keep_first and out.get(key)):
-            continue
-        if key == "metadata" and isinstance(value, dict) and isinstance(out.get("metadata"), dict):
-            merged = dict(out["metadata"])
-            merged.update(value)
-            out["metadata"] = merged
-        else:
-            out[key] = value
-    return out
-
-
-def _prune(body: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in body.items() if v is not None}
-
-
-class _Scroll:
-    __slots__ = ("message", "tools", "seen", "text", "chars", "first", "began", "has_input", "held_input", "output",
-                 "early")
-
-    def __init__(self, seen: float) -> None:
-        # The session's start was mapped with this state: only then is its first message known to
-        # be the session's first (not the first after a restart, or of a replay of its tail).
-        self.began = False
-        self.has_input = False  # the trace's input (the first message's) went out
-        # The first message's input while the start is not mapped yet: the session's, if its start
-        # comes next (two host threads raced); a restart's or a replay's, if it never does.
-        self.held_input: Any = None
-        self.message: Optional[str] = None
-        self.early: Tuple[str, ...] = ()  # messages whose completion came before their start (raced)
-        self.tools: Dict[str, Optional[str]] = {}
-        self.seen = seen
-        self.text: Optional[Dict[str, List[str]]] = None  # the message in progress's chunks, by field
-        self.chars = 0
-        self.first: Optional[str] = None  # when its first chunk came: the completion's start
-        self.output: Any = None  # the latest message's output: the trace's, at SessionEnded
-
-
-_NO_TEXT: Dict[str, str] = {}  # never changed
-_CUT = "\n[dirigent_langfuse: later chunks were not kept: the mapping's text buffer was full]"
-
-
-class MappingState:
-    """What the mapping remembers between events, per scroll; thread-safe and bounded.
-
-    At most `max_scrolls` scrolls and `max_tools` tool calls per scroll are remembered; a scroll
-    untouched for `ttl` seconds, or ended, is forgotten. Forgetting only costs parent links:
-    a later tool call hangs off the trace instead of its message.
-
-    The text streamed for the message in progress (ACP `agent_message_chunk` and
-    `agent_thought_chunk`) is kept until the message completes: at most `max_message_chars` per
-    message and `max_text_chars` over all scrolls; beyond, later chunks are not kept and the text
-    says so.
-    """
-
-    def __init__(
-        self,
-        max_scrolls: int = 10_000,
-        max_tools: int = 10_000,
-        ttl: float = 600.0,
-        clock: Callable[[], float] = time.monotonic,
-        max_message_chars: int = 1_000_000,
-        max_text_chars: int = 16_000_000,
-    ) -> None:
-        self.max_scrolls = max_scrolls
-        self.max_tools = max_tools
-        self.max_message_chars = max_message_chars
-        self.max_text_chars = max_text_chars
-        self.text_chars = 0
-        self.ttl = ttl
-        self._clock = clock
-        self._scrolls: "OrderedDict[str, _Scroll]" = OrderedDict()
-        self._next_expiry = float("-inf")  # TTLs are checked at most once a second (or ttl)
-        self.lock = threading.RLock()
-
-    def __len__(self) -> int:
-        return len(self._scrolls)
-
-    def scroll(self, scroll_id: str) -> _Scroll:
-        now = self._clock()
-        scrolls = self._scrolls
-        entry = scrolls.get(scroll_id)
-        if entry is None:
-            entry = scrolls[scroll_id] = _Scroll(now)
-        else:
-            entry.seen = now
-            scrolls.move_to_end(scroll_id)
-        if len(scrolls) > self.max_scrolls or now >= self._next_expiry:
-            self._next_expiry = now + min(1.0, self.ttl)
-            self._expire(now)
-        return entry
-
-    def forget(self, scroll_id: str) -> None:
-        entry = self._scrolls.pop(scroll_id, None)
-        if entry is not None:
-            self.take_text(entry)
-
-    def _expire(self, now: float) -> None:
-        scrolls = self._scrolls
-        while scrolls:
-            oldest_id, oldest = next(iter(scrolls.items()))
-            if len(scrolls) > self.max_scrolls or now - oldest.seen > self.ttl:
-                del scrolls[oldest_id]
-                self.take_text(oldest)
-            else:
-                break
-
-    def add_text(self, entry: _Scroll, field: str, text: str) -> None:
-        """Keep a chunk of the message in progress's `field` ("output" or "thought"), within bounds."""
-        if entry.text is None:
-            entry.text = {}
-        parts = entry.text.setdefault(field, [])
-        if parts and parts[-1] is _CUT:
-            return
-        room = min(self.max_message_chars - entry.chars, self.max_text_chars - self.text_chars)
-        if len(text) > room:
-            text = text[:max(0, room)]
-            if text:
-                parts.append(text)
-            parts.append(_CUT)
-        else:
-            parts.append(text)
-        entry.chars += len(text)
-        self.text_chars += len(text)
-
-    def take_text(self, entry: _Scroll) -> Dict[str, str]:
-        """What was streamed for the message in progress (its text by field, and `first`: when the
-        first chunk came), and forget it. The answer is read-only."""
-        text, first = entry.text, entry.first
-        if text is None and first is None:
-            return _NO_TEXT
-        entry.text = entry.first = None
-        self.text_chars -= entry.chars
-        entry.chars = 0
-        out = {field: "".join(parts) for field, parts in (text or {}).items()}
-        if first is not None:
-            out["first"] = first
-        return out
-
-    def get(self, scroll_id: str) -> Optional[_Scroll]:
-        """The scroll's entry, without touching it (no expiry, no move)."""
-        return self._scrolls.get(scroll_id)
-
-    def in_message(self, scroll_id: str) -> bool:
-        entry = self._scrolls.get(scroll_id)
-        return entry is not None and entry.message is not None
-
-    def _reset_after_fork(self) -> None:
-        self.lock = threading.RLock()
 
 
 def _item(event: BusEvent, index: int, type_: str, body: Dict[str, Any]) -> Item:

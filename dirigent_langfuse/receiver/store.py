@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..delivery.spool import foreign_tables
 from ..errors import ConfigError
-from ..mapping.items import merge_body
+from ..mapping.values import merge_body
 from .checks import decode_span, dropped_fields, otlp_spans
 
 __all__ = ["Store"]

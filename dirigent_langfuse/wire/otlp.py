@@ -48,8 +48,8 @@ from ..config import LangfuseConfig
 from ..delivery.client import LangfuseClient
 from ..delivery.records import OPEN_WIRE, NotChosen, Record, Report
 from ..mapping.ids import otel_trace_id, session_span_id, span_id
-from ..mapping.items import iso_time, merge_into
 from ..mapping.masking import Masker
+from ..mapping.values import iso_time, merge_into
 from .encoding import as_text, dumps, fit, key_text, unencodable, utf8
 from .ingestion import IngestionTransport
 from .limits import V4_REFUSAL

@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from dirigent_langfuse import ConnectorStatus, MappingState, UnknownEvent, Usage, bus_event_to_items, event_from_json
-from dirigent_langfuse.mapping.items import envelope_id, iso_time, observation_id
+from dirigent_langfuse.mapping.ids import envelope_id, observation_id
+from dirigent_langfuse.mapping.values import iso_time
 from dirigent_langfuse.receiver.checks import check_item
 
 from ..helpers import at, bound, completed, created, ended, started, tool_call, tool_update, update
@@ -361,7 +362,7 @@ def test_chunks_outside_a_message_are_not_kept_and_an_abandoned_message_s_text_i
 
 
 def test_kept_text_is_bounded_per_message_and_overall_and_says_so():
-    from dirigent_langfuse.mapping.items import _CUT
+    from dirigent_langfuse.mapping.state import _CUT
 
     state = MappingState(max_message_chars=10, max_text_chars=15)
     *_, done = items_of(started("m1", t=1), chunk("abcdefgh"), chunk("ijklmnop"), chunk("more"), completed("m1", t=2),
