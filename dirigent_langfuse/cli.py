@@ -39,8 +39,8 @@ from .receiver.server import DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY, MAX_REQUEST
 from .registry import StreamFactoryRegistry, StreamSet
 from .specs import load_stream_specs
 from .stream import LangfuseStream
+from .wire.auto import choose_transport
 from .wire.ingestion import IngestionTransport
-from .wire.otlp import choose_transport
 
 __all__ = ["main"]
 

@@ -93,7 +93,8 @@ def make_transport(config: LangfuseConfig, client: LangfuseClient, masker: Optio
     """The transport `config.transport` names; "auto" decides on the worker thread, once."""
     if config.transport == "ingestion":
         return IngestionTransport(client, config, masker)
-    from .wire.otlp import AutoTransport, OtelTransport
+    from .wire.auto import AutoTransport
+    from .wire.otlp import OtelTransport
 
     if config.transport == "otel":
         return OtelTransport(client, config, masker)

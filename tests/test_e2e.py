@@ -8,8 +8,7 @@ from typing import Any, Dict, List
 import pytest
 
 from dirigent_langfuse import OutcomeStatus
-from dirigent_langfuse.mapping.ids import observation_id
-from dirigent_langfuse.wire.otlp import span_id
+from dirigent_langfuse.mapping.ids import observation_id, span_id
 
 from .helpers import completed, started, stream
 
@@ -110,7 +109,7 @@ def test_a_session_whose_first_ten_events_arrive_unbound(receiver, transport, va
         trace = receiver.store.trace("scroll-late")
         assert trace["metadata"]["end_reason"] == "completed"
     else:
-        from dirigent_langfuse.wire.otlp import span_id
+        from dirigent_langfuse.mapping.ids import span_id
 
         parents = {o["id"]: o.get("parentObservationId") for o in receiver.store.observations()}
         assert parents[span_id(t1)] == parents[span_id(t2)] == span_id(m1)

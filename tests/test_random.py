@@ -25,11 +25,11 @@ from typing import Any, Dict, List
 import pytest
 
 from dirigent_langfuse import LangfuseStream, OutcomeStatus
+from dirigent_langfuse.mapping.ids import otel_trace_id
 from dirigent_langfuse.mapping.items import maps
 from dirigent_langfuse.mapping.sampling import sampled_in
 from dirigent_langfuse.receiver.faults import Fault
 from dirigent_langfuse.receiver.server import Receiver
-from dirigent_langfuse.wire.otlp import otel_trace_id
 
 from .helpers import bound, completed, config, created, ended, started, tool_call, tool_update, update
 

@@ -208,13 +208,14 @@ def test_over_otel_a_bug_while_encoding_a_span_still_sends_it(monkeypatch, caplo
     from dirigent_langfuse.delivery.client import LangfuseClient
     from dirigent_langfuse.mapping.items import MappingState, bus_event_to_items
     from dirigent_langfuse.wire import otlp as otel
+    from dirigent_langfuse.wire import spans
 
     from ..helpers import completed, config, started
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(otel, "fit", broken)
+    monkeypatch.setattr(spans, "fit", broken)
     cfg = config("http://127.0.0.1:9", transport="otel", max_item_bytes=2000, max_request_bytes=100_000)
     transport = otel.OtelTransport(LangfuseClient(cfg), cfg)
     state = MappingState()
@@ -230,13 +231,14 @@ def test_over_otel_a_span_that_fails_even_without_its_fields_still_goes_with_its
     from dirigent_langfuse.delivery.client import LangfuseClient
     from dirigent_langfuse.mapping.items import MappingState, bus_event_to_items
     from dirigent_langfuse.wire import otlp as otel
+    from dirigent_langfuse.wire import spans
 
     from ..helpers import completed, config, started
 
     def broken(self, scroll):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(otel.OtelTransport, "_trace_attrs", broken)
+    monkeypatch.setattr(spans.SpanWriter, "trace_attrs", broken)
     cfg = config("http://127.0.0.1:9", transport="otel")
     transport = otel.OtelTransport(LangfuseClient(cfg), cfg)
     state = MappingState()
@@ -244,7 +246,7 @@ def test_over_otel_a_span_that_fails_even_without_its_fields_still_goes_with_its
     (record,) = transport.prepare(items)
     span = json.loads(record.data)
     assert record.weight == 2 and record.truncated
-    assert span["spanId"] == otel.span_id(items[0]["body"]["id"]) and span["endTimeUnixNano"] > span["startTimeUnixNano"]
+    assert span["spanId"] == spans.span_id(items[0]["body"]["id"]) and span["endTimeUnixNano"] > span["startTimeUnixNano"]
     assert [a["key"] for a in span["attributes"]] == ["langfuse.observation.type"]
     assert "RuntimeError" in caplog.text
 

@@ -15,8 +15,10 @@ import responses
 
 from dirigent_langfuse import Health, LangfuseConfig, LangfuseStream, OutcomeStatus, StreamError, Usage
 from dirigent_langfuse.delivery.client import LangfuseClient
+from dirigent_langfuse.mapping.ids import otel_trace_id, session_span_id, span_id
 from dirigent_langfuse.mapping.items import MappingState, bus_event_to_items, observation_id
-from dirigent_langfuse.wire.otlp import OtelTransport, choose_transport, otel_trace_id, session_span_id, span_id
+from dirigent_langfuse.wire.auto import choose_transport
+from dirigent_langfuse.wire.otlp import OtelTransport
 
 from ..conftest import OTEL_ATTRIBUTES
 from ..helpers import completed, created, ended, started, tool_call, tool_update, update
@@ -125,7 +127,7 @@ def test_ids_are_hex_deterministic_and_times_are_nano_strings():
 def test_span_times_are_the_exact_unix_nanoseconds(iso):
     from datetime import datetime, timezone
 
-    from dirigent_langfuse.wire.otlp import _nanos
+    from dirigent_langfuse.wire.spans import _nanos
 
     delta = datetime.fromisoformat(iso.replace("Z", "+00:00")) - datetime(1970, 1, 1, tzinfo=timezone.utc)
     exact = ((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000
