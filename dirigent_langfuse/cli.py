@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from importlib import resources
-from typing import IO, Any, Counter, Iterable, Iterator, List, Mapping, Optional, Sequence, TextIO, Tuple, Union
+from typing import IO, Any, Counter, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple, Union
 
 from ._version import __version__
 from .bus import KNOWN_TYPES, BusEvent, UnknownEvent, event_from_json
@@ -31,15 +31,14 @@ from .config import LangfuseConfig
 from .contracts import OutcomeStatus, StreamStats
 from .delivery.client import LangfuseClient
 from .delivery.records import Record, Report
-from .errors import BusEventError, ConfigError, DirigentLangfuseError, LangfuseStatusError, LangfuseTransportError
-from .mapping.masking import resolve as resolve_mask
+from .errors import BusEventError, ConfigError, DirigentLangfuseError
+from .preflight import check_stream
 from .receiver.faults import parse_fault
 from .receiver.render import render_all
 from .receiver.server import DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY, MAX_REQUEST_BYTES, Receiver, parse_listen
 from .registry import StreamFactoryRegistry, StreamSet
 from .specs import load_stream_specs
 from .stream import LangfuseStream
-from .wire.auto import choose_transport
 from .wire.ingestion import IngestionTransport
 
 __all__ = ["main"]
@@ -367,48 +366,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 # -- check -----------------------------------------------------------------------------------------
 
 
-def _check_one(name: str, params: Mapping[str, Any]) -> Tuple[int, str]:
-    """(exit code: 0 ok, 1 Langfuse said no or could not be reached, 2 bad configuration; what to print)."""
-    try:
-        config = LangfuseConfig.from_params(params, stream=name)
-        if config.mask:
-            resolve_mask(config.mask, stream=name)  # as the stream would, when it is made
-        client = LangfuseClient(config)  # (what requests reads from the environment: a CA bundle)
-    except ConfigError as exc:
-        return 2, f"configuration: {exc}"
-    good, text = _check_client(config, client)
-    return (0 if good else 1), text
-
-
-def _check_client(config: LangfuseConfig, client: LangfuseClient) -> Tuple[bool, str]:
-    try:
-        version = None
-        transport = config.transport
-        if transport != "otel":  # the same unauthenticated health check that `auto` makes
-            version, reached = client.health()
-            if not reached and transport == "auto":  # no transport to blame: it was never chosen
-                return False, (f"cannot reach {config.host}: GET /api/public/health had no answer (or a 5xx or "
-                               "429 after the retries), so no transport could be chosen")
-        if transport == "auto":
-            transport = choose_transport(version)
-        elif transport == "ingestion" and choose_transport(version) == "otel" and version:
-            return False, (f"{config.host} runs Langfuse {version}, which refuses the ingestion API's trace and "
-                           "observation events: set transport = \"otel\" (or \"auto\")")
-        client.check_auth(transport)
-    except LangfuseTransportError as exc:
-        return False, f"cannot reach {config.host}: {exc}"
-    except LangfuseStatusError as exc:
-        if exc.status in (401, 403):
-            return False, f"{config.host} refused the keys (HTTP {exc.status}): check public_key and secret_key"
-        if exc.status == 404:
-            return False, f"{config.host} does not look like Langfuse, or has no {transport} endpoint (HTTP 404)"
-        return False, f"{config.host} answered HTTP {exc.status}: {exc.message}"
-    finally:
-        client.close()
-    told = f"Langfuse {version}, " if version else ""
-    return True, f"ok: {config.host}, {told}keys accepted, transport {transport}"
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         specs = load_stream_specs(args.config)
@@ -423,7 +380,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not spec.enabled:
             print(f"{spec.name}: disabled, not checked")
             continue
-        code, text = _check_one(spec.name, spec.params)
+        code, text = check_stream(spec.name, spec.params)
         worst = max(worst, code)
         print(f"{spec.name}: {text}")
     return worst

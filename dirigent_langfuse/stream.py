@@ -287,38 +287,13 @@ class LangfuseStream(SessionStream):
 
     # -- waiting ----------------------------------------------------------------------------------
 
-    def _outcome(self, result: FlushResult, what: str) -> StreamOutcome:
-        if result.ok:
-            if result.pending:  # a flush's: never a shutdown's, which answers DELIVERED only with none
-                return StreamOutcome.delivered(f"{what}: {_waiting(result)}")
-            return StreamOutcome.delivered(f"{what}: everything delivered")
-        kinds = [self._worker.last_error_kind or ""] + list(result.dropped)
-        refused = any((k.startswith("status_") and k != "status_429") or k == "otel_rejected" for k in kinds)
-        error = StreamError.STATUS if refused else StreamError.TRANSPORT
-        if result.timed_out:
-            detail = f"{what} timed out"
-            if result.pending:
-                detail += f"; {result.pending} item(s) not yet delivered"
-        else:
-            detail = f"{what}: {result.pending} item(s) not delivered" if result.pending else \
-                f"{what}: not everything was delivered"
-        lost = {reason: n for reason, n in result.dropped.items() if reason != "spooled"}
-        if lost:
-            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(lost.items()))
-            detail += f"; {sum(lost.values())} item(s) dropped ({reasons})"
-        if result.dropped.get("spooled"):
-            detail += f"; {result.dropped['spooled']} item(s) left in the spool for the next start (spooled)"
-        if result.error and not result.timed_out:
-            detail += f"; last error: {result.error}"
-        return StreamOutcome.failed(error, detail)
-
     def flush(self, timeout: Optional[float] = None) -> StreamOutcome:
         """Send what is queued now and wait (at most `timeout`, default `config.flush_timeout`)."""
         timeout = seconds(timeout, self.config.flush_timeout)
         self._pending.expire()
         if self._closed:
             return self._final or StreamOutcome.failed(StreamError.CLOSED, "stream is shut down")
-        return self._held_dropped(self._outcome(self._worker.flush(timeout), "flush"))
+        return self._held_dropped(_outcome(self._worker.flush(timeout), "flush", self._worker.last_error_kind))
 
     def _held_dropped(self, outcome: StreamOutcome) -> StreamOutcome:
         """`outcome`, saying which held events were dropped since the last answer: they were
@@ -372,7 +347,7 @@ class LangfuseStream(SessionStream):
         result = self._worker.shutdown(timeout)
         if not result.timed_out:
             self.client.close()
-        outcome = self._held_dropped(self._outcome(result, "shutdown"))
+        outcome = self._held_dropped(_outcome(result, "shutdown", self._worker.last_error_kind))
         self._final = outcome
         _exits.remove(self)
         return outcome
@@ -422,3 +397,30 @@ def _waiting(result: FlushResult) -> str:
     if later > 0:
         parts.append(f"{later} item(s) accepted since the call, not waited for")
     return "delivered all that could be sent; " + "; ".join(parts) if parts else "everything delivered"
+
+
+def _outcome(result: FlushResult, what: str, last_error_kind: Optional[str]) -> StreamOutcome:
+    """What a flush or shutdown answers for the worker's `result`."""
+    if result.ok:
+        if result.pending:  # a flush's: never a shutdown's, which answers DELIVERED only with none
+            return StreamOutcome.delivered(f"{what}: {_waiting(result)}")
+        return StreamOutcome.delivered(f"{what}: everything delivered")
+    kinds = [last_error_kind or ""] + list(result.dropped)
+    refused = any((k.startswith("status_") and k != "status_429") or k == "otel_rejected" for k in kinds)
+    error = StreamError.STATUS if refused else StreamError.TRANSPORT
+    if result.timed_out:
+        detail = f"{what} timed out"
+        if result.pending:
+            detail += f"; {result.pending} item(s) not yet delivered"
+    else:
+        detail = f"{what}: {result.pending} item(s) not delivered" if result.pending else \
+            f"{what}: not everything was delivered"
+    lost = {reason: n for reason, n in result.dropped.items() if reason != "spooled"}
+    if lost:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(lost.items()))
+        detail += f"; {sum(lost.values())} item(s) dropped ({reasons})"
+    if result.dropped.get("spooled"):
+        detail += f"; {result.dropped['spooled']} item(s) left in the spool for the next start (spooled)"
+    if result.error and not result.timed_out:
+        detail += f"; last error: {result.error}"
+    return StreamOutcome.failed(error, detail)

@@ -6,5 +6,6 @@ The library never imports it; the command (`cli.py`) does.
 - `checks`: what it accepts on the wire, as Langfuse's server does;
 - `store`: the SQLite store, read back as Langfuse would show it;
 - `faults`: scheduled faults (503s, 429s, hangs, ...);
+- `views`, `bodies`: the read API in Langfuse's shapes; request bodies as Langfuse reads them;
 - `render`: traces as text trees (`dirigent-langfuse show`).
 """

@@ -36,9 +36,11 @@ from urllib.parse import parse_qs, urlsplit
 from ..errors import ConfigError
 from ..wire.encoding import dumps
 from ..wire.limits import V4_REFUSAL
+from .bodies import TooLarge, decode_protobuf, gunzip
 from .checks import OtlpError, check_item, otlp_spans
 from .faults import Fault, FaultPlan
 from .store import Store
+from .views import api_get
 
 __all__ = ["Receiver", "DEFAULT_PUBLIC_KEY", "DEFAULT_SECRET_KEY"]
 
@@ -47,51 +49,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PUBLIC_KEY = "pk-lf-local"
 DEFAULT_SECRET_KEY = "sk-lf-local"
 MAX_REQUEST_BYTES = 5 * 1024 * 1024  # Langfuse Cloud's documented limit: 5 MB per request
-
-
-def _decode_protobuf(data: bytes) -> Dict[str, Any]:
-    try:
-        from google.protobuf.json_format import MessageToDict
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-    except ImportError:
-        raise LookupError("application/x-protobuf needs the optional opentelemetry-proto package") from None
-    from google.protobuf.message import DecodeError
-
-    message = ExportTraceServiceRequest()
-    try:
-        message.ParseFromString(data)
-    except DecodeError as exc:  # not a ValueError: it killed the handler, the client got no answer
-        raise ValueError(f"not an ExportTraceServiceRequest in protobuf ({exc})") from None
-    out: Dict[str, Any] = MessageToDict(message)
-    for rs in out.get("resourceSpans", []):
-        for ss in rs.get("scopeSpans", []):
-            for span in ss.get("spans", []):
-                for key in ("traceId", "spanId", "parentSpanId"):
-                    if span.get(key):
-                        span[key] = base64.b64decode(span[key]).hex()
-    return out
-
-
-class _TooLarge(Exception):
-    pass
-
-
-def _gunzip(data: bytes, limit: int) -> bytes:
-    """Every gzip member of `data`, never inflating more than `limit` bytes (a gzip bomb gets 413,
-    not the receiver's memory). ValueError or zlib.error when it is not complete, valid gzip."""
-    out: List[bytes] = []
-    total = 0
-    while data:
-        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        chunk = inflate.decompress(data, limit + 1 - total)
-        total += len(chunk)
-        if total > limit or inflate.unconsumed_tail:
-            raise _TooLarge()
-        if not inflate.eof:
-            raise ValueError("truncated gzip")
-        out.append(chunk)
-        data = inflate.unused_data
-    return b"".join(out)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -201,8 +158,8 @@ class _Handler(BaseHTTPRequestHandler):
         receiver.store.bump("bytes_received", length)
         if self.headers.get("Content-Encoding", "").lower() == "gzip":
             try:
-                data = _gunzip(data, limit)
-            except _TooLarge:
+                data = gunzip(data, limit)
+            except TooLarge:
                 self._refuse(413, f"Request body exceeds the limit of {limit} bytes once decompressed")
                 return None
             except (ValueError, zlib.error):
@@ -347,7 +304,7 @@ class _Handler(BaseHTTPRequestHandler):
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         try:
             if ctype == "application/x-protobuf":
-                payload = _decode_protobuf(data)
+                payload = decode_protobuf(data)
             elif ctype == "application/json":
                 payload = json.loads(data)
             else:
@@ -380,34 +337,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api/public/health":
             self._send(200, {"status": "OK", "version": receiver.version})
             return
-        if not self._authorized():
-            return
-        if path == "/api/public/traces":
-            query = parse_qs(parts.query)
-            try:
-                page = max(1, int((query.get("page") or ["1"])[0]))
-                limit = max(1, min(100, int((query.get("limit") or ["50"])[0])))
-            except ValueError:
-                self._send(400, {"message": "page and limit must be integers"})
-                return
-            traces = receiver.store.traces()
-            chunk = traces[(page - 1) * limit : page * limit]
-            self._send(
-                200,
-                {
-                    "data": [receiver.trace_view(t, with_observations=False) for t in chunk],
-                    "meta": {"page": page, "limit": limit, "totalItems": len(traces), "totalPages": -(-len(traces) // limit)},
-                },
-            )
-            return
-        if path.startswith("/api/public/traces/"):
-            trace = receiver.store.trace(path.rsplit("/", 1)[1])
-            if trace is None:
-                self._send(404, {"message": "Trace not found"})
-            else:
-                self._send(200, receiver.trace_view(trace, with_observations=True))
-            return
-        self._send(404, {"message": f"no route {path}"})
+        if self._authorized():
+            self._send(*api_get(receiver.store, path, parse_qs(parts.query)))
 
 
 class _Server(ThreadingHTTPServer):
@@ -535,61 +466,6 @@ class Receiver:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-
-    # -- views in Langfuse's response shapes ------------------------------------------------------
-
-    def trace_view(self, trace: Dict[str, Any], with_observations: bool) -> Dict[str, Any]:
-        observations = self.store.observations(trace["id"]) if with_observations else []
-        view = {
-            "id": trace["id"],
-            "timestamp": trace.get("timestamp"),
-            "name": trace.get("name"),
-            "input": trace.get("input"),
-            "output": trace.get("output"),
-            "sessionId": trace.get("sessionId"),
-            "release": trace.get("release"),
-            "version": trace.get("version"),
-            "userId": trace.get("userId"),
-            "metadata": trace.get("metadata"),
-            "tags": trace.get("tags") or [],
-            "public": bool(trace.get("public")),
-            "environment": trace.get("environment") or "default",
-            "htmlPath": f"/trace/{trace['id']}",
-            "latency": None,
-            "totalCost": None,
-            "observations": [],
-            "scores": [],
-        }
-        if with_observations:
-            view["observations"] = [_observation_view(o) for o in observations]
-            costs = [o.get("costDetails", {}).get("total") for o in observations if isinstance(o.get("costDetails"), dict)]
-            view["totalCost"] = sum(c for c in costs if isinstance(c, (int, float)))
-        return view
-
-
-def _observation_view(obs: Dict[str, Any]) -> Dict[str, Any]:
-    usage = obs.get("usageDetails") or {}
-    return {
-        "id": obs.get("id"),
-        "traceId": obs.get("traceId"),
-        "type": obs.get("type") or "SPAN",
-        "name": obs.get("name"),
-        "startTime": obs.get("startTime"),
-        "endTime": obs.get("endTime"),
-        "completionStartTime": obs.get("completionStartTime"),
-        "model": obs.get("model"),
-        "modelParameters": obs.get("modelParameters"),
-        "input": obs.get("input"),
-        "output": obs.get("output"),
-        "metadata": obs.get("metadata"),
-        "level": obs.get("level") or "DEFAULT",
-        "statusMessage": obs.get("statusMessage"),
-        "parentObservationId": obs.get("parentObservationId"),
-        "version": obs.get("version"),
-        "environment": obs.get("environment") or "default",
-        "usageDetails": usage,
-        "costDetails": obs.get("costDetails") or {},
-    }
 
 
 def parse_listen(text: str) -> Tuple[str, int]:
