@@ -23,13 +23,15 @@ class Outbox:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self._clock = clock
-        self._records: Deque[Record] = collections.deque()
+        # The records, oldest first: read `len(outbox.records)` on a hot path (no call); change
+        # them only through the methods below.
+        self.records: Deque[Record] = collections.deque()
         self._bytes = 0
         self.since: Optional[float] = None  # when the oldest record waiting came
         self._flying: Dict[str, int] = {}  # keys of the records in requests in flight, with their counts
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self.records)
 
     def add(self, records: Sequence[Record], front: bool = False) -> List[Record]:
         """Add `records` (at the front: back from a failed request, in their order); the oldest
@@ -39,27 +41,27 @@ class Outbox:
         if self.since is None:
             self.since = self._clock()
         if front:
-            self._records.extendleft(reversed(records))
+            self.records.extendleft(reversed(records))
         else:
-            self._records.extend(records)
+            self.records.extend(records)
         self._bytes += sum(len(r.data) for r in records)
         over: List[Record] = []
-        while len(self._records) > self.max_items or (self._bytes > self.max_bytes and len(self._records) > 1):
-            old = self._records.popleft()
+        while len(self.records) > self.max_items or (self._bytes > self.max_bytes and len(self.records) > 1):
+            old = self.records.popleft()
             self._bytes -= len(old.data)
             over.append(old)
         return over
 
     def ready(self) -> bool:
         """Something waits, and the first record's key is in no request in flight."""
-        return bool(self._records) and self._records[0].key not in self._flying
+        return bool(self.records) and self.records[0].key not in self._flying
 
     def take(self, limit: int, max_bytes: int) -> List[Record]:
         """The next batch: at most `limit` records and about `max_bytes`, stopping before a key in
         flight (it goes once that request has ended); its keys fly until `landed`."""
         batch: List[Record] = []
         size = 0
-        records, flying = self._records, self._flying
+        records, flying = self.records, self._flying
         while records and len(batch) < limit:
             record = records[0]
             if batch and (size + len(record.data) + 1 > max_bytes or record.key in flying):
@@ -86,8 +88,8 @@ class Outbox:
 
     def drain(self, also: Iterable[Record] = ()) -> int:
         """Empty it (at shutdown), with `also`; the items the records stood for."""
-        weight = sum(r.weight for r in self._records) + sum(r.weight for r in also)
-        self._records.clear()
+        weight = sum(r.weight for r in self.records) + sum(r.weight for r in also)
+        self.records.clear()
         self._bytes = 0
         self.since = None
         return weight

@@ -245,7 +245,7 @@ class Worker:
                 self.accounts.dropped["queue_full"] += n
                 full = True
             else:
-                before = len(self._queue) + len(self._outbox)
+                before = len(self._queue) + len(self._outbox.records)
                 if not self._queue:
                     self._queue_since = self._clock()
                 self._queue.extend(items)
@@ -344,7 +344,7 @@ class Worker:
                         unloaded = False
                         target += self._spool_found
                     idle = not self._busy and self._inflight == 0
-                    done = not unloaded and self.accounts.processed >= target and (not self._outbox or attempted)
+                    done = not unloaded and self.accounts.processed >= target and (not self._outbox.records or attempted)
                     if idle and (done or (attempted and self._unchosen)):
                         break
                     left = deadline - self._clock()
@@ -354,7 +354,7 @@ class Worker:
             finally:
                 self._flush_requests -= 1
             dropped = self.accounts.drops_since(drops)
-            ok = not attempted and not dropped and not self._outbox
+            ok = not attempted and not dropped and not self._outbox.records
             open = (self.transport.open_count(), self._ask("open_items", 0))  # (the worker is idle: under our lock)
             return FlushResult(ok, False, self.pending, None if ok else self.accounts.last_error, dropped, open)
 
@@ -480,7 +480,7 @@ class Worker:
                         closing
                         or self._force
                         or self._flush_requests > 0
-                        or queued + len(self._outbox) >= self._batch_limit
+                        or queued + len(self._outbox.records) >= self._batch_limit
                         or now >= since + self.config.flush_interval
                     ):
                         take = min(queued, self._batch_limit)
@@ -510,7 +510,7 @@ class Worker:
                     self._busy = True
                     self._stepping += 1
                     return "prepare", None
-                if not self._outbox:
+                if not self._outbox.records:
                     # (closing: the main thread took the queue above; it stays while a request is in
                     # flight, whose records may come back to be encoded again: `_rewire`)
                     if closing and ((main and not self._inflight) or (not main and not self._busy)):
@@ -521,7 +521,7 @@ class Worker:
                         closing
                         or self._flush_requests > 0
                         or self._failures_in_row > 0
-                        or len(self._outbox) >= self._batch_limit
+                        or len(self._outbox.records) >= self._batch_limit
                     )
                     since = self._outbox.since if self._outbox.since is not None else now
                     wake = max(self._due, now if ready else since + self.config.flush_interval)
@@ -872,4 +872,4 @@ class Worker:
 
     def counts(self) -> Dict[str, Any]:
         with self._lock:
-            return dict(self.accounts.counts(), queued=len(self._queue), outbox=len(self._outbox))
+            return dict(self.accounts.counts(), queued=len(self._queue), outbox=len(self._outbox.records))

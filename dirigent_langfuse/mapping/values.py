@@ -19,6 +19,7 @@ __all__ = ["iso_time", "merge_body", "merge_into"]
 
 _last_time: Tuple[Optional[datetime], str] = (None, "")
 
+
 def iso_time(at: datetime) -> str:
     """UTC ISO-8601 with milliseconds and `Z`, as Langfuse's SDKs send it.
 
@@ -41,11 +42,11 @@ def iso_time(at: datetime) -> str:
 _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
-@functools.lru_cache(maxsize=1024)
 def _format_second(utc: datetime) -> str:
     return "%04d-%02d-%02dT%02d:%02d:%02d" % (utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second)
 
 
+@functools.lru_cache(maxsize=1024)
 def _second_text(seconds: int) -> str:
     return _format_second(datetime.fromtimestamp(seconds, timezone.utc))
 
