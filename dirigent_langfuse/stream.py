@@ -391,8 +391,9 @@ def _waiting(result: FlushResult) -> str:
     observations, folded = result.open
     parts = []
     if folded:
-        parts.append(f"{folded} item(s) wait in {observations} observation(s) not ended yet (over OTel a span is "
-                     "sent once its observation ends; shutdown() sends those still open, marked incomplete)")
+        parts.append(f"{folded} item(s) wait in {observations} observation(s) not sent yet (over OTel a span is "
+                     "sent once its observation has ended and its start is known: an end waits for its start "
+                     "up to late_start_wait; shutdown() sends those still open, marked incomplete)")
     later = result.pending - folded
     if later > 0:
         parts.append(f"{later} item(s) accepted since the call, not waited for")

@@ -397,8 +397,9 @@ def test_a_flush_over_otel_says_what_waits_in_observations_still_open(receiver_v
     outcome = stream.flush(5)
     assert outcome.status is OutcomeStatus.DELIVERED  # nothing failed...
     assert outcome.detail == (  # ...and it says exactly what waits, and for what
-        "flush: delivered all that could be sent; 2 item(s) wait in 2 observation(s) not ended yet (over OTel a span "
-        "is sent once its observation ends; shutdown() sends those still open, marked incomplete)")
+        "flush: delivered all that could be sent; 2 item(s) wait in 2 observation(s) not sent yet (over OTel a span "
+        "is sent once its observation has ended and its start is known: an end waits for its start up to "
+        "late_start_wait; shutdown() sends those still open, marked incomplete)")
     assert stream.stats().items_pending == 2
     stream.on_event(completed("m1", t=1))
     stream.on_event(ended(t=2))
