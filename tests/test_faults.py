@@ -232,7 +232,7 @@ def test_429_storm_honours_retry_after_and_grows_batches(fast_receiver, transpor
     caller = Caller(stream)
     caller.feed(session("r1"))
     wait_worker(stream, lambda w: w.accounts.failed_requests >= 2)
-    assert stream._worker._batch_limit > 4  # fewer, fuller requests while rate-limited
+    assert stream._worker._pace.batch_limit > 4  # fewer, fuller requests while rate-limited
     for n in range(2, 5):
         caller.feed(session(f"r{n}"))
     assert stream.shutdown(15).status is OutcomeStatus.DELIVERED

@@ -37,6 +37,7 @@ from ..errors import LangfuseError, LangfuseStatusError
 from ..throttle import Throttled
 from .accounts import Accounts
 from .outbox import Outbox
+from .pace import Pace
 from .records import OPEN_WIRE, NotChosen, Record, Report, request_error
 
 __all__ = ["Worker", "FlushResult"]
@@ -166,11 +167,7 @@ class Worker:
         self._stepping = 0  # threads of ours inside a step (encoding, sending, logging about it)
         self._forking = False  # a fork is under way: _before_fork holds the lock, no step may start
         self._forked_mid_step = False
-        self._due = 0.0  # no request before this time (backoff, rate limit)
-        self._prepare_due = 0.0  # while "auto" has not chosen: no new attempt before this time
-        self._failures_in_row = 0
-        self._batch_limit = self.config.batch_size
-        self._calm_at = 0.0
+        self._pace = Pace(self.config, self.health, self._random)
         self._seen_messages: Dict[str, int] = {}
         self.accounts = Accounts()
         # The items a spool held at start, once loaded (None until then): a flush() waits for them.
@@ -250,7 +247,7 @@ class Worker:
                     self._queue_since = self._clock()
                 self._queue.extend(items)
                 full = False
-                if before < self._batch_limit <= before + n:  # a batch just became ready
+                if before < self._pace.batch_limit <= before + n:  # a batch just became ready
                     self._work.notify_all()
         if full:
             self._throttled(
@@ -446,10 +443,7 @@ class Worker:
                         self.spool.release()
 
     def _allowed(self) -> int:
-        """Requests in flight at once: `max_inflight` while healthy, one (a probe) otherwise."""
-        if self._failures_in_row or self.health.state() is not Health.HEALTHY:
-            return 1
-        return self.config.max_inflight
+        return self._pace.allowed()
 
     def _next_step(self, role: str = "main") -> Optional[Tuple[str, Any]]:
         """The next thing to do: ("prepare", items), ("send", records) or None to stop. Only the
@@ -471,7 +465,7 @@ class Worker:
                     self._stepping += 1
                     return "rewire", records
                 queued = len(self._queue) if main else 0
-                waiting = queued and self._unchosen and now < self._prepare_due and not (closing or self._force)
+                waiting = queued and self._unchosen and now < self._pace.prepare_due and not (closing or self._force)
                 if queued and not waiting:
                     # Encode in chunks, not item by item as they trickle in: only once a batch is
                     # ready, the oldest item has waited flush_interval, or someone waits for it.
@@ -480,10 +474,10 @@ class Worker:
                         closing
                         or self._force
                         or self._flush_requests > 0
-                        or queued + len(self._outbox.records) >= self._batch_limit
+                        or queued + len(self._outbox.records) >= self._pace.batch_limit
                         or now >= since + self.config.flush_interval
                     ):
-                        take = min(queued, self._batch_limit)
+                        take = min(queued, self._pace.batch_limit)
                         popleft = self._queue.popleft
                         items = [popleft() for _ in range(take)]
                         if not self._queue:
@@ -499,7 +493,7 @@ class Worker:
                             self._stepping += 1
                             return "prepare", []
                         wake_for_due = now + due_in
-                if main and self._spool_waits() and (closing or self._force or now >= self._prepare_due):
+                if main and self._spool_waits() and (closing or self._force or now >= self._pace.prepare_due):
                     # The spool is loaded once a transport is chosen: ask again, even with no new event.
                     self._busy = True
                     self._stepping += 1
@@ -520,11 +514,11 @@ class Worker:
                     ready = (
                         closing
                         or self._flush_requests > 0
-                        or self._failures_in_row > 0
-                        or len(self._outbox.records) >= self._batch_limit
+                        or self._pace.failures_in_row > 0
+                        or len(self._outbox.records) >= self._pace.batch_limit
                     )
                     since = self._outbox.since if self._outbox.since is not None else now
-                    wake = max(self._due, now if ready else since + self.config.flush_interval)
+                    wake = max(self._pace.due, now if ready else since + self.config.flush_interval)
                     if self._force:  # flush() or shutdown(): one attempt at once, then the backoff again
                         wake = now
                     if wake <= now:
@@ -536,9 +530,9 @@ class Worker:
                         wake = now + self.config.flush_interval  # woken when a request ends
                 if main and self._queue_since is not None:
                     due = self._queue_since + self.config.flush_interval
-                    wake = min(wake, max(due, self._prepare_due) if self._unchosen else due)
+                    wake = min(wake, max(due, self._pace.prepare_due) if self._unchosen else due)
                 if main and self._spool_waits():
-                    wake = min(wake, self._prepare_due)
+                    wake = min(wake, self._pace.prepare_due)
                 if wake_for_due is not None:
                     wake = min(wake, wake_for_due)
                 if self._deadline is not None:
@@ -553,7 +547,7 @@ class Worker:
     def _failed(self, error: str, kind: Optional[str]) -> None:
         """A request failed as a whole (or "auto" got no answer): count it, drift health (lock held)."""
         self.accounts.failed_requests += 1
-        self._failures_in_row += 1
+        self._pace.failures_in_row += 1
         self.accounts.last_error = error
         self.accounts.last_error_kind = kind
         self.health.failure()
@@ -564,7 +558,7 @@ class Worker:
 
     def _take_batch(self) -> List[Record]:
         probe = self.health.state() is Health.UNAVAILABLE  # one small request before the rest
-        return self._outbox.take(1 if probe else self._batch_limit, self.config.max_request_bytes - 64)
+        return self._outbox.take(1 if probe else self._pace.batch_limit, self.config.max_request_bytes - 64)
 
     def _landed(self, batch: Sequence[Record]) -> None:
         """A request has ended (lock held): its records' keys may fly again, and the request's
@@ -654,7 +648,7 @@ class Worker:
             self._force = False  # this was the attempt flush() asked for (nothing else is to send yet)
             self._busy = False
             self._failed(str(exc), "transport")
-            self._prepare_due = now + self._backoff(None)
+            self._pace.prepare_due = now + self._pace.backoff(None)
             waiting = len(self._queue)
             self._work.notify_all()
             self._done.notify_all()
@@ -698,11 +692,10 @@ class Worker:
         if report.error is not None:
             reason, retryable, retry_after = request_error(report.error)
             if getattr(report.error, "status", None) == 413 and len(batch) > 1:
-                half = len(batch) // 2
                 with self._lock:
                     self._landed(batch)
                     over = self._add_to_outbox(batch, front=True)
-                    self._batch_limit = max(1, half)
+                    self._pace.split(len(batch))
                     self._work.notify_all()
                     self._done.notify_all()
                 self._overflowed(over)
@@ -747,28 +740,21 @@ class Worker:
             if report.error is not None:
                 self._failed(str(report.error), reason)
             else:
-                self._failures_in_row = 0
-                self.health.success()
-                if self.accounts.last_error_kind != "status_429":
-                    self._due = now  # Langfuse is back: what waited out a backoff goes now
-                if self._batch_limit < self.config.batch_size:  # after a 413 split
-                    self._batch_limit = min(self.config.batch_size, self._batch_limit * 2)
-                if self.accounts.last_error_kind == "status_429" and now >= self._due:
+                self._pace.succeeded(now, self.accounts.last_error_kind == "status_429")
+                if self.accounts.last_error_kind == "status_429" and now >= self._pace.due:
                     self.accounts.last_error_kind = None
             if report.retry:
                 over = self._add_to_outbox(report.retry, front=True)
                 if report.error is None:  # some items of a 207 asked to be retried
-                    self._failures_in_row = max(self._failures_in_row, 1)
                     self.accounts.refusing_requests += 1
                     if report.refused is not None:
                         self.accounts.last_error_kind, message = report.refused
                         self.accounts.last_error = f"Langfuse refused {len(report.retry)} item(s) for now: {message}"
-                self._due = now + self._backoff(retry_after)
+                self._pace.retry(now, retry_after, answered=report.error is None)
             if reason == "status_429":
-                self._batch_limit = min(self._batch_limit * 2, self.config.batch_size * 32)
-                self._calm_at = now + max(60.0, retry_after or 0.0)
-            elif report.error is None and self._batch_limit > self.config.batch_size and now >= self._calm_at:
-                self._batch_limit = max(self.config.batch_size, self._batch_limit // 2)
+                self._pace.rate_limited(now, retry_after)
+            elif report.error is None:
+                self._pace.calm(now)
             self._landed(batch)
             self._work.notify_all()
             self._done.notify_all()
@@ -786,14 +772,6 @@ class Worker:
                 "stream %r: request failed (%s), %d items kept for retry: %s",
                 self.name, reason, len(report.retry), report.error,
             )
-
-    def _backoff(self, retry_after: Optional[float]) -> float:
-        failures = min(max(1, self._failures_in_row), 32)
-        base = min(self.config.retry_backoff_max, self.config.flush_interval * (2 ** (failures - 1)))
-        delay: float = base * (0.5 + 0.5 * self._random())
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        return delay
 
     def _finish(self) -> None:
         """At shutdown: what is left is spooled (kept for the next start) or dropped, counted."""
