@@ -194,8 +194,9 @@ class LangfuseStream(SessionStream):
                 self.events_failed += 1
             log.exception("stream %r: could not handle %s", self.name, type(event).__name__)
             outcome = StreamOutcome.failed(StreamError.INVALID, f"{type(exc).__name__}: {exc}")
-        if uncopied() != before:
-            self._uncopied(uncopied() - before, event)
+        kept = uncopied() - before
+        if kept:
+            self._uncopied(kept, event)
         return outcome
 
     def _uncopied(self, n: int, event: BusEvent) -> None:

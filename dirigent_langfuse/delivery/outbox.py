@@ -30,9 +30,6 @@ class Outbox:
         self.since: Optional[float] = None  # when the oldest record waiting came
         self._flying: Dict[str, int] = {}  # keys of the records in requests in flight, with their counts
 
-    def __len__(self) -> int:
-        return len(self.records)
-
     def add(self, records: Sequence[Record], front: bool = False) -> List[Record]:
         """Add `records` (at the front: back from a failed request, in their order); the oldest
         records this pushed out of a full buffer."""

@@ -213,11 +213,12 @@ class OtelTransport:
         self._remember(key, obs)
         out.append(self._writer.emit(key, obs))
 
-    def _remember(self, key: str, obs: _Open, fields: Sequence[str] = _KEPT) -> None:
+    def _remember(self, key: str, obs: _Open, fields: Sequence[str] = _KEPT, unstarted: bool = False) -> None:
         """`obs` ended (or went without its start, `late`: so marked, with all its updates said):
-        what a replay, or a late create, needs to send it again as the same row."""
+        what a replay, or a late create, needs to send it again as the same row. `unstarted`: mark
+        it so all the same (its end, should it come here, goes as an end record)."""
         kept = {f: obs.body[f] for f in fields if obs.body.get(f) is not None}
-        self._ended[key] = _Open(obs.kind, obs.trace, kept, 0, {} if obs.late is not None else None)
+        self._ended[key] = _Open(obs.kind, obs.trace, kept, 0, {} if unstarted or obs.late is not None else None)
         self._ended.move_to_end(key)
         while len(self._ended) > _ENDED_KEPT:
             self._ended.popitem(last=False)
@@ -316,8 +317,7 @@ class OtelTransport:
         An unstarted one as an end record (`SpanWriter.end_record`)."""
         if obs.late is not None:
             return self._writer.end_record(key, obs, why)
-        self._remember(key, obs, _IDENTITY)  # its end, should it come here, goes as an end record
-        self._ended[key].late = {}
+        self._remember(key, obs, _IDENTITY, unstarted=True)
         body = {f: v for f, v in obs.body.items() if f not in _TOTALS}
         return self._writer.emit(key, _Open(obs.kind, obs.trace, body, obs.weight), incomplete=why)
 
