@@ -66,8 +66,9 @@ ENV: Dict[str, _Env] = {
 }
 
 
-def _required(key: str) -> str:
-    return f"is required (set it, or {' or '.join(ENV[key].variables)})"
+def _required(key: str, given: str = "set it") -> str:
+    """The problem of a missing host or key: where it may be `given`, or the variables read."""
+    return f"is required ({given}, or {' or '.join(ENV[key].variables)})"
 
 
 def from_env(key: str, env: Mapping[str, str]) -> Any:
@@ -323,7 +324,7 @@ class LangfuseConfig:
                 except ConfigError as exc:
                     raise ConfigError(exc.problem, stream=stream, key=key) from None
             if values[key] is None and key in ("host", "public_key", "secret_key"):
-                raise ConfigError(_required(key).replace("set it", "in params"), stream=stream, key=key)
+                raise ConfigError(_required(key, "in params"), stream=stream, key=key)
         try:
             return cls(**values)
         except ConfigError as exc:
