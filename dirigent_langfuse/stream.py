@@ -20,7 +20,8 @@ from .bus import BusEvent, UnknownEvent
 from .config import LangfuseConfig
 from .contracts import Health, HealthTracker, SessionStream, StreamError, StreamOutcome, StreamStats, daemon, seconds
 from .delivery.client import LangfuseClient
-from .delivery.worker import FlushResult, Forks, Worker
+from .delivery.forks import Forks
+from .delivery.worker import FlushResult, Worker
 from .errors import ConfigError
 from .mapping.items import MappingState, bus_event_to_items, invalid, maps, streams_text
 from .mapping.masking import Masker

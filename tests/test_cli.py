@@ -487,7 +487,7 @@ def on_term(signum, frame):  # as hosts write it: end cleanly on SIGTERM
         sys.exit(0)
 
 signal.signal(signal.SIGTERM, on_term)
-clock, armed = stream._worker._clock, [False]
+clock, armed = stream._worker.state.clock, [False]
 
 def clock_that_signals():  # SIGTERM lands while this thread is inside the worker's critical section
     if armed[0] and threading.current_thread() is threading.main_thread() and stream._worker.inside():
@@ -497,7 +497,7 @@ def clock_that_signals():  # SIGTERM lands while this thread is inside the worke
             pass
     return clock()
 
-stream._worker._clock = clock_that_signals
+stream._worker.state.clock = clock_that_signals
 for event in (created(), started("m1", t=1), completed("m1", t=2), ended(t=3)):
     stream.on_event(event)
 armed[0] = True
@@ -543,7 +543,7 @@ def on_term(signum, frame):
     print("handler:", sorted((k, v.status.value) for k, v in streams.shutdown(10).items()), flush=True)
 
 signal.signal(signal.SIGTERM, on_term)
-clock, armed = a._worker._clock, [False]
+clock, armed = a._worker.state.clock, [False]
 
 def clock_that_signals():  # SIGTERM lands while this thread is inside a's worker critical section
     if armed[0] and threading.current_thread() is threading.main_thread() and a._worker.inside():
@@ -553,7 +553,7 @@ def clock_that_signals():  # SIGTERM lands while this thread is inside a's worke
             pass
     return clock()
 
-a._worker._clock = clock_that_signals
+a._worker.state.clock = clock_that_signals
 for stream in (a, b):
     scroll = "scroll-" + stream.name
     for event in (created(scroll), started("m1", scroll, t=1), completed("m1", scroll, t=2), ended(scroll, t=3)):

@@ -453,7 +453,7 @@ def test_calls_from_a_handler_that_interrupted_the_stream_answer_at_once(receive
     (on_event, stats, flush), simulated by calling from there: each answers, none waits for a
     lock its own thread holds. (tests/test_cli.py sends a real SIGTERM to a real process.)"""
     s = stream(receiver.url, flush_interval=30)
-    clock = s._worker._clock
+    clock = s._worker.state.clock
     answers = []
     armed = [True]
 
@@ -465,7 +465,7 @@ def test_calls_from_a_handler_that_interrupted_the_stream_answer_at_once(receive
             answers.append(s.flush(5))
         return clock()
 
-    s._worker._clock = clock_that_calls_in
+    s._worker.state.clock = clock_that_calls_in
     done = threading.Event()
 
     def host():
@@ -477,7 +477,7 @@ def test_calls_from_a_handler_that_interrupted_the_stream_answer_at_once(receive
     accepted, stats, flushed = answers
     assert accepted.status is OutcomeStatus.ACCEPTED and stats.items_accepted >= 1
     assert flushed.status is OutcomeStatus.FAILED and "cannot wait" in flushed.detail
-    s._worker._clock = clock
+    s._worker.state.clock = clock
     assert s.shutdown(10).status is OutcomeStatus.DELIVERED
     assert {o["id"] for o in receiver.store.observations()} and len(receiver.store.observations()) == 2
 
@@ -540,7 +540,7 @@ def test_a_tool_call_whose_end_ends_a_batch_and_whose_start_waits_behind_it_keep
     from .helpers import TOOL_TYPE, created, ended, tool_call, tool_update
 
     s = stream(receiver.url, transport=transport, batch_size=3, flush_interval=30)
-    with s._worker._lock:  # the worker takes its batches once all is queued: created, started, the end | the start...
+    with s._worker.state.lock:  # the worker takes its batches once all is queued: created, started, the end | the start...
         for event in (created("scroll-cut", t=0), started("m1", "scroll-cut", t=1),
                       tool_update("t1", "completed", "scroll-cut", t=3, rawOutput="ok"),
                       tool_call("t1", "scroll-cut", t=2, title="Run tests"), completed("m1", "scroll-cut", t=4),
@@ -589,7 +589,7 @@ def test_events_replayed_during_an_outage_are_counted_once_each_across_a_restart
         first.on_event(event)
     first.flush(1)  # encoded and spooled; Langfuse answers 503
     assert first.shutdown(0.2).status is OutcomeStatus.FAILED
-    for thread in list(first._worker._threads):  # (on a slow machine the worker may end past the deadline)
+    for thread in list(first._worker.state.threads):  # (on a slow machine the worker may end past the deadline)
         thread.join(30)
     assert first.stats().items_pending == 0
     left = first.stats().dropped["spooled"]
@@ -614,7 +614,7 @@ def test_a_shutdown_that_timed_out_leaves_its_spool_to_the_next_start_once_its_w
     first.flush(0.2)  # encoded and spooled; the request hangs
     outcome = first.shutdown(0.1)
     assert outcome.status is OutcomeStatus.FAILED and "timed out" in outcome.detail
-    for thread in list(first._worker._threads):
+    for thread in list(first._worker.state.threads):
         thread.join(30)
     receiver.faults.clear()
     second = stream(receiver.url, spool_path=spool, flush_interval=0.02, name="svc")
@@ -701,9 +701,9 @@ def test_nothing_is_retried_past_the_shutdown_deadline(receiver):
     s.on_event(started("m1"))
     outcome = s.shutdown(0.2)
     assert not outcome.ok and "timed out" in outcome.detail
-    for thread in s._worker._threads:
+    for thread in s._worker.state.threads:
         thread.join(10)
-    assert not any(t.is_alive() for t in s._worker._threads)
+    assert not any(t.is_alive() for t in s._worker.state.threads)
     assert receiver.faults.applied == 1  # one attempt, no retry after the deadline
 
 

@@ -77,8 +77,8 @@ class Caller:
 def wait_worker(stream: LangfuseStream, predicate: Any, timeout: float = 20.0) -> None:
     """Wait on the worker's own condition (notified after every request) until `predicate(worker)`."""
     worker = stream._worker
-    with worker._lock:
-        assert worker._done.wait_for(lambda: predicate(worker), timeout), "the worker never got there"
+    with worker.state.lock:
+        assert worker.state.done.wait_for(lambda: predicate(worker), timeout), "the worker never got there"
 
 
 def check(name: str, transport: str, receiver: Receiver, stream: LangfuseStream, max_block: float,
@@ -232,7 +232,7 @@ def test_429_storm_honours_retry_after_and_grows_batches(fast_receiver, transpor
     caller = Caller(stream)
     caller.feed(session("r1"))
     wait_worker(stream, lambda w: w.accounts.failed_requests >= 2)
-    assert stream._worker._pace.batch_limit > 4  # fewer, fuller requests while rate-limited
+    assert stream._worker.state.pace.batch_limit > 4  # fewer, fuller requests while rate-limited
     for n in range(2, 5):
         caller.feed(session(f"r{n}"))
     assert stream.shutdown(15).status is OutcomeStatus.DELIVERED
@@ -470,9 +470,9 @@ for n in range(3):
         t = time.perf_counter()
         stream.on_event(event)
         block = max(block, time.perf_counter() - t)
-w = stream._worker
-with w._lock:  # everything encoded, in the outbox, and so in the spool
-    w._done.wait_for(lambda: w.accounts.processed >= w.accounts.accepted and not w._busy and w.accounts.failed_requests > 0, 30)
+w, ws = stream._worker, stream._worker.state
+with ws.lock:  # everything encoded, in the outbox, and so in the spool
+    ws.done.wait_for(lambda: w.accounts.processed >= w.accounts.accepted and not ws.busy and w.accounts.failed_requests > 0, 30)
 print(json.dumps({"accepted": w.accounts.accepted, "spooled": w.spool.count(), "max_block": block}), flush=True)
 while True:
     time.sleep(1)  # until kill -9
@@ -540,10 +540,10 @@ def fork_spooling_child(stream: LangfuseStream, scroll: str) -> Tuple[int, Dict[
     def child() -> Dict[str, Any]:
         caller = Caller(stream)
         caller.feed(session(scroll))
-        w = stream._worker
-        with w._lock:
+        w, ws = stream._worker, stream._worker.state
+        with ws.lock:
             counts = w.accounts
-            w._done.wait_for(lambda: counts.processed >= counts.accepted and not w._busy and counts.failed_requests > 0, 30)
+            ws.done.wait_for(lambda: counts.processed >= counts.accepted and not ws.busy and counts.failed_requests > 0, 30)
         return {"accepted": w.accounts.accepted, "spooled": w.spool.count(), "max_block": caller.max_block}
 
     return fork_reporting(child, linger=True)
@@ -588,7 +588,7 @@ def test_otel_observations_open_at_a_shutdown_during_an_outage_are_spooled_or_co
     for event in session("open-1")[:-3]:  # the session, its last message and tool call never end
         stream.on_event(event)
     stream.shutdown(0.3)
-    for thread in list(stream._worker._threads):
+    for thread in list(stream._worker.state.threads):
         thread.join(30)
     stats = stream.stats()
     assert stats.items_delivered == 0

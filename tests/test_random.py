@@ -280,7 +280,7 @@ def test_random_restarts_with_a_spool_deliver_everything_once(seed, tmp_path):
         for event in events[up_to:]:
             first.on_event(event)
         first.shutdown(rng.choice([0.05, 0.3]))
-        for thread in list(first._worker._threads):  # past its deadline, the worker still counts and spools
+        for thread in list(first._worker.state.threads):  # past its deadline, the worker still counts and spools
             thread.join(30)
         a = first.stats()
         receiver.faults.clear()

@@ -223,7 +223,7 @@ def test_a_langfuse_stream_is_busy_here_while_this_thread_holds_one_of_its_locks
     stream = LangfuseFactory().create(spec)
     try:
         assert not stream.busy_here()
-        for lock in (stream._lock, stream._pending._lock, stream._state.lock, stream._worker._lock):
+        for lock in (stream._lock, stream._pending._lock, stream._state.lock, stream._worker.state.lock):
             with lock:
                 assert stream.busy_here()
         seen = []

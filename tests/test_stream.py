@@ -192,7 +192,7 @@ def test_an_item_refused_in_every_207_is_dropped_after_max_retries(server, caplo
     assert stats.dropped == {"status_500": 1} and stats.items_delivered == 1 and stats.items_pending == 0
     stream.on_event(started("after"))
     assert stream.flush(5).status is OutcomeStatus.DELIVERED
-    assert stream._worker._allowed() == stream.config.max_inflight  # back to full speed
+    assert stream._worker.state.pace.allowed() == stream.config.max_inflight  # back to full speed
     final = stream.shutdown(5)  # (its threads joined: every log line is written)
     # the last word on the stream's life names what was accepted and never arrived
     assert final.status is OutcomeStatus.FAILED and final.error is StreamError.STATUS
@@ -444,9 +444,9 @@ def test_one_request_at_a_time_after_a_failure(server):
     for i in range(6):
         stream.on_event(started(f"m{i}"))
     assert not stream.flush(5).ok
-    assert stream._worker._allowed() == 1  # degraded: one request (a probe) at a time
+    assert stream._worker.state.pace.allowed() == 1  # degraded: one request (a probe) at a time
     server.down = False
-    assert stream.flush(5).ok and stream._worker._allowed() == 2
+    assert stream.flush(5).ok and stream._worker.state.pace.allowed() == 2
     stream.shutdown(1)
 
 
@@ -456,7 +456,7 @@ def _fork_hooks_in_a_thread(worker, go_on):
 
     def run():
         worker._before_fork()
-        state["stepping"], state["queued"] = worker._stepping, len(worker._queue)
+        state["stepping"], state["queued"] = worker.state.stepping, len(worker.state.queue)
         state["entered"].set()
         go_on.wait(10)
         worker._after_fork_in_parent()
