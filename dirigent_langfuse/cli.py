@@ -24,6 +24,7 @@ import tempfile
 import time
 from importlib import resources
 from typing import IO, Any, Counter, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple, Union
+from urllib.parse import quote
 
 from ._version import __version__
 from .bus import KNOWN_TYPES, BusEvent, UnknownEvent, event_from_json
@@ -104,8 +105,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     errors: List[Tuple[int, str]] = []
     version = "4.0.0" if args.transport == "otel" else "3.120.0"
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="dirigent-langfuse-demo-") as tmp:
-        with Receiver(db=os.path.join(tmp, "demo.db"), version=version) as receiver:
+        try:
+            receiver = Receiver(host, port, db=os.path.join(tmp, "demo.db"), version=version).start()
+        except OSError as exc:
+            print(f"demo: cannot listen on {args.listen}: {exc}", file=sys.stderr)
+            return 2
+        try:
             config = LangfuseConfig(
                 host=receiver.url,
                 public_key=DEFAULT_PUBLIC_KEY,
@@ -132,7 +143,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
             if not ok:
                 print(f"  {outcome.detail}; {_summary(stats)}", file=sys.stderr)
+            _pages(receiver, serving=args.serve)
+            if args.serve:
+                _serve_until_stopped("serving these pages until Ctrl-C", sys.stdout)
             return 0 if ok else 1
+        finally:
+            receiver.stop()
+
+
+def _pages(receiver: Receiver, serving: bool) -> None:
+    """Where to look at what the demo sent (the receiver's pages, docs/receiver.md)."""
+    for trace in receiver.store.traces():
+        print(f"page: {receiver.url}/traces/{quote(trace['id'], safe='')}  ({trace.get('name') or 'unnamed'})")
+    print(f"page: {receiver.url}/  (every trace)")
+    if not serving:
+        print("(the receiver stops with the demo: `dirigent-langfuse demo --serve` keeps it running to open them)")
+
+
+def _serve_until_stopped(ready: str, out: TextIO) -> None:
+    """Say `ready` once Ctrl-C and SIGTERM are caught (a supervisor that waits for the line may
+    stop us at once), then wait for one of them."""
+    try:
+        with _terminable():
+            print(ready, file=out, flush=True)
+            while True:
+                time.sleep(3600)
+    except (KeyboardInterrupt, _Terminated):
+        pass
 
 
 # -- mirror ----------------------------------------------------------------------------------------
@@ -328,14 +365,9 @@ def cmd_receive(args: argparse.Namespace) -> int:
         print(f"receive: cannot listen on {args.listen}: {exc}", file=sys.stderr)
         return 2
     try:
-        with _terminable():
-            print(f"receive: Langfuse-compatible receiver on {receiver.url} (public key {args.public_key}, "
-                  f"version {args.server_version}, db {args.db}, {len(faults)} fault(s) scheduled); Ctrl-C stops",
-                  file=sys.stderr, flush=True)
-            while True:
-                time.sleep(3600)
-    except (KeyboardInterrupt, _Terminated):
-        pass
+        _serve_until_stopped(f"receive: Langfuse-compatible receiver on {receiver.url} (public key {args.public_key}, "
+                             f"version {args.server_version}, db {args.db}, {len(faults)} fault(s) scheduled); its "
+                             f"pages at {receiver.url}/; Ctrl-C stops", sys.stderr)
     finally:
         receiver.stop()
     return 0
@@ -416,6 +448,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = command("demo", help="mirror the bundled example sessions into an embedded receiver")
     demo.add_argument("--transport", choices=("auto", "ingestion", "otel"), default="auto",
                       help="auto asks the receiver (which answers version 3.x, or 4.0 with --transport otel)")
+    demo.add_argument("--serve", action="store_true",
+                      help="keep the receiver running after the demo, to open its pages (Ctrl-C stops)")
+    demo.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT of the receiver (default: a free port on 127.0.0.1)")
     demo.set_defaults(func=cmd_demo)
 
     mirror = command("mirror", help="run BusEvents (JSON Lines) through the configured streams")

@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Union
 
@@ -56,7 +57,29 @@ def test_demo_prints_trees_and_a_summary(transport):
     assert re.search(tool + r" Run pytest -q  \+9\.00s  3\.50s", out)  # a tool span with offset and duration
     assert tool + " Edit shop_api/cache.py  +8.00s  0.30s  ✗ ERROR: EACCES" in out  # the failed tool call
     assert "EVENT plan" in out and "ended: error" in out
-    assert re.search(r"^ok: events=27 items=\d+ delivered=\d+ batches=\d+ failures=0", out.splitlines()[-1])
+    assert re.search(r"^ok: events=27 items=\d+ delivered=\d+ batches=\d+ failures=0", out, re.MULTILINE)
+    # where to look at it: a page per trace and the list, and how to keep them open
+    assert re.search(r"^page: http://127\.0\.0\.1:\d+/traces/\S+  \(Fix the flaky cache test\)$", out, re.MULTILINE)
+    assert re.search(r"^page: http://127\.0\.0\.1:\d+/  \(every trace\)$", out, re.MULTILINE)
+    assert out.splitlines()[-1].startswith("(the receiver stops with the demo: `dirigent-langfuse demo --serve`")
+
+
+def test_demo_serve_keeps_the_pages_open_until_ctrl_c():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "dirigent_langfuse", "demo", "--serve"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        pages = []
+        for line in proc.stdout:  # the trees, the summary, the pages, then the line once it serves
+            pages += re.findall(r"^page: (\S+)", line)
+            if line.startswith("serving these pages until Ctrl-C"):
+                break
+        trace = next(url for url in pages if "/traces/" in url)
+        with urllib.request.urlopen(trace, timeout=10) as answer:
+            assert answer.status == 200 and "Fix the flaky cache test" in answer.read().decode()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0, proc.stderr.read()
 
 
 def test_mirror_reports_a_malformed_line_and_absorbs_a_503_burst(tmp_path, receiver):

@@ -1,17 +1,48 @@
-"""Request bodies as Langfuse's server reads them: gzip, bounded once decompressed, and OTLP
-exports in protobuf (when the optional `opentelemetry-proto` is installed) as OTLP/JSON."""
+"""Request bodies as Langfuse's server reads them: chunked or not, gzip, bounded once
+decompressed, and OTLP exports in protobuf (when the optional `opentelemetry-proto` is installed) as OTLP/JSON."""
 
 from __future__ import annotations
 
 import base64
+import io
 import zlib
 from typing import Any, Dict, List
 
-__all__ = ["TooLarge", "gunzip", "decode_protobuf"]
+__all__ = ["TooLarge", "gunzip", "decode_protobuf", "read_chunked", "drain"]
 
 
 class TooLarge(Exception):
     pass
+
+
+def read_chunked(rfile: io.BufferedIOBase, limit: int) -> bytes:
+    """A `Transfer-Encoding: chunked` body, within `limit` (else TooLarge); ValueError for a
+    chunk size that is not one."""
+    parts: List[bytes] = []
+    total = 0
+    while True:
+        line = rfile.readline(1026)
+        size = int(line.split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            while rfile.readline(65537) not in (b"\r\n", b"\n", b""):  # trailers
+                pass
+            return b"".join(parts)
+        total += size
+        if total > limit:
+            raise TooLarge()
+        parts.append(rfile.read(size))
+        rfile.readline(3)  # the chunk's CRLF
+
+
+def drain(rfile: io.BufferedIOBase, length: int) -> None:
+    """Read and discard a refused body (up to 64 MiB), as servers do before closing: a client
+    still sending when the socket closes would see a reset instead of the 413."""
+    left = length if length <= 64 * 1024 * 1024 else 0
+    while left > 0:
+        got = rfile.read(min(left, 65536))
+        if not got:
+            break
+        left -= len(got)
 
 
 def gunzip(data: bytes, limit: int) -> bytes:

@@ -11,7 +11,10 @@ It answers the endpoints a client of Langfuse's public API uses, the way Langfus
 - `POST /api/public/otel/v1/traces`: OTLP/JSON, gzip or not (protobuf when the optional
   `opentelemetry-proto` package is installed, else 415); 200 `{}`; 400 for a malformed export;
 - `GET /api/public/health` with a configurable `version`;
-- `GET /api/public/traces` and `GET /api/public/traces/{id}` (with its observations).
+- `GET /api/public/traces` and `GET /api/public/traces/{id}` (with its observations);
+- web pages for people (`pages.py`): `/`, `/traces/{id}`, `/sessions/{id}`, open on a loopback
+  address and behind HTTP basic auth (the same keys) on any other, each with a
+  Content-Security-Policy that runs only the receiver's own script.
 
 `Receiver(...).start()` serves on a background thread (port 0 picks a free one); `faults` is a
 `FaultPlan` to rehearse outages; `pause()` / `resume()` close and reopen the listening socket, so
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 import json
 import logging
 import socket
@@ -36,7 +40,8 @@ from urllib.parse import parse_qs, urlsplit
 from ..errors import ConfigError
 from ..wire.encoding import dumps
 from ..wire.limits import V4_REFUSAL
-from .bodies import TooLarge, decode_protobuf, gunzip
+from . import pages
+from .bodies import TooLarge, decode_protobuf, drain, gunzip, read_chunked
 from .checks import OtlpError, check_item, otlp_spans
 from .faults import Fault, FaultPlan
 from .store import Store
@@ -49,6 +54,12 @@ log = logging.getLogger(__name__)
 DEFAULT_PUBLIC_KEY = "pk-lf-local"
 DEFAULT_SECRET_KEY = "sk-lf-local"
 MAX_REQUEST_BYTES = 5 * 1024 * 1024  # Langfuse Cloud's documented limit: 5 MB per request
+_PAGE_HEADERS = {
+    "Content-Security-Policy": pages.CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -96,11 +107,14 @@ class _Handler(BaseHTTPRequestHandler):
         """The receiver was paused or stopped while this request ran (its server is not ours)."""
         return self.server.receiver._server is not self.server
 
-    def _send(self, code: int, payload: Any, headers: Optional[Dict[str, str]] = None, raw: Optional[bytes] = None) -> None:
+    def _send(
+        self, code: int, payload: Any, headers: Optional[Dict[str, str]] = None, raw: Optional[bytes] = None,
+        content_type: str = "text/html",
+    ) -> None:
         self._answered = True
         body = raw if raw is not None else json.dumps(payload).encode()
         self.send_response(code)
-        self.send_header("Content-Type", "application/json" if raw is None else "text/html")
+        self.send_header("Content-Type", "application/json" if raw is None else content_type)
         self.send_header("Content-Length", str(len(body)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -117,10 +131,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body[index:index + 1])
             self.wfile.flush()
 
-    def _authorized(self) -> bool:
-        expected = self.server.receiver.auth_header
-        if hmac.compare_digest((self.headers.get("Authorization") or "").encode(), expected.encode()):
+    def _authorized(self, page: bool = False) -> bool:
+        """The API always asks for the keys; a page only where the receiver listens beyond loopback."""
+        receiver = self.server.receiver
+        if page and receiver.loopback:
             return True
+        if hmac.compare_digest((self.headers.get("Authorization") or "").encode(), receiver.auth_header.encode()):
+            return True
+        if page:
+            self._send(401, None, {"WWW-Authenticate": 'Basic realm="dirigent-langfuse receiver", charset="UTF-8"',
+                                   **_PAGE_HEADERS},
+                       raw=b"<!doctype html><title>Sign in</title><p>The receiver's public and secret key, please.</p>")
+            return False
         self._send(401, {"message": "Invalid credentials. Confirm that you've configured the correct host."})
         return False
 
@@ -135,8 +157,13 @@ class _Handler(BaseHTTPRequestHandler):
         receiver = self.server.receiver
         limit = receiver.max_request_bytes
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            data = self._chunked(limit)
-            if data is None:
+            try:
+                data = read_chunked(self.rfile, limit)
+            except TooLarge:
+                self._refuse(413, f"Request body exceeds the limit of {limit} bytes")
+                return None
+            except ValueError:
+                self._refuse(400, "malformed chunked body")
                 return None
             length = len(data)
         else:
@@ -149,7 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._refuse(400, f"invalid Content-Length {raw!r}")
                 return None
             if length > limit:
-                self._drain(length)
+                drain(self.rfile, length)
                 self._refuse(413, f"Request body of {length} bytes exceeds the limit of {limit} bytes")
                 return None
             data = self.rfile.read(length) if length else b""
@@ -166,38 +193,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(400, {"message": "body is not valid gzip"})
                 return None
         return data
-
-    def _drain(self, length: int) -> None:
-        """Read and discard a refused body (up to 64 MiB), as servers do before closing: a client
-        still sending when the socket closes would see a reset instead of the 413."""
-        left = length if length <= 64 * 1024 * 1024 else 0
-        while left > 0:
-            got = self.rfile.read(min(left, 65536))
-            if not got:
-                break
-            left -= len(got)
-
-    def _chunked(self, limit: int) -> Optional[bytes]:
-        """A `Transfer-Encoding: chunked` body, within `limit`."""
-        parts: List[bytes] = []
-        total = 0
-        while True:
-            line = self.rfile.readline(1026)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                self._refuse(400, "malformed chunked body")
-                return None
-            if size == 0:
-                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):  # trailers
-                    pass
-                return b"".join(parts)
-            total += size
-            if total > limit:
-                self._refuse(413, f"Request body exceeds the limit of {limit} bytes")
-                return None
-            parts.append(self.rfile.read(size))
-            self.rfile.readline(3)  # the chunk's CRLF
 
     def _fault(self) -> Optional[Fault]:
         fault = self.server.receiver.faults.next()
@@ -337,8 +332,14 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api/public/health":
             self._send(200, {"status": "OK", "version": receiver.version})
             return
-        if self._authorized():
-            self._send(*api_get(receiver.store, path, parse_qs(parts.query)))
+        if path.startswith("/api/"):
+            if self._authorized():
+                self._send(*api_get(receiver.store, path, parse_qs(parts.query)))
+            return
+        if not self._authorized(page=True):
+            return
+        page = pages.answer(receiver.store, parts.path, parse_qs(parts.query)) or pages.not_found()
+        self._send(page.status, None, _PAGE_HEADERS, raw=page.body, content_type=page.content_type)
 
 
 class _Server(ThreadingHTTPServer):
@@ -420,6 +421,16 @@ class Receiver:
         self.max_body = 0  # the largest request body seen, in bytes as sent
         self._server: Optional[_Server] = None
         self._thread: Optional[threading.Thread] = None
+
+    @property
+    def loopback(self) -> bool:
+        """Bound to a loopback address: only this machine reaches the pages, which are open."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
 
     @property
     def v4(self) -> bool:

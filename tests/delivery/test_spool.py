@@ -142,7 +142,7 @@ def test_another_program_s_database_is_refused_and_left_as_it_was(tmp_path, rece
         db.execute("CREATE TABLE users (id INTEGER)")
     db.close()
     Store(str(tmp_path / "lf.db")).close()
-    for path, holds in ((app, "users"), (tmp_path / "lf.db", "bodies, counters, log")):
+    for path, holds in ((app, "users"), (tmp_path / "lf.db", "bodies, catalog, counters, log, owners")):
         with pytest.raises(ConfigError) as info:
             LangfuseStream(config(receiver.url, spool_path=str(path)), name="s")
         assert info.value.key == "spool_path" and info.value.stream == "s"
