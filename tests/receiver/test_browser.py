@@ -95,7 +95,8 @@ def test_open_the_list_a_trace_and_an_observation(visit, transport, version):
         assert "?o=" in v.page.url  # the address says what is selected: a reload shows it again
         assert v.page.locator("tr.obs.selected").count() == 1
         v.page.keyboard.press("ArrowDown")  # the next row, from the keyboard
-        v.page.wait_for_function("document.querySelector('#detail .panel h3').textContent !== 'Run pytest -q'")
+        # (no wait_for_function: Playwright evaluates it as a string, which the page's policy forbids)
+        v.page.locator("#detail .panel > h3").filter(has_not_text="Run pytest -q").wait_for()
         v.page.reload()
         assert v.page.locator("tr.obs.selected").count() == 1 and v.page.locator("#detail .panel").count() == 1
 

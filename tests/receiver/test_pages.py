@@ -202,3 +202,25 @@ def test_a_trace_of_a_thousand_observations(big):
     assert "✗ EACCES: permission denied" in text
     panel = get(big, "/traces/t-big/observations/t-big-tool-999").text
     assert "&quot;observation&quot;: 999" in panel
+
+
+def test_odd_values_a_client_may_store_are_shown_not_fatal(receiver):
+    """What Langfuse takes may still be odd to show: metadata that is a list, a name that is
+    empty, a huge input, an observation never ended, a parent that is not there, another offset."""
+    post(receiver, [
+        {"id": "o-1", "type": "trace-create", "timestamp": "2026-11-25T09:00:00Z",
+         "body": {"id": "t-odd", "name": "", "metadata": [1, "two", {"three": None}], "input": "x" * 100_000}},
+        {"id": "o-2", "type": "span-create", "timestamp": "2026-11-25T09:00:01Z",
+         "body": {"id": "s-open", "traceId": "t-odd", "startTime": "2026-11-25T09:00:01.5Z"}},
+        {"id": "o-3", "type": "event-create", "timestamp": "2026-11-25T09:00:02Z",
+         "body": {"id": "e-1", "traceId": "t-odd", "name": "😀 ünïcode", "startTime": "2026-11-25T09:00:02+02:00"}},
+        {"id": "o-4", "type": "generation-create", "timestamp": "2026-11-25T09:00:03Z",
+         "body": {"id": "g-1", "traceId": "t-odd", "parentObservationId": "nowhere",
+                  "usageDetails": {"input": 5}, "costDetails": {"total": 1e-9}}},
+    ])
+    for path in ("/", "/traces/t-odd", "/traces/t-odd?o=s-open", "/traces/t-odd/observations/e-1",
+                 "/traces/t-odd/observations/g-1"):
+        page = get(receiver, path)
+        assert page.status_code == 200, (path, page.text[:300])
+    text = get(receiver, "/traces/t-odd").text
+    assert "(unnamed trace)" in text and "😀 ünïcode" in text and 'class="b-span b-open"' in text
