@@ -14,7 +14,7 @@ asks for credentials where the receiver is not bound to a loopback address.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 from urllib.parse import quote, unquote
 
 from ..wire.limits import takes_as_id
@@ -62,7 +62,8 @@ class _Refused(Exception):
         self.status, self.title, self.message = status, title, message
 
 
-def _guard(build: Any) -> Answer:
+def _guard(build: Callable[[], Tuple[int, bytes]]) -> Answer:
+    """The page `build` makes, or the 404 or 400 page it refused with."""
     try:
         status, body = build()
     except _Refused as refused:
