@@ -93,24 +93,27 @@ def _as_record(metadata: Any) -> Any:
 
 class _View:
     """Traces and observations merged from the log, as Langfuse would show them. `rows`: OTel spans
-    as Langfuse v4 keeps them (see `span`)."""
+    as Langfuse v4 keeps them (see `span`). `count`: count `duplicates` (the whole log's view; a
+    trace merged for a page needs no count, and fingerprints are most of its cost)."""
 
-    def __init__(self, rows: bool = False) -> None:
+    def __init__(self, rows: bool = False, count: bool = True) -> None:
         self.traces: Dict[str, Dict[str, Any]] = {}
         self.observations: Dict[str, Dict[str, Any]] = {}
         self.duplicates = 0
         self.rows = rows
+        self.count = count
         self._starts: Dict[str, Any] = {}  # v4: a span id's first start time (its row's)
         self._fingerprints: "set[str]" = set()
 
-    def _fingerprint(self, value: Any) -> bool:
-        """True when this content was seen before under another id."""
+    def _fingerprint(self, value: Any) -> None:
+        """Counts content seen before under another id."""
+        if not self.count:
+            return
         digest = _digest(value)
         if digest in self._fingerprints:
             self.duplicates += 1
-            return True
-        self._fingerprints.add(digest)
-        return False
+        else:
+            self._fingerprints.add(digest)
 
     def trace(self, trace_id: str, trace: Dict[str, Any]) -> None:
         old = self.traces.get(trace_id)
@@ -345,10 +348,13 @@ class Store:
 
         return read
 
-    def _replay(self, rows: List[Tuple[str, Any]], read: Optional[Callable[[str, Any], Dict[str, Any]]] = None) -> _View:
-        """The log's (kind, json) rows, in arrival order, merged (lock held)."""
+    def _replay(
+        self, rows: List[Tuple[str, Any]], read: Optional[Callable[[str, Any], Dict[str, Any]]] = None, count: bool = True,
+    ) -> _View:
+        """The log's (kind, json) rows, in arrival order, merged (lock held). `read`: a reader
+        shared by several replays; `count`: count duplicates (see `_View`)."""
+        view = _View(self.rows, count)
         read = read or self._reader()
-        view = _View(self.rows)
         items = []
         for seq, (kind, text) in enumerate(rows):
             if kind in _SPAN_KINDS:
@@ -377,7 +383,7 @@ class Store:
         """One trace and its observations (in start order), merged from its own rows (lock held).
         `read`: a reader shared by several traces, whose requests' bodies it parses once."""
         rows = self._db.execute("SELECT kind, json FROM log WHERE trace = ? ORDER BY seq", (trace_id,)).fetchall()
-        view = self._replay(rows, read)
+        view = self._replay(rows, read, count=False)
         trace = view.traces.get(trace_id)
         if trace is None:
             return None
