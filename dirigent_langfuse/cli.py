@@ -24,7 +24,6 @@ import tempfile
 import time
 from importlib import resources
 from typing import IO, Any, Counter, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple, Union
-from urllib.parse import quote
 
 from ._version import __version__
 from .bus import KNOWN_TYPES, BusEvent, UnknownEvent, event_from_json
@@ -35,6 +34,7 @@ from .delivery.records import Record, Report
 from .errors import BusEventError, ConfigError, DirigentLangfuseError
 from .preflight import check_stream
 from .receiver.faults import parse_fault
+from .receiver.html import link
 from .receiver.render import render_all
 from .receiver.server import DEFAULT_PUBLIC_KEY, DEFAULT_SECRET_KEY, MAX_REQUEST_BYTES, Receiver, parse_listen
 from .registry import StreamFactoryRegistry, StreamSet
@@ -154,7 +154,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _pages(receiver: Receiver, serving: bool) -> None:
     """Where to look at what the demo sent (the receiver's pages, docs/receiver.md)."""
     for trace in receiver.store.traces():
-        print(f"page: {receiver.url}/traces/{quote(trace['id'], safe='')}  ({trace.get('name') or 'unnamed'})")
+        print(f"page: {receiver.url}{link('/traces', trace['id'])}  ({trace.get('name') or 'unnamed'})")
     print(f"page: {receiver.url}/  (every trace)")
     if not serving:
         print("(the receiver stops with the demo: `dirigent-langfuse demo --serve` keeps it running to open them)")

@@ -21,6 +21,8 @@ import json
 import sqlite3
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import attrs
+
 from .traces import summary
 
 __all__ = ["SCHEMA", "TABLES", "Page", "prepare", "traces_of_items", "mark", "stale", "update", "page", "session"]
@@ -126,14 +128,15 @@ def update(db: sqlite3.Connection, trace_id: str, merged: Optional[Tuple[Dict[st
     )
 
 
+@attrs.frozen
 class Page:
-    """A page of the trace list, newest first, and the cursors of its neighbours (None at an end)."""
+    """A page of the trace list, newest first (`lines`: their summaries), the cursors of its
+    neighbours (None at an end), and how many traces the filters match."""
 
-    def __init__(self, lines: List[Dict[str, Any]], newer: Optional[str], older: Optional[str], total: int) -> None:
-        self.lines = lines
-        self.newer = newer
-        self.older = older
-        self.total = total
+    lines: List[Dict[str, Any]]
+    newer: Optional[str]
+    older: Optional[str]
+    total: int
 
 
 def _cursor(row: Sequence[Any]) -> str:

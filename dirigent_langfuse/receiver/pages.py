@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from ..wire.limits import takes_as_id
 from .html import CSP, Safe, layout, link, money, pretty, span_of, tag, tokens, when
 from .store import Store
-from .traces import as_time, failed, incomplete, mapping, number, origin, seconds, summary, tree
+from .traces import as_time, failed, incomplete, mapping, number, seconds, summary, tree
 
 __all__ = ["Answer", "answer", "not_found", "CSP", "PAGE_SIZE"]
 
@@ -185,9 +185,7 @@ def _found(store: Store, trace_id: str) -> Tuple[Dict[str, Any], List[Dict[str, 
 def _trace(store: Store, trace_id: str, selected: Optional[str]) -> Tuple[int, bytes]:
     trace, observations = _found(store, trace_id)
     line = summary(trace, observations)
-    chosen = next((o for o in observations if o.get("id") == selected), None) if selected else None
-    if selected and chosen is None:
-        raise _Refused(404, "Observation not found", f"Trace {trace_id!r} has no observation {selected!r}.")
+    chosen = _observation(trace_id, observations, selected) if selected else None
     sid, uid = line["sessionId"], line["userId"]
     facts: List[Tuple[str, Any]] = [
         ("Trace id", tag("code", trace_id)),
@@ -210,8 +208,8 @@ def _trace(store: Store, trace_id: str, selected: Optional[str]) -> Tuple[int, b
                     (("Input", "input"), ("Output", "output"), ("Metadata", "metadata"))], class_="trace-io"),
         tag("h2", "Timeline"),
         tag("div",
-            _timeline(trace, observations, trace_id, selected),
-            tag("aside", _panel_body(trace_id, chosen) if chosen else
+            _timeline(observations, line, trace_id, selected),
+            tag("aside", _panel_body(chosen) if chosen else
                 tag("p", "Select an observation to see its input, output, metadata and usage.", class_="muted"),
                 id="detail", class_="detail", aria_live="polite"),
             class_="waterfall-with-detail"),
@@ -236,14 +234,14 @@ def _kind(obs: Dict[str, Any]) -> str:
     return _TYPES.get(str(obs.get("type") or "SPAN").upper(), "other")
 
 
-def _timeline(trace: Dict[str, Any], observations: List[Dict[str, Any]], trace_id: str, selected: Optional[str]) -> Safe:
-    start = origin(trace, observations)
-    times = [as_time(o.get(k)) for o in observations for k in ("startTime", "endTime")]
-    end = max((t for t in times if t is not None), default=start)
-    axis = max(seconds(start, end) or 0.0, 0.001)
+def _timeline(observations: List[Dict[str, Any]], line: Dict[str, Any], trace_id: str, selected: Optional[str]) -> Safe:
+    """The waterfall, on the axis the trace's `summary` line measured (its start, its duration)."""
+    start = as_time(line["timestamp"])
+    axis = max(line["duration"] or 0.0, 0.001)
     rows = []
     for row in tree(observations):
         obs = row.obs
+        obs_id = str(obs.get("id") or "")
         kind = _kind(obs)
         began, ended = as_time(obs.get("startTime")), as_time(obs.get("endTime"))
         offset = seconds(start, began)
@@ -265,8 +263,8 @@ def _timeline(trace: Dict[str, Any], observations: List[Dict[str, Any]], trace_i
             [tag("span", class_="pad") for _ in range(depth)],
             tag("span", kind, class_=f"type t-{kind}"),
             " ",
-            tag("a", obs.get("name") or "(unnamed)", href=f"?o={_q(obs.get('id'))}#detail", class_="obs-link",
-                data_detail=_panel_url(trace_id, obs)),
+            tag("a", obs.get("name") or "(unnamed)", href=link("", o=obs_id) + "#detail", class_="obs-link",
+                data_detail=link("/traces", trace_id, "observations", obs_id)),
             tag("span", f" (depth {row.depth})", class_="muted") if row.depth > _MAX_DEPTH else "",
             tag("span", " ⟲ in a cycle of parents", class_="warn") if row.cycle else "",
             tag("span", " … incomplete", class_="warn") if incomplete(obs) else "",
@@ -293,23 +291,19 @@ def _timeline(trace: Dict[str, Any], observations: List[Dict[str, Any]], trace_i
                class_="waterfall")
 
 
-def _q(value: Any) -> str:
-    return quote(str(value or ""), safe="")
-
-
-def _panel_url(trace_id: str, obs: Dict[str, Any]) -> str:
-    return link("/traces", trace_id) + "/observations/" + _q(obs.get("id"))
-
-
 def _panel(store: Store, trace_id: str, obs_id: str) -> Tuple[int, bytes]:
     _, observations = _found(store, trace_id)
-    chosen = next((o for o in observations if o.get("id") == obs_id), None)
-    if chosen is None:
-        raise _Refused(404, "Observation not found", f"Trace {trace_id!r} has no observation {obs_id!r}.")
-    return 200, _panel_body(trace_id, chosen).encode("utf-8")
+    return 200, _panel_body(_observation(trace_id, observations, obs_id)).encode("utf-8")
 
 
-def _panel_body(trace_id: str, obs: Dict[str, Any]) -> Safe:
+def _observation(trace_id: str, observations: List[Dict[str, Any]], obs_id: str) -> Dict[str, Any]:
+    for obs in observations:
+        if obs.get("id") == obs_id:
+            return obs
+    raise _Refused(404, "Observation not found", f"Trace {trace_id!r} has no observation {obs_id!r}.")
+
+
+def _panel_body(obs: Dict[str, Any]) -> Safe:
     began, ended = as_time(obs.get("startTime")), as_time(obs.get("endTime"))
     first_token = seconds(began, as_time(obs.get("completionStartTime")))
     kind = _kind(obs)
